@@ -1,0 +1,136 @@
+//! The server's command line: every knob a user can turn, with its default and its unit.
+//!
+//! clap does the parsing; this module only adds the one value syntax clap does not know,
+//! durations (`DUR`), and keeps the defaults in one place so `--help`, the README and the code
+//! cannot disagree. Defaults match the original Go programs: text on 8080, frames on 8888, a
+//! 10 MiB frame limit and a 60 s idle deadline.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// Everything one reactor needs to know before it binds.
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "tcp-reactor",
+    version,
+    about = "A single-threaded mio reactor serving a line protocol and a binary frame protocol.",
+    long_about = "A single-threaded mio reactor serving a newline text protocol (echo, PING, \
+                  HELLO, SAY, STATS, QUIT) and a length-prefixed binary frame protocol \
+                  (Heartbeat, Message, Login). See docs/PROTOCOL.md.\n\n\
+                  DUR values are seconds (`30`, `0.5`) or a number with a unit: `500ms`, `2s`, `1m`."
+)]
+pub struct Config {
+    /// Address of the line (text) protocol listener; port 0 picks a free port.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    pub line_addr: SocketAddr,
+
+    /// Address of the binary frame protocol listener; port 0 picks a free port.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8888")]
+    pub frame_addr: SocketAddr,
+
+    /// Longest accepted line in bytes, not counting the line ending; a longer one gets
+    /// `ERR line too long` and the connection closes.
+    #[arg(long = "max-line", value_name = "BYTES", default_value_t = 65_536)]
+    pub max_line_bytes: usize,
+
+    /// Largest accepted frame body in bytes (10 MiB); the header alone decides, the body is
+    /// never waited for.
+    #[arg(long = "max-frame", value_name = "BYTES", default_value_t = 10_485_760)]
+    pub max_frame_bytes: u32,
+
+    /// Connections served at once, both listeners together; the next one gets
+    /// `ERR server full` (or an Error frame) and is closed.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// Close a connection that has had no traffic for this long (`0` disables).
+    #[arg(long, value_name = "DUR", default_value = "60s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// On SIGINT/SIGTERM, how long to keep flushing replies before closing what is left.
+    #[arg(long, value_name = "DUR", default_value = "5s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+}
+
+impl Config {
+    /// The idle timeout, or `None` when disabled with `0`.
+    pub fn idle_timeout(&self) -> Option<Duration> {
+        (!self.idle_timeout.is_zero()).then_some(self.idle_timeout)
+    }
+}
+
+/// Parses `DUR`: a plain number of seconds (`30`, `0.5`) or a number with one of the units
+/// `ms`, `s`, `m`.
+///
+/// ```text
+/// 60      -> 60 s        0.25   -> 250 ms
+/// 500ms   -> 500 ms      2s     -> 2 s       1m -> 60 s
+/// ```
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, seconds_per_unit) = if let Some(n) = text.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = text.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (text, 1.0)
+    };
+    let value: f64 = number.trim().parse().map_err(|_| {
+        format!("`{text}` is not a duration: use seconds (`30`, `0.5`) or `500ms`, `2s`, `1m`")
+    })?;
+    if !value.is_finite() || value < 0.0 {
+        return Err(format!(
+            "`{text}` is not a duration: it must be a finite number >= 0"
+        ));
+    }
+    Duration::try_from_secs_f64(value * seconds_per_unit)
+        .map_err(|_| format!("`{text}` is too long a duration"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_in_every_accepted_form() {
+        let table = [
+            ("0", Duration::ZERO),
+            ("60", Duration::from_secs(60)),
+            ("0.5", Duration::from_millis(500)),
+            ("500ms", Duration::from_millis(500)),
+            ("2s", Duration::from_secs(2)),
+            ("1m", Duration::from_secs(60)),
+            ("1.5m", Duration::from_secs(90)),
+            (" 3s ", Duration::from_secs(3)),
+        ];
+        for (text, expected) in table {
+            assert_eq!(parse_duration(text), Ok(expected), "{text}");
+        }
+    }
+
+    #[test]
+    fn bad_durations_are_refused_with_a_reason() {
+        for text in ["", "s", "ms", "abc", "-1", "1h", "NaN", "inf", "1e400"] {
+            let err = parse_duration(text).expect_err(text);
+            assert!(err.contains("duration"), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn defaults_match_the_original_programs() {
+        let config = Config::parse_from(["tcp-reactor"]);
+        assert_eq!(config.line_addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.frame_addr.to_string(), "127.0.0.1:8888");
+        assert_eq!(config.max_line_bytes, 65_536);
+        assert_eq!(config.max_frame_bytes, 10_485_760);
+        assert_eq!(config.max_connections, 10_000);
+        assert_eq!(config.idle_timeout(), Some(Duration::from_secs(60)));
+        assert_eq!(config.shutdown_timeout, Duration::from_secs(5));
+        let off = Config::parse_from(["tcp-reactor", "--idle-timeout", "0"]);
+        assert_eq!(off.idle_timeout(), None);
+    }
+}

@@ -1,0 +1,27 @@
+//! tcp-reactor: a TCP server whose whole concurrency is one hand-rolled event loop over mio.
+//!
+//! # Layout
+//! - [`config`]: the command line (clap) and `DUR` parsing.
+//! - [`reactor`]: the loop ([`reactor::Server`]): poll, accept, read, execute, write, timers.
+//!   - `reactor::token`: what a mio `Token` means; generations against stale events.
+//!   - `reactor::listener`: accepting, the per-wakeup cap, surviving EMFILE.
+//!   - `reactor::connection`: one connection's socket, buffers and state machine.
+//! - [`buffer`]: the input/output byte buffers and the backpressure marks.
+//! - [`timer_wheel`]: the hashed timer wheel behind idle timeouts and close deadlines.
+//! - [`protocol`]: the pure codecs: [`protocol::line`] and [`protocol::frame`].
+//! - [`handler`]: what each request means: replies, sessions, the chat room.
+//! - [`stats`]: the counters shown by `STATS`.
+//!
+//! The layers only look downwards: the reactor moves bytes and never matches on a verb, the
+//! handler turns requests into replies and never sees a socket, the codecs see only `&[u8]`.
+
+pub mod buffer;
+pub mod config;
+pub mod handler;
+pub mod protocol;
+pub mod reactor;
+pub mod stats;
+pub mod timer_wheel;
+
+pub use config::Config;
+pub use reactor::{Server, ShutdownHandle};

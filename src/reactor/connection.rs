@@ -1,0 +1,192 @@
+//! One client connection: its socket, its buffers, and the state machine that decides what the
+//! reactor may do with it.
+//!
+//! ```text
+//!            output > HIGH_WATER
+//!   Open  ----------------------->  Paused
+//!    |    <-----------------------    |
+//!    |       output < LOW_WATER       |
+//!    |                                |    QUIT, protocol error, peer EOF, idle timeout,
+//!    +----------------+---------------+    server full, shutdown
+//!                     v
+//!              Draining(reason)   flush every reply owed; input is read and discarded
+//!                     |  output empty: shutdown(Write) sends our FIN
+//!                     v
+//!              Lingering(reason)  discard input until the peer's EOF (or a deadline)
+//!                     |
+//!                     v
+//!                  closed (removed from the slab)
+//! ```
+//!
+//! Why Lingering exists: on Linux, `close()` on a socket whose receive queue still holds bytes
+//! sends a RST instead of a FIN, and a RST makes the peer's kernel throw away replies it has
+//! received but the application has not read yet. So a connection that is owed replies is
+//! closed in two steps: our FIN first (the peer reads every reply, then EOF), then the close
+//! once the peer has closed too and nothing unread is left. A peer that never closes is cut off
+//! at the linger deadline.
+//!
+//! `set_state` is the only writer of `state`, so every transition is traced in one place.
+
+use std::io::{self, Read, Write};
+use std::time::{Duration, Instant};
+
+use log::trace;
+use mio::Token;
+use mio::net::TcpStream;
+
+use crate::buffer::Buffer;
+use crate::handler::Session;
+use crate::timer_wheel::TimerId;
+
+/// How long a closing connection may go without any progress (a byte written or read) before
+/// it is cut off: long enough for a slow but live reader, short enough that a peer that
+/// stopped reading cannot hold a socket for long.
+pub const LINGER: Duration = Duration::from_secs(5);
+
+/// How long a connection must go without traffic before the memory of its (empty) buffers is
+/// given back. Short, so that thousands of quiet connections cost almost nothing; not so short
+/// that a connection sending a request every few hundred milliseconds reallocates each time.
+pub const QUIET: Duration = Duration::from_secs(2);
+
+/// Why a connection is being closed; shown in logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client sent QUIT.
+    Quit,
+    /// The client broke the protocol; the error reply is the last thing it gets.
+    ProtocolError,
+    /// The client closed its write side; its replies are still delivered.
+    PeerClosed,
+    /// No traffic for `--idle-timeout`.
+    IdleTimeout,
+    /// Over `--max-connections`.
+    ServerFull,
+    /// The server is shutting down.
+    Shutdown,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Read, execute, reply.
+    Open,
+    /// Replies are piling up unread: no reading or executing until they drain below
+    /// `LOW_WATER`.
+    Paused,
+    /// No more requests: flush what is owed, then send our FIN.
+    Draining(CloseReason),
+    /// Our FIN is sent: discard input until the peer's EOF, then close.
+    Lingering(CloseReason),
+}
+
+pub struct Connection {
+    pub socket: TcpStream,
+    pub token: Token,
+    state: State,
+    /// Bytes received but not yet executed: the start of an incomplete request, or requests
+    /// held back while Paused. Empty (and usually unallocated) between batches.
+    pub input: Buffer,
+    /// Replies not yet accepted by the socket. Empty (and usually unallocated) when the
+    /// client keeps up.
+    pub output: Buffer,
+    pub session: Session,
+    /// The wakeup time of the last byte read or written: what the idle timeout measures from.
+    pub last_activity: Instant,
+    /// The connection's one timer, and the tick it is due at.
+    pub timer: Option<(TimerId, u64)>,
+    /// The peer's EOF has been read: nothing more can arrive.
+    pub peer_closed: bool,
+    /// Accepted over `--max-connections` only to be told so; not counted as served.
+    pub rejected: bool,
+}
+
+impl Connection {
+    pub fn new(socket: TcpStream, token: Token, session: Session, now: Instant) -> Self {
+        Connection {
+            socket,
+            token,
+            state: State::Open,
+            input: Buffer::new(),
+            output: Buffer::new(),
+            session,
+            last_activity: now,
+            timer: None,
+            peer_closed: false,
+            rejected: false,
+        }
+    }
+
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// The sole writer of `state`.
+    pub fn set_state(&mut self, next: State) {
+        if self.state != next {
+            trace!("conn={} {:?}=>{:?}", self.token.0, self.state, next);
+            self.state = next;
+        }
+    }
+
+    /// Requests may be read and executed.
+    pub fn may_execute(&self) -> bool {
+        self.state == State::Open
+    }
+
+    /// The connection is on its way out: input is discarded, not executed.
+    pub fn is_closing(&self) -> bool {
+        matches!(self.state, State::Draining(_) | State::Lingering(_))
+    }
+
+    /// When the connection's timer should next look at it: its idle deadline, the moment its
+    /// buffers may be given back, or its linger deadline.
+    pub fn deadline(&self, idle_timeout: Option<Duration>) -> Option<Instant> {
+        match self.state {
+            State::Open | State::Paused => {
+                let idle = idle_timeout.map(|timeout| self.last_activity + timeout);
+                let holds_memory = self.input.capacity() > 0 || self.output.capacity() > 0;
+                let quiet = holds_memory.then(|| self.last_activity + QUIET);
+                match (idle, quiet) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            }
+            State::Draining(_) | State::Lingering(_) => Some(self.last_activity + LINGER),
+        }
+    }
+
+    /// Gives back the memory of empty buffers.
+    pub fn release_buffers(&mut self) {
+        self.input.release();
+        self.output.release();
+    }
+}
+
+/// One `read`, retried on EINTR. `Ok(None)` is WouldBlock: the socket is drained.
+pub fn read_some(socket: &mut TcpStream, into: &mut [u8]) -> io::Result<Option<usize>> {
+    loop {
+        match socket.read(into) {
+            Ok(n) => return Ok(Some(n)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// One `write`, retried on EINTR. `Ok(None)` is WouldBlock: the socket buffer is full.
+pub fn write_some(socket: &mut TcpStream, bytes: &[u8]) -> io::Result<Option<usize>> {
+    loop {
+        match socket.write(bytes) {
+            Ok(0) if !bytes.is_empty() => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "socket took no bytes",
+                ));
+            }
+            Ok(n) => return Ok(Some(n)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}

@@ -1,0 +1,852 @@
+//! The event loop: one thread, one `mio::Poll`, every connection in one `Slab`.
+//!
+//! One turn of the loop:
+//!
+//! ```text
+//! poll(timeout = time to the next timer, 0 if work was deferred)
+//!   -> for each event: listener => accept until WouldBlock (at most ACCEPT_BUDGET)
+//!                      signal   => begin a graceful shutdown (a second one: exit now)
+//!                      conn     => read until drained or READ_BUDGET, execute every complete
+//!                                  request, write the replies with one write
+//!   -> revisit what was deferred last turn (budgets spent, connections un-paused)
+//!   -> flush connections that received chat pushes
+//!   -> advance the timer wheel: idle timeouts, linger deadlines, accept pauses
+//! ```
+//!
+//! The readiness rules this relies on (mio's `Poll` documentation, and Linux epoll in
+//! edge-triggered mode, which is what mio uses):
+//! - Events are edge-triggered: an event says the socket *became* readable or writable, once.
+//!   A socket must be drained (read until WouldBlock) or the loop must remember to come back to
+//!   it itself; no second event will come for bytes already there. Hence the `revisit` list
+//!   for connections that stopped early (a spent budget, a pause for backpressure).
+//! - A `read` that returned fewer bytes than the buffer could hold has drained the socket at
+//!   that moment, and bytes arriving later raise a new edge; so the loop does not spend a
+//!   second `read` just to see WouldBlock. The same holds for a `write` that took everything.
+//! - Events can be spurious: a readable event may find nothing (WouldBlock) and that is fine.
+//! - Read-closed and error flags are hints; the `read` that follows tells the truth (0 for
+//!   EOF, or the error), so they are treated as "readable".
+//! - Sockets are registered once, for READABLE | WRITABLE, and never re-registered: with edge
+//!   triggering a writable edge costs nothing until a write has filled the socket buffer, and
+//!   the loop keeps track itself of which connections have output pending. No `epoll_ctl` per
+//!   request.
+//! - One batch of events can hold an event for a connection that an earlier event in the same
+//!   batch closed; tokens carry a generation so such an event is recognised and dropped
+//!   ([`token`]).
+//!
+//! The whole state of one loop is this one `Server` value: no globals, so several loops can
+//! run side by side, one per core.
+
+pub mod connection;
+pub mod listener;
+pub mod token;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use log::{Level, debug, info, log_enabled, trace};
+use mio::{Events, Interest, Poll, Token, Waker};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
+use slab::Slab;
+
+use crate::buffer::{Buffer, HIGH_WATER, LOW_WATER, PUSH_CAP};
+use crate::config::Config;
+use crate::handler::{self, Context, Limits, Notice, Outcome, Protocol, Room};
+use crate::stats::Stats;
+use crate::timer_wheel::{TimerId, TimerWheel};
+use connection::{CloseReason, Connection, QUIET, State, read_some, write_some};
+use listener::Listeners;
+
+/// The timer wheel's slot width. Idle timeouts are whole seconds in practice; 10 ms keeps the
+/// wheel's own wakeups rare while no deadline is more than 10 ms late because of it.
+const TICK: Duration = Duration::from_millis(10);
+
+/// 4096 slots of 10 ms: one revolution is 40.96 s, longer than the linger and quiet deadlines,
+/// so only idle timeouts over 41 s ever wait a second revolution (one extra look each).
+const WHEEL_SLOTS: usize = 4096;
+
+/// One `read` takes at most this much: the shared scratch buffer's size. 64 KiB holds a
+/// pipelined batch of a thousand small requests and matches the kernel's usual segment
+/// aggregation on loopback.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Bytes read from one connection per wakeup before the loop moves on to the others: a
+/// fire-hose client gets its turn again on the next iteration, after everyone else.
+const READ_BUDGET: usize = 4 * READ_CHUNK;
+
+/// Events taken from one `poll`.
+const EVENTS_CAPACITY: usize = 1024;
+
+/// A buffer that emptied and holds more than this is freed at once rather than at the quiet
+/// deadline: a connection that once sent a 10 MiB frame must not keep 10 MiB.
+const KEEP_BYTES: usize = 64 * 1024;
+
+/// What a timer in the wheel is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Timer {
+    /// Look at this connection: idle? quiet enough to free its buffers? past its linger?
+    Connection(Token),
+    /// The pause after running out of descriptors is over.
+    ResumeAccept,
+}
+
+/// Asks a running [`Server`] (on another thread) to shut down gracefully, as SIGTERM does.
+#[derive(Clone)]
+pub struct ShutdownHandle(Arc<Waker>);
+
+impl ShutdownHandle {
+    pub fn shutdown(&self) -> io::Result<()> {
+        self.0.wake()
+    }
+}
+
+/// One reactor: its poll, listeners, connections, timers and counters.
+pub struct Server {
+    config: Config,
+    limits: Limits,
+    poll: Poll,
+    events: Events,
+    listeners: Listeners,
+    signals: Signals,
+    waker: Arc<Waker>,
+    connections: Slab<Connection>,
+    /// The generation given to the last connection accepted.
+    generation: u32,
+    /// Connections in the slab that were refused as over `--max-connections`.
+    rejecting: usize,
+    wheel: TimerWheel<Timer>,
+    fired: Vec<(TimerId, Timer)>,
+    /// Tick 0 of the wheel.
+    epoch: Instant,
+    /// The time of the current wakeup: read once per wakeup, used for every deadline in it.
+    now: Instant,
+    /// Every read lands here first; only the unfinished tail of a request is copied into the
+    /// connection's own buffer. So a connection between requests owns no input memory.
+    scratch_in: Box<[u8]>,
+    /// Replies of the connection being served, when it had nothing pending; written with one
+    /// `write`, and only what the socket did not take is copied to the connection.
+    scratch_out: Buffer,
+    room: Room,
+    stats: Stats,
+    /// Work deferred to the next turn: listeners and connections that stopped early.
+    revisit: Vec<Token>,
+    /// Connections that received chat pushes during this turn.
+    flush_later: Vec<Token>,
+    /// Slow readers to disconnect after a broadcast.
+    doomed: Vec<Token>,
+    /// Set once a shutdown has begun: when it must be over.
+    shutdown_deadline: Option<Instant>,
+    /// A second signal: exit now.
+    exit_now: bool,
+}
+
+impl Server {
+    /// Binds both listeners and sets up the loop; nothing is served until [`Server::run`].
+    pub fn bind(config: Config) -> io::Result<Server> {
+        let poll = Poll::new()?;
+        let mut listeners = Listeners::bind(config.line_addr, config.frame_addr)?;
+        let registry = poll.registry();
+        if let Some(listener) = listeners.line.as_mut() {
+            registry.register(listener, token::LINE_LISTENER, Interest::READABLE)?;
+        }
+        if let Some(listener) = listeners.frame.as_mut() {
+            registry.register(listener, token::FRAME_LISTENER, Interest::READABLE)?;
+        }
+        let mut signals = Signals::new([SIGINT, SIGTERM])?;
+        registry.register(&mut signals, token::SIGNALS, Interest::READABLE)?;
+        let waker = Arc::new(Waker::new(registry, token::WAKER)?);
+        let now = Instant::now();
+        Ok(Server {
+            limits: Limits {
+                max_line_bytes: config.max_line_bytes,
+                max_frame_bytes: config.max_frame_bytes,
+            },
+            config,
+            poll,
+            events: Events::with_capacity(EVENTS_CAPACITY),
+            listeners,
+            signals,
+            waker,
+            connections: Slab::new(),
+            generation: 0,
+            rejecting: 0,
+            wheel: TimerWheel::new(WHEEL_SLOTS, 0),
+            fired: Vec::new(),
+            epoch: now,
+            now,
+            scratch_in: vec![0; READ_CHUNK].into_boxed_slice(),
+            scratch_out: Buffer::new(),
+            room: Room::default(),
+            stats: Stats::default(),
+            revisit: Vec::new(),
+            flush_later: Vec::new(),
+            doomed: Vec::new(),
+            shutdown_deadline: None,
+            exit_now: false,
+        })
+    }
+
+    pub fn line_addr(&self) -> SocketAddr {
+        self.listeners.line_addr
+    }
+
+    pub fn frame_addr(&self) -> SocketAddr {
+        self.listeners.frame_addr
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle(Arc::clone(&self.waker))
+    }
+
+    /// Serves until a shutdown has completed; returns the final counters.
+    pub fn run(mut self) -> io::Result<Stats> {
+        while !self.turn(None)? {}
+        let mut pairs = Vec::new();
+        let _ = self.stats.write_pairs(&mut pairs);
+        info!(
+            "exit summary: served {} connections, {} bytes in, {} bytes out; {}",
+            self.stats.accepted,
+            self.stats.bytes_in,
+            self.stats.bytes_out,
+            String::from_utf8_lossy(&pairs)
+        );
+        Ok(self.stats)
+    }
+
+    /// One turn of the loop (see the module doc); `Ok(true)` when the server is done.
+    /// `max_wait` caps the poll timeout (tests drive the loop turn by turn).
+    pub fn turn(&mut self, max_wait: Option<Duration>) -> io::Result<bool> {
+        let timeout = match (self.poll_timeout(), max_wait) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        match self.poll.poll(&mut self.events, timeout) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+        self.now = Instant::now();
+        self.stats.wakeups += 1;
+        self.handle_events();
+        if self.exit_now {
+            info!("second signal: exiting now");
+            return Ok(true);
+        }
+        self.handle_revisits();
+        self.flush_pushed();
+        self.fire_timers();
+        if let Some(deadline) = self.shutdown_deadline {
+            if self.connections.is_empty() {
+                return Ok(true);
+            }
+            if self.now >= deadline {
+                info!(
+                    "shutdown timeout: closing {} connection(s) still open",
+                    self.connections.len()
+                );
+                let keys: Vec<usize> = self.connections.iter().map(|(key, _)| key).collect();
+                for key in keys {
+                    self.close(key, "shutdown timeout");
+                }
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    fn poll_timeout(&self) -> Option<Duration> {
+        if !self.revisit.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let timer = self
+            .wheel
+            .next_deadline()
+            .map(|tick| self.instant_of(tick).saturating_duration_since(self.now));
+        let shutdown = self
+            .shutdown_deadline
+            .map(|deadline| deadline.saturating_duration_since(self.now));
+        match (timer, shutdown) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn handle_events(&mut self) {
+        // Taken out so that handling an event may borrow the whole server.
+        let events = std::mem::replace(&mut self.events, Events::with_capacity(0));
+        if log_enabled!(Level::Trace) {
+            let list: Vec<String> = events
+                .iter()
+                .map(|e| {
+                    format!(
+                        "{}{}{}{}",
+                        e.token().0,
+                        if e.is_readable() { " r" } else { "" },
+                        if e.is_writable() { " w" } else { "" },
+                        if e.is_read_closed() || e.is_error() {
+                            " closed/err"
+                        } else {
+                            ""
+                        }
+                    )
+                })
+                .collect();
+            trace!("wakeup: {} event(s) [{}]", list.len(), list.join(", "));
+        }
+        for event in events.iter() {
+            match event.token() {
+                token::LINE_LISTENER => self.accept_ready(Protocol::Line),
+                token::FRAME_LISTENER => self.accept_ready(Protocol::Frame),
+                token::SIGNALS => self.on_signals(),
+                token::WAKER => self.begin_shutdown("shutdown requested"),
+                conn => {
+                    let readable =
+                        event.is_readable() || event.is_read_closed() || event.is_error();
+                    let writable = event.is_writable() || event.is_error();
+                    self.connection_ready(conn, readable, writable);
+                }
+            }
+        }
+        self.events = events;
+    }
+
+    fn handle_revisits(&mut self) {
+        if self.revisit.is_empty() {
+            return;
+        }
+        let mut pending = std::mem::take(&mut self.revisit);
+        for &token in &pending {
+            match token {
+                token::LINE_LISTENER => self.accept_ready(Protocol::Line),
+                token::FRAME_LISTENER => self.accept_ready(Protocol::Frame),
+                conn => self.connection_ready(conn, true, false),
+            }
+        }
+        // Keep the allocation of the longer of the two lists.
+        pending.clear();
+        if self.revisit.is_empty() {
+            self.revisit = pending;
+        }
+    }
+
+    /// The slab key of a live connection token; `None` for a stale one.
+    fn key_of(&self, token: Token) -> Option<usize> {
+        let (key, _) = token::split(token);
+        self.connections
+            .get(key)
+            .filter(|conn| conn.token == token)
+            .map(|_| key)
+    }
+
+    /// Readiness for a connection: read (and execute) if readable, then write what is owed.
+    fn connection_ready(&mut self, token: Token, readable: bool, writable: bool) {
+        let Some(key) = self.key_of(token) else {
+            trace!("conn={} stale event ignored", token.0);
+            return;
+        };
+        if readable {
+            self.read_ready(key, READ_BUDGET);
+        }
+        let Some(key) = self.key_of(token) else {
+            return;
+        };
+        if writable || !self.connections[key].output.is_empty() {
+            self.flush(key);
+        }
+        if self.key_of(token).is_some() {
+            self.arm_timer(key);
+        }
+    }
+
+    /// Reads until the socket is drained, `budget` bytes were read, or the connection stops
+    /// accepting input; executes what each read completes.
+    fn read_ready(&mut self, key: usize, budget: usize) {
+        let token = self.connections[key].token;
+        let mut left = budget;
+        while self.key_of(token).is_some() {
+            let conn = &mut self.connections[key];
+            match conn.state() {
+                State::Open => {}
+                State::Paused => return,
+                State::Draining(_) | State::Lingering(_) => return self.discard_input(key),
+            }
+            match read_some(&mut conn.socket, &mut self.scratch_in) {
+                Err(e) => {
+                    debug!("conn={} read error: {e}", token.0);
+                    return self.close(key, "read error");
+                }
+                Ok(None) => {
+                    self.stats.read_would_block += 1;
+                    trace!("conn={} read: WouldBlock", token.0);
+                    return;
+                }
+                Ok(Some(0)) => {
+                    trace!("conn={} read: EOF", token.0);
+                    conn.peer_closed = true;
+                    // Everything complete has been executed; an unfinished request never will be.
+                    conn.input.clear();
+                    conn.set_state(State::Draining(CloseReason::PeerClosed));
+                    return;
+                }
+                Ok(Some(n)) => {
+                    trace!("conn={} read: {n} bytes", token.0);
+                    self.stats.bytes_in += n as u64;
+                    conn.last_activity = self.now;
+                    self.execute(key, n);
+                    if n < self.scratch_in.len() {
+                        return; // drained: later bytes raise a new edge
+                    }
+                    left = left.saturating_sub(n);
+                    if left == 0 {
+                        self.revisit.push(token);
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Executes the requests completed by the `fresh` bytes just read into `scratch_in`
+    /// (joined to the connection's unfinished ones, if any), then writes the replies.
+    fn execute(&mut self, key: usize, fresh: usize) {
+        let out_limit = self.out_limit();
+        let mut offset = 0; // how much of scratch_in[..fresh] has been used
+        {
+            let conn = &mut self.connections[key];
+            if !conn.input.is_empty() {
+                conn.input.extend_from_slice(&self.scratch_in[..fresh]);
+                offset = fresh;
+            }
+        }
+        loop {
+            let conn = &mut self.connections[key];
+            if !conn.may_execute() {
+                break;
+            }
+            let from_spill = !conn.input.is_empty();
+            let input: &[u8] = if from_spill {
+                conn.input.data()
+            } else {
+                &self.scratch_in[offset..fresh]
+            };
+            if input.is_empty() {
+                break;
+            }
+            let out = if conn.output.is_empty() {
+                &mut self.scratch_out
+            } else {
+                &mut conn.output
+            };
+            let mut cx = Context {
+                limits: self.limits,
+                room: &mut self.room,
+                stats: &mut self.stats,
+            };
+            let processed = handler::process(&mut conn.session, input, out, out_limit, &mut cx);
+            let over_limit = out.len() >= out_limit;
+            if from_spill {
+                conn.input.consume(processed.consumed);
+            } else {
+                offset += processed.consumed;
+            }
+            match processed.outcome {
+                Outcome::Continue if over_limit => {
+                    // Write before executing more: the client may be keeping up after all.
+                    self.write_replies(key);
+                    if self
+                        .key_of(self.connections.get(key).map_or(Token(0), |c| c.token))
+                        .is_none()
+                    {
+                        return;
+                    }
+                }
+                Outcome::Continue => break,
+                Outcome::Broadcast => self.broadcast(key),
+                Outcome::Quit => conn.set_state(State::Draining(CloseReason::Quit)),
+                Outcome::ProtocolError => {
+                    conn.set_state(State::Draining(CloseReason::ProtocolError));
+                }
+            }
+        }
+        let conn = &mut self.connections[key];
+        if offset < fresh && !conn.is_closing() {
+            // The start of an incomplete request, or requests held back by backpressure.
+            conn.input
+                .extend_from_slice(&self.scratch_in[offset..fresh]);
+        }
+        if conn.is_closing() {
+            conn.input.clear();
+        } else if !conn.input.is_empty() && conn.may_execute() {
+            self.stats.partial_reads += 1;
+        }
+        self.write_replies(key);
+    }
+
+    /// How much output may pile up before execution stops. Unlimited during shutdown: every
+    /// request received before the signal is answered.
+    fn out_limit(&self) -> usize {
+        if self.shutdown_deadline.is_some() {
+            usize::MAX
+        } else {
+            HIGH_WATER
+        }
+    }
+
+    /// Writes the replies in `scratch_out` (the connection's fresh batch) or, failing that,
+    /// the connection's own pending output: one `write` either way.
+    fn write_replies(&mut self, key: usize) {
+        if self.scratch_out.is_empty() {
+            return self.flush(key);
+        }
+        let conn = &mut self.connections[key];
+        debug_assert!(conn.output.is_empty(), "scratch used while output pending");
+        let result = write_some(&mut conn.socket, self.scratch_out.data());
+        let pending = self.scratch_out.len();
+        match result {
+            Ok(Some(n)) => {
+                self.note_written(key, n, pending);
+                let conn = &mut self.connections[key];
+                conn.output.extend_from_slice(&self.scratch_out.data()[n..]);
+            }
+            Ok(None) => {
+                self.stats.write_would_block += 1;
+                trace!("conn={} write: WouldBlock", conn.token.0);
+                conn.output.extend_from_slice(self.scratch_out.data());
+            }
+            Err(e) => {
+                debug!("conn={} write error: {e}", conn.token.0);
+                self.scratch_out.clear();
+                return self.close(key, "write error");
+            }
+        }
+        self.scratch_out.clear();
+        self.after_write(key);
+    }
+
+    /// Writes the connection's pending output: one `write`, since one that does not take
+    /// everything has filled the socket buffer and a writable edge will follow.
+    fn flush(&mut self, key: usize) {
+        let conn = &mut self.connections[key];
+        if !conn.output.is_empty() {
+            let pending = conn.output.len();
+            match write_some(&mut conn.socket, conn.output.data()) {
+                Ok(Some(n)) => {
+                    conn.output.consume(n);
+                    self.note_written(key, n, pending);
+                }
+                Ok(None) => {
+                    self.stats.write_would_block += 1;
+                    trace!("conn={} write: WouldBlock", conn.token.0);
+                }
+                Err(e) => {
+                    debug!("conn={} write error: {e}", conn.token.0);
+                    return self.close(key, "write error");
+                }
+            }
+        }
+        self.after_write(key);
+    }
+
+    fn note_written(&mut self, key: usize, n: usize, pending: usize) {
+        let conn = &mut self.connections[key];
+        trace!("conn={} write: {n} of {pending} bytes", conn.token.0);
+        self.stats.bytes_out += n as u64;
+        if n < pending {
+            self.stats.partial_writes += 1;
+        }
+        if n > 0 {
+            conn.last_activity = self.now;
+        }
+    }
+
+    /// State changes that follow from how much output is left: pause, resume, finish a close.
+    fn after_write(&mut self, key: usize) {
+        let shutting_down = self.shutdown_deadline.is_some();
+        let conn = &mut self.connections[key];
+        let pending = conn.output.len();
+        match conn.state() {
+            State::Open if pending >= HIGH_WATER && !shutting_down => {
+                conn.set_state(State::Paused);
+                self.stats.backpressure_pauses += 1;
+            }
+            State::Paused if pending < LOW_WATER => {
+                conn.set_state(State::Open);
+                // Held-back requests and unread bytes raise no new edge: come back for them.
+                self.revisit.push(conn.token);
+            }
+            State::Draining(reason) if pending == 0 => {
+                // Our FIN goes out after the last reply; the peer reads everything, then EOF.
+                let _ = conn.socket.shutdown(std::net::Shutdown::Write);
+                if conn.peer_closed {
+                    return self.close(key, "closed after flushing");
+                }
+                conn.set_state(State::Lingering(reason));
+                conn.last_activity = self.now;
+                self.discard_input(key);
+                return;
+            }
+            _ => {}
+        }
+        if pending == 0 {
+            conn.output.release_if_larger_than(KEEP_BYTES);
+        }
+        if conn.input.is_empty() {
+            conn.input.release_if_larger_than(KEEP_BYTES);
+        }
+    }
+
+    /// Reads and drops input of a closing connection, so that the final close finds nothing
+    /// unread (which would turn our FIN into a RST); closes once the peer's EOF arrives.
+    fn discard_input(&mut self, key: usize) {
+        let token = self.connections[key].token;
+        for _ in 0..READ_BUDGET / READ_CHUNK {
+            let conn = &mut self.connections[key];
+            match read_some(&mut conn.socket, &mut self.scratch_in) {
+                Ok(Some(0)) => {
+                    conn.peer_closed = true;
+                    if matches!(conn.state(), State::Lingering(_)) {
+                        return self.close(key, "closed after the peer's EOF");
+                    }
+                    return;
+                }
+                Ok(Some(n)) => {
+                    trace!("conn={} discarded {n} bytes", token.0);
+                    self.stats.bytes_in += n as u64;
+                }
+                Ok(None) => {
+                    self.stats.read_would_block += 1;
+                    return;
+                }
+                Err(e) => {
+                    debug!("conn={} read error while closing: {e}", token.0);
+                    return self.close(key, "read error");
+                }
+            }
+        }
+        self.revisit.push(token);
+    }
+
+    /// Delivers `room.message` to every identified session but the sender; sessions too far
+    /// behind are disconnected instead.
+    fn broadcast(&mut self, sender_key: usize) {
+        let sender = self.connections[sender_key].session.id;
+        let message = &self.room.message;
+        for member in self.room.members() {
+            if member == sender {
+                continue;
+            }
+            let token = Token(member.0 as usize);
+            let (key, _) = token::split(token);
+            let Some(conn) = self.connections.get_mut(key).filter(|c| c.token == token) else {
+                continue;
+            };
+            if conn.is_closing() {
+                continue;
+            }
+            if conn.output.len() + message.len() > PUSH_CAP {
+                self.doomed.push(token);
+                continue;
+            }
+            conn.output.extend_from_slice(message);
+            self.flush_later.push(token);
+        }
+        while let Some(token) = self.doomed.pop() {
+            if let Some(key) = self.key_of(token) {
+                self.stats.slow_reader_drops += 1;
+                debug!("conn={} dropped: over the push cap", token.0);
+                self.close(key, "slow reader");
+            }
+        }
+    }
+
+    fn flush_pushed(&mut self) {
+        while let Some(token) = self.flush_later.pop() {
+            if let Some(key) = self.key_of(token) {
+                self.flush(key);
+                if self.key_of(token).is_some() {
+                    self.arm_timer(key);
+                }
+            }
+        }
+    }
+
+    /// Makes sure the connection's timer is due no later than its next deadline. Deadlines
+    /// only move later with activity, so a read or write leaves the wheel alone; the timer
+    /// then fires early, finds the connection active, and is re-armed (lazy re-arming).
+    fn arm_timer(&mut self, key: usize) {
+        let idle_timeout = self.config.idle_timeout();
+        let conn = &self.connections[key];
+        let Some(deadline) = conn.deadline(idle_timeout) else {
+            return;
+        };
+        let tick = self.tick_at(deadline);
+        let conn_token = conn.token;
+        let timer = match conn.timer {
+            None => Some((
+                self.wheel.schedule(tick, Timer::Connection(conn_token)),
+                tick,
+            )),
+            Some((id, armed)) if tick < armed && self.wheel.reset(id, tick) => Some((id, tick)),
+            Some(_) => None,
+        };
+        if let Some(timer) = timer {
+            self.connections[key].timer = Some(timer);
+        }
+    }
+
+    fn fire_timers(&mut self) {
+        let now_tick = self.tick_now();
+        let mut fired = std::mem::take(&mut self.fired);
+        self.wheel.advance(now_tick, &mut fired);
+        for (id, timer) in fired.drain(..) {
+            self.stats.timers_fired += 1;
+            trace!("timer fired: {timer:?}");
+            match timer {
+                Timer::ResumeAccept => self.resume_accept(),
+                Timer::Connection(token) => {
+                    let Some(key) = self.key_of(token) else {
+                        continue;
+                    };
+                    let conn = &mut self.connections[key];
+                    if conn.timer.is_some_and(|(armed, _)| armed == id) {
+                        conn.timer = None;
+                    }
+                    self.on_connection_timer(key);
+                }
+            }
+        }
+        self.fired = fired;
+    }
+
+    fn on_connection_timer(&mut self, key: usize) {
+        let now = self.now;
+        let idle_timeout = self.config.idle_timeout();
+        let conn = &mut self.connections[key];
+        let token = conn.token;
+        match conn.state() {
+            State::Open | State::Paused => {
+                let idle = idle_timeout.is_some_and(|timeout| now >= conn.last_activity + timeout);
+                if idle {
+                    self.stats.idle_timeouts += 1;
+                    debug!("conn={} idle timeout", token.0);
+                    conn.input.clear();
+                    handler::write_notice(
+                        conn.session.protocol,
+                        Notice::IdleTimeout,
+                        &mut conn.output,
+                    );
+                    conn.set_state(State::Draining(CloseReason::IdleTimeout));
+                    self.flush(key);
+                } else if now >= conn.last_activity + QUIET {
+                    conn.release_buffers();
+                }
+            }
+            State::Draining(_) | State::Lingering(_) => {
+                if now >= conn.last_activity + connection::LINGER {
+                    return self.close(key, "linger deadline");
+                }
+            }
+        }
+        if self.key_of(token).is_some() {
+            self.arm_timer(key);
+        }
+    }
+
+    fn on_signals(&mut self) {
+        let mut received = 0;
+        for signal in self.signals.pending() {
+            info!("received signal {signal}");
+            received += 1;
+        }
+        for _ in 0..received {
+            if self.shutdown_deadline.is_some() {
+                self.exit_now = true;
+                return;
+            }
+            self.begin_shutdown("signal");
+        }
+    }
+
+    /// Stops accepting, answers every complete request already received, and turns every
+    /// connection into a Draining one; the loop exits once all are closed or at the deadline.
+    fn begin_shutdown(&mut self, why: &str) {
+        if self.shutdown_deadline.is_some() {
+            return;
+        }
+        info!(
+            "shutting down ({why}): {} connection(s) to flush, up to {:?}",
+            self.connections.len(),
+            self.config.shutdown_timeout
+        );
+        self.close_listeners();
+        self.shutdown_deadline = Some(self.now + self.config.shutdown_timeout);
+        let tokens: Vec<Token> = self
+            .connections
+            .iter()
+            .map(|(_, conn)| conn.token)
+            .collect();
+        for token in tokens {
+            let Some(key) = self.key_of(token) else {
+                continue;
+            };
+            if self.connections[key].state() == State::Paused {
+                self.connections[key].set_state(State::Open);
+            }
+            if self.connections[key].may_execute() {
+                // What arrived before the signal is answered: execute held-back requests,
+                // then read what the socket holds.
+                self.execute(key, 0);
+                self.read_ready(key, usize::MAX);
+            }
+            let Some(key) = self.key_of(token) else {
+                continue;
+            };
+            let conn = &mut self.connections[key];
+            if !conn.is_closing() {
+                conn.set_state(State::Draining(CloseReason::Shutdown));
+            }
+            self.flush(key);
+            if self.key_of(token).is_some() {
+                self.arm_timer(key);
+            }
+        }
+    }
+
+    /// Removes a connection for good. Replies still owed are lost, so callers owe none (or
+    /// have given up on delivering them).
+    fn close(&mut self, key: usize, why: &str) {
+        let mut conn = self.connections.remove(key);
+        debug!("conn={} closed: {why}", conn.token.0);
+        if let Some((id, _)) = conn.timer {
+            self.wheel.cancel(id);
+        }
+        self.room.leave(&conn.session);
+        let _ = self.poll.registry().deregister(&mut conn.socket);
+        if conn.rejected {
+            self.rejecting -= 1;
+        }
+        self.stats.active -= 1;
+        self.stats.closed += 1;
+    }
+
+    /// The tick at or after `instant`: a timer set for it never fires before `instant`.
+    fn tick_at(&self, instant: Instant) -> u64 {
+        let nanos = instant.saturating_duration_since(self.epoch).as_nanos();
+        nanos.div_ceil(TICK.as_nanos()) as u64
+    }
+
+    /// The tick `now` falls in.
+    fn tick_now(&self) -> u64 {
+        (self.now.saturating_duration_since(self.epoch).as_nanos() / TICK.as_nanos()) as u64
+    }
+
+    fn instant_of(&self, tick: u64) -> Instant {
+        self.epoch + TICK * u32::try_from(tick).unwrap_or(u32::MAX)
+    }
+}

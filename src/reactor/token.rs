@@ -1,0 +1,79 @@
+//! What a `mio::Token` means in this loop.
+//!
+//! A few fixed tokens at the top of the `usize` range name the listeners, the signal pipe and
+//! the waker. Every other token names a connection: its slab key in the low 32 bits and a
+//! generation in the next 31.
+//!
+//! Why the generation: one `poll` returns a batch of events. Handling an early event in the
+//! batch can close a connection that has a later event in the same batch (a chat push that
+//! drops a slow reader, say), and an accept in between can hand the freed slab key to a new
+//! connection. Without a generation that later event would be delivered to the newcomer: a
+//! read on the wrong socket at best, a close of the wrong client at worst. With it, the stale
+//! event's token no longer matches the slot's generation and is ignored. The same check
+//! protects the reactor's own lists of tokens to revisit or flush.
+//!
+//! Connection tokens never collide with the fixed ones: bit 63 is never set in them.
+
+use mio::Token;
+
+pub const LINE_LISTENER: Token = Token(usize::MAX);
+pub const FRAME_LISTENER: Token = Token(usize::MAX - 1);
+pub const SIGNALS: Token = Token(usize::MAX - 2);
+pub const WAKER: Token = Token(usize::MAX - 3);
+
+const KEY_BITS: u32 = 32;
+const KEY_MASK: u64 = (1 << KEY_BITS) - 1;
+/// Generations wrap at 2^31 so a connection token never reaches the fixed tokens.
+const GENERATION_MASK: u32 = (1 << 31) - 1;
+
+/// The token of the connection in slab slot `key` with generation `generation`.
+pub fn connection(key: usize, generation: u32) -> Token {
+    debug_assert!((key as u64) <= KEY_MASK, "slab key {key} beyond 32 bits");
+    let generation = u64::from(generation & GENERATION_MASK);
+    Token(((generation << KEY_BITS) | (key as u64 & KEY_MASK)) as usize)
+}
+
+/// The slab key and generation a connection token carries.
+pub fn split(token: Token) -> (usize, u32) {
+    let value = token.0 as u64;
+    (
+        (value & KEY_MASK) as usize,
+        ((value >> KEY_BITS) as u32) & GENERATION_MASK,
+    )
+}
+
+/// The generation after `generation`, wrapping within the bits a token has for it.
+pub fn next_generation(generation: u32) -> u32 {
+    generation.wrapping_add(1) & GENERATION_MASK
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_and_generation_round_trip() {
+        for (key, generation) in [
+            (0, 0),
+            (1, 7),
+            (9_999, GENERATION_MASK),
+            (u32::MAX as usize, 1),
+        ] {
+            assert_eq!(split(connection(key, generation)), (key, generation));
+        }
+    }
+
+    #[test]
+    fn a_reused_key_gets_a_different_token() {
+        assert_ne!(connection(5, 1), connection(5, 2));
+    }
+
+    #[test]
+    fn connection_tokens_never_reach_the_fixed_tokens() {
+        let highest = connection(u32::MAX as usize, GENERATION_MASK);
+        for fixed in [LINE_LISTENER, FRAME_LISTENER, SIGNALS, WAKER] {
+            assert!(highest.0 < fixed.0);
+        }
+        assert_eq!(next_generation(GENERATION_MASK), 0);
+    }
+}

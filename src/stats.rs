@@ -1,0 +1,91 @@
+//! Counters the loop keeps about itself, shown by `STATS` and in the exit summary.
+//!
+//! Plain `u64` fields on the reactor's own value: one loop is one thread, so there is nothing
+//! to synchronise and a counter costs one add. Field names are spelled exactly as the STATS
+//! keys, so a key leads straight to the code that moves it.
+
+use std::io::{self, Write};
+
+macro_rules! counters {
+    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+        #[derive(Debug, Default, Clone, PartialEq, Eq)]
+        pub struct Stats {
+            $($(#[$doc])* pub $name: u64,)*
+        }
+
+        impl Stats {
+            /// Writes `key=value` pairs separated by spaces, in declaration order.
+            pub fn write_pairs(&self, out: &mut impl Write) -> io::Result<()> {
+                let mut separator = "";
+                $(
+                    write!(out, "{separator}{}={}", stringify!($name), self.$name)?;
+                    separator = " ";
+                )*
+                let _ = separator;
+                Ok(())
+            }
+        }
+    };
+}
+
+counters! {
+    /// Connections accepted, including those refused as over the limit.
+    accepted,
+    /// Connections open now.
+    active,
+    /// Connections closed, for any reason.
+    closed,
+    /// Connections closed for having had no traffic for `--idle-timeout`.
+    idle_timeouts,
+    /// Connections closed for breaking the protocol (bad magic, line too long, ...).
+    protocol_errors,
+    /// Connections refused with `ERR server full` / an Error frame at `--max-connections`.
+    rejected_full,
+    /// Bytes read from clients.
+    bytes_in,
+    /// Bytes written to clients.
+    bytes_out,
+    /// Requests executed.
+    requests,
+    /// Reads that ended a request in the middle (the rest came in a later read).
+    partial_reads,
+    /// Writes that took only part of the pending output.
+    partial_writes,
+    /// Reads that found nothing and returned WouldBlock.
+    read_would_block,
+    /// Writes that found the socket buffer full and returned WouldBlock.
+    write_would_block,
+    /// Returns from `poll`.
+    wakeups,
+    /// Timers that expired (idle checks, close deadlines, accept pauses).
+    timers_fired,
+    /// Times a connection stopped being read because its replies were not being read.
+    backpressure_pauses,
+    /// Sessions disconnected for falling more than the push cap behind on chat messages.
+    slow_reader_drops,
+    /// Times accept failed for lack of file descriptors (EMFILE/ENFILE).
+    accept_emfile,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pairs_are_spelled_as_the_fields() {
+        let stats = Stats {
+            accepted: 3,
+            slow_reader_drops: 1,
+            ..Stats::default()
+        };
+        let mut out = Vec::new();
+        stats.write_pairs(&mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("accepted=3 active=0 closed=0 "), "{text}");
+        assert!(
+            text.ends_with(" slow_reader_drops=1 accept_emfile=0"),
+            "{text}"
+        );
+        assert_eq!(text.split(' ').count(), 18);
+    }
+}
