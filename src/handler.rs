@@ -321,3 +321,208 @@ fn write_protocol_error(protocol: Protocol, error: &ProtocolError, out: &mut Buf
     let reason = error.to_string();
     write_error(protocol, reason.as_bytes(), out);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fixture {
+        room: Room,
+        stats: Stats,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            Fixture {
+                room: Room::default(),
+                stats: Stats::default(),
+            }
+        }
+
+        fn run(&mut self, session: &mut Session, input: &[u8]) -> (Vec<u8>, Processed) {
+            let mut out = Buffer::new();
+            let mut cx = Context {
+                limits: Limits {
+                    max_line_bytes: 64,
+                    max_frame_bytes: 64,
+                },
+                room: &mut self.room,
+                stats: &mut self.stats,
+            };
+            let processed = process(session, input, &mut out, usize::MAX, &mut cx);
+            (out.data().to_vec(), processed)
+        }
+    }
+
+    fn line(id: u64) -> Session {
+        Session::new(Protocol::Line, SessionId(id))
+    }
+
+    fn frame_bytes(command: u8, body: &[u8]) -> Vec<u8> {
+        let mut bytes = vec![0x47, 0x4F, 1, command];
+        bytes.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        bytes.extend_from_slice(body);
+        bytes
+    }
+
+    #[test]
+    fn line_commands_and_their_exact_replies() {
+        let table: &[(&[u8], &[u8])] = &[
+            (b"PING\n", b"PONG\n"),
+            (b"ping x\r\n", b"PONG x\n"),
+            (
+                b"hello world?\n",
+                b"ERR invalid name: use 1-32 of A-Z a-z 0-9 _ -\n",
+            ),
+            (b"just text\n", b"just text\n"),
+            (b"\n", b"\n"),
+            (b"\xff\x01\n", b"\xff\x01\n"),
+            (b"SAY hi\n", b"ERR identify first with HELLO <name>\n"),
+            (b"QUIT now\n", b"ERR usage: QUIT\n"),
+        ];
+        for &(input, expected) in table {
+            let mut fixture = Fixture::new();
+            let (out, processed) = fixture.run(&mut line(1), input);
+            assert_eq!(out, expected, "{:?}", String::from_utf8_lossy(input));
+            assert_eq!(processed.consumed, input.len());
+            assert_eq!(processed.outcome, Outcome::Continue);
+        }
+    }
+
+    #[test]
+    fn nothing_runs_after_quit() {
+        let mut fixture = Fixture::new();
+        let (out, processed) = fixture.run(&mut line(1), b"PING\nQUIT\nPING\n");
+        assert_eq!(out, b"PONG\nBYE\n");
+        assert_eq!(processed.outcome, Outcome::Quit);
+        assert_eq!(fixture.stats.requests, 2);
+    }
+
+    #[test]
+    fn an_incomplete_request_is_left_for_later() {
+        let mut fixture = Fixture::new();
+        let (out, processed) = fixture.run(&mut line(1), b"PING\nPI");
+        assert_eq!(out, b"PONG\n");
+        assert_eq!(processed.consumed, 5);
+        assert_eq!(processed.outcome, Outcome::Continue);
+    }
+
+    #[test]
+    fn a_long_line_is_a_protocol_error() {
+        let mut fixture = Fixture::new();
+        let (out, processed) = fixture.run(&mut line(1), &[b'a'; 70]);
+        assert_eq!(out, b"ERR line too long\n");
+        assert_eq!(processed.outcome, Outcome::ProtocolError);
+        assert_eq!(fixture.stats.protocol_errors, 1);
+    }
+
+    #[test]
+    fn output_limit_stops_execution_between_requests() {
+        let mut fixture = Fixture::new();
+        let mut out = Buffer::new();
+        let mut cx = Context {
+            limits: Limits {
+                max_line_bytes: 64,
+                max_frame_bytes: 64,
+            },
+            room: &mut fixture.room,
+            stats: &mut fixture.stats,
+        };
+        let processed = process(&mut line(1), b"PING\nPING\nPING\n", &mut out, 6, &mut cx);
+        assert_eq!(out.data(), b"PONG\nPONG\n");
+        assert_eq!(processed.consumed, 10);
+    }
+
+    #[test]
+    fn names_are_unique_while_held_and_free_after_leaving() {
+        let mut fixture = Fixture::new();
+        let (mut alice, mut other) = (line(1), line(2));
+        assert_eq!(
+            fixture.run(&mut alice, b"HELLO alice\n").0,
+            b"WELCOME alice\n"
+        );
+        assert_eq!(
+            fixture.run(&mut alice, b"HELLO bob\n").0,
+            b"ERR already identified as alice\n"
+        );
+        assert_eq!(
+            fixture.run(&mut other, b"HELLO alice\n").0,
+            b"ERR name taken\n"
+        );
+        fixture.room.leave(&alice);
+        assert_eq!(
+            fixture.run(&mut other, b"HELLO alice\n").0,
+            b"WELCOME alice\n"
+        );
+    }
+
+    #[test]
+    fn say_answers_ok_and_prepares_the_push() {
+        let mut fixture = Fixture::new();
+        let mut alice = line(1);
+        fixture.run(&mut alice, b"HELLO alice\n");
+        let (out, processed) = fixture.run(&mut alice, b"SAY hi  there\nPING\n");
+        assert_eq!(out, b"OK\n");
+        assert_eq!(processed.outcome, Outcome::Broadcast);
+        assert_eq!(
+            processed.consumed, 14,
+            "stops after SAY so the push goes first"
+        );
+        assert_eq!(fixture.room.message, b"MSG alice hi  there\n");
+    }
+
+    #[test]
+    fn frame_commands_and_their_exact_replies() {
+        let table: &[(Vec<u8>, Vec<u8>)] = &[
+            (frame_bytes(0, b""), frame_bytes(0, b"")),
+            (
+                frame_bytes(0, b"0123456789abcdef"),
+                frame_bytes(0, b"0123456789abcdef"),
+            ),
+            (
+                frame_bytes(1, b"Hello TCP World!"),
+                frame_bytes(1, b"Server says: Hello TCP World!"),
+            ),
+            (frame_bytes(2, b"user:pass"), frame_bytes(3, b"OK")),
+        ];
+        for (input, expected) in table {
+            let mut fixture = Fixture::new();
+            let mut session = Session::new(Protocol::Frame, SessionId(1));
+            let (out, processed) = fixture.run(&mut session, input);
+            assert_eq!(&out, expected);
+            assert_eq!(processed.outcome, Outcome::Continue);
+        }
+    }
+
+    #[test]
+    fn frame_errors_end_with_an_error_frame() {
+        let table: &[(Vec<u8>, &[u8])] = &[
+            (b"GET / HTTP/1.1\r\n".to_vec(), b"bad magic 0x4745"),
+            (frame_bytes(3, b"OK"), b"unexpected command 3 (LoginAck)"),
+            (frame_bytes(4, b"x"), b"unexpected command 4 (Error)"),
+            (frame_bytes(9, b""), b"unknown command 9"),
+            (
+                frame_bytes(0, &[0; 65]),
+                b"frame too large: 65 bytes (max 64)",
+            ),
+        ];
+        for (input, reason) in table {
+            let mut fixture = Fixture::new();
+            let mut session = Session::new(Protocol::Frame, SessionId(1));
+            let (out, processed) = fixture.run(&mut session, input);
+            assert_eq!(out, frame_bytes(4, reason));
+            assert_eq!(processed.outcome, Outcome::ProtocolError);
+            assert_eq!(processed.consumed, input.len());
+        }
+    }
+
+    #[test]
+    fn notices_in_both_protocols() {
+        let mut out = Buffer::new();
+        write_notice(Protocol::Line, Notice::IdleTimeout, &mut out);
+        write_notice(Protocol::Frame, Notice::ServerFull, &mut out);
+        let mut expected = b"ERR idle timeout\n".to_vec();
+        expected.extend_from_slice(&frame_bytes(4, b"server full"));
+        assert_eq!(out.data(), &expected[..]);
+    }
+}

@@ -308,8 +308,7 @@ impl Server {
                 conn => {
                     let readable =
                         event.is_readable() || event.is_read_closed() || event.is_error();
-                    let writable = event.is_writable() || event.is_error();
-                    self.connection_ready(conn, readable, writable);
+                    self.connection_ready(conn, readable);
                 }
             }
         }
@@ -325,7 +324,16 @@ impl Server {
             match token {
                 token::LINE_LISTENER => self.accept_ready(Protocol::Line),
                 token::FRAME_LISTENER => self.accept_ready(Protocol::Frame),
-                conn => self.connection_ready(conn, true, false),
+                conn => {
+                    // Requests held back while the connection was paused come first.
+                    if let Some(key) = self.key_of(conn)
+                        && self.connections[key].may_execute()
+                        && !self.connections[key].input.is_empty()
+                    {
+                        self.execute(key, 0);
+                    }
+                    self.connection_ready(conn, true);
+                }
             }
         }
         // Keep the allocation of the longer of the two lists.
@@ -345,7 +353,10 @@ impl Server {
     }
 
     /// Readiness for a connection: read (and execute) if readable, then write what is owed.
-    fn connection_ready(&mut self, token: Token, readable: bool, writable: bool) {
+    ///
+    /// The flush runs with or without a writable edge: the read may have queued replies or
+    /// begun a close, and a flush with nothing to write costs no syscall.
+    fn connection_ready(&mut self, token: Token, readable: bool) {
         let Some(key) = self.key_of(token) else {
             trace!("conn={} stale event ignored", token.0);
             return;
@@ -353,12 +364,10 @@ impl Server {
         if readable {
             self.read_ready(key, READ_BUDGET);
         }
-        let Some(key) = self.key_of(token) else {
+        if self.key_of(token).is_none() {
             return;
-        };
-        if writable || !self.connections[key].output.is_empty() {
-            self.flush(key);
         }
+        self.flush(key);
         if self.key_of(token).is_some() {
             self.arm_timer(key);
         }
@@ -416,6 +425,7 @@ impl Server {
     /// (joined to the connection's unfinished ones, if any), then writes the replies.
     fn execute(&mut self, key: usize, fresh: usize) {
         let out_limit = self.out_limit();
+        let token = self.connections[key].token;
         let mut offset = 0; // how much of scratch_in[..fresh] has been used
         {
             let conn = &mut self.connections[key];
@@ -459,10 +469,7 @@ impl Server {
                 Outcome::Continue if over_limit => {
                     // Write before executing more: the client may be keeping up after all.
                     self.write_replies(key);
-                    if self
-                        .key_of(self.connections.get(key).map_or(Token(0), |c| c.token))
-                        .is_none()
-                    {
+                    if self.key_of(token).is_none() {
                         return;
                     }
                 }
@@ -482,7 +489,7 @@ impl Server {
         }
         if conn.is_closing() {
             conn.input.clear();
-        } else if !conn.input.is_empty() && conn.may_execute() {
+        } else if fresh > 0 && !conn.input.is_empty() && conn.may_execute() {
             self.stats.partial_reads += 1;
         }
         self.write_replies(key);
@@ -848,5 +855,88 @@ impl Server {
 
     fn instant_of(&self, tick: u64) -> Instant {
         self.epoch + TICK * u32::try_from(tick).unwrap_or(u32::MAX)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use std::io::{Read, Write};
+    use std::net::TcpStream as StdStream;
+
+    fn server() -> Server {
+        let config = Config::parse_from([
+            "tcp-reactor",
+            "--line-addr",
+            "127.0.0.1:0",
+            "--frame-addr",
+            "127.0.0.1:0",
+        ]);
+        Server::bind(config).unwrap()
+    }
+
+    /// Turns the loop until `done` holds, for at most five seconds.
+    fn turn_until(server: &mut Server, done: impl Fn(&Server) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !done(server) {
+            assert!(Instant::now() < deadline, "condition not reached in 5 s");
+            server.turn(Some(Duration::from_millis(20))).unwrap();
+        }
+    }
+
+    fn only_token(server: &Server) -> Token {
+        let (_, conn) = server.connections.iter().next().unwrap();
+        conn.token
+    }
+
+    #[test]
+    fn an_event_for_a_closed_connection_does_not_reach_the_next_one_in_its_slot() {
+        let mut server = server();
+        let _first = StdStream::connect(server.line_addr()).unwrap();
+        turn_until(&mut server, |s| s.connections.len() == 1);
+        let stale = only_token(&server);
+        let (key, _) = token::split(stale);
+        server.close(key, "test");
+
+        let mut second = StdStream::connect(server.line_addr()).unwrap();
+        turn_until(&mut server, |s| s.connections.len() == 1);
+        let fresh = only_token(&server);
+        assert_eq!(token::split(fresh).0, key, "the slab reused the slot");
+        assert_ne!(fresh, stale);
+
+        second.write_all(b"PING\n").unwrap();
+        // Give the bytes time to reach the server's socket; only the stale event is delivered.
+        std::thread::sleep(Duration::from_millis(50));
+        let bytes_in = server.stats.bytes_in;
+        server.connection_ready(stale, true);
+        assert_eq!(
+            server.stats.bytes_in, bytes_in,
+            "stale event read the new socket"
+        );
+        assert_eq!(server.connections.len(), 1);
+
+        // The connection's own event still works.
+        turn_until(&mut server, |s| s.stats.bytes_out >= 5);
+        second
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut reply = [0u8; 5];
+        second.read_exact(&mut reply).unwrap();
+        assert_eq!(&reply, b"PONG\n");
+    }
+
+    #[test]
+    fn ticks_round_deadlines_up_and_now_down() {
+        let server = server();
+        let epoch = server.epoch;
+        assert_eq!(server.tick_at(epoch), 0);
+        assert_eq!(server.tick_at(epoch + Duration::from_millis(1)), 1);
+        assert_eq!(server.tick_at(epoch + TICK), 1);
+        assert_eq!(server.tick_at(epoch + TICK + Duration::from_nanos(1)), 2);
+        assert!(
+            server.instant_of(server.tick_at(epoch + Duration::from_millis(25)))
+                >= epoch + Duration::from_millis(25)
+        );
     }
 }
