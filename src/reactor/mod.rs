@@ -83,6 +83,17 @@ const EVENTS_CAPACITY: usize = 1024;
 /// deadline: a connection that once sent a 10 MiB frame must not keep 10 MiB.
 const KEEP_BYTES: usize = 64 * 1024;
 
+/// What an event asks of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Readiness {
+    /// Writable only: flush.
+    Writable,
+    /// Readable: read until a short read (the socket is drained), then flush.
+    Readable,
+    /// Read until WouldBlock or EOF, then flush: the read side closed, or edges were missed.
+    ReadToEnd,
+}
+
 /// What a timer in the wheel is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Timer {
@@ -306,9 +317,15 @@ impl Server {
                 token::SIGNALS => self.on_signals(),
                 token::WAKER => self.begin_shutdown("shutdown requested"),
                 conn => {
-                    let readable =
-                        event.is_readable() || event.is_read_closed() || event.is_error();
-                    self.connection_ready(conn, readable);
+                    let readiness = if event.is_read_closed() || event.is_error() {
+                        // The peer's FIN (or an error) may sit behind the data: read to the end.
+                        Readiness::ReadToEnd
+                    } else if event.is_readable() {
+                        Readiness::Readable
+                    } else {
+                        Readiness::Writable
+                    };
+                    self.connection_ready(conn, readiness);
                 }
             }
         }
@@ -332,7 +349,8 @@ impl Server {
                     {
                         self.execute(key, 0);
                     }
-                    self.connection_ready(conn, true);
+                    // Edges that came while it was paused were not acted on: read to the end.
+                    self.connection_ready(conn, Readiness::ReadToEnd);
                 }
             }
         }
@@ -356,13 +374,13 @@ impl Server {
     ///
     /// The flush runs with or without a writable edge: the read may have queued replies or
     /// begun a close, and a flush with nothing to write costs no syscall.
-    fn connection_ready(&mut self, token: Token, readable: bool) {
+    fn connection_ready(&mut self, token: Token, readiness: Readiness) {
         let Some(key) = self.key_of(token) else {
             trace!("conn={} stale event ignored", token.0);
             return;
         };
-        if readable {
-            self.read_ready(key, READ_BUDGET);
+        if readiness != Readiness::Writable {
+            self.read_ready(key, READ_BUDGET, readiness == Readiness::ReadToEnd);
         }
         if self.key_of(token).is_none() {
             return;
@@ -374,8 +392,10 @@ impl Server {
     }
 
     /// Reads until the socket is drained, `budget` bytes were read, or the connection stops
-    /// accepting input; executes what each read completes.
-    fn read_ready(&mut self, key: usize, budget: usize) {
+    /// accepting input; executes what each read completes. A short read counts as drained
+    /// unless `to_end`: then only WouldBlock or EOF does, because an EOF that arrived with the
+    /// last bytes raises no edge of its own.
+    fn read_ready(&mut self, key: usize, budget: usize, to_end: bool) {
         let token = self.connections[key].token;
         let mut left = budget;
         while self.key_of(token).is_some() {
@@ -400,15 +420,14 @@ impl Server {
                     conn.peer_closed = true;
                     // Everything complete has been executed; an unfinished request never will be.
                     conn.input.clear();
-                    conn.set_state(State::Draining(CloseReason::PeerClosed));
-                    return;
+                    return self.drain(key, CloseReason::PeerClosed);
                 }
                 Ok(Some(n)) => {
                     trace!("conn={} read: {n} bytes", token.0);
                     self.stats.bytes_in += n as u64;
                     conn.last_activity = self.now;
                     self.execute(key, n);
-                    if n < self.scratch_in.len() {
+                    if n < self.scratch_in.len() && !to_end {
                         return; // drained: later bytes raise a new edge
                     }
                     left = left.saturating_sub(n);
@@ -475,10 +494,8 @@ impl Server {
                 }
                 Outcome::Continue => break,
                 Outcome::Broadcast => self.broadcast(key),
-                Outcome::Quit => conn.set_state(State::Draining(CloseReason::Quit)),
-                Outcome::ProtocolError => {
-                    conn.set_state(State::Draining(CloseReason::ProtocolError));
-                }
+                Outcome::Quit => self.drain(key, CloseReason::Quit),
+                Outcome::ProtocolError => self.drain(key, CloseReason::ProtocolError),
             }
         }
         let conn = &mut self.connections[key];
@@ -748,7 +765,7 @@ impl Server {
                         Notice::IdleTimeout,
                         &mut conn.output,
                     );
-                    conn.set_state(State::Draining(CloseReason::IdleTimeout));
+                    self.drain(key, CloseReason::IdleTimeout);
                     self.flush(key);
                 } else if now >= conn.last_activity + QUIET {
                     conn.release_buffers();
@@ -809,20 +826,27 @@ impl Server {
                 // What arrived before the signal is answered: execute held-back requests,
                 // then read what the socket holds.
                 self.execute(key, 0);
-                self.read_ready(key, usize::MAX);
+                self.read_ready(key, usize::MAX, true);
             }
             let Some(key) = self.key_of(token) else {
                 continue;
             };
-            let conn = &mut self.connections[key];
-            if !conn.is_closing() {
-                conn.set_state(State::Draining(CloseReason::Shutdown));
+            if !self.connections[key].is_closing() {
+                self.drain(key, CloseReason::Shutdown);
             }
             self.flush(key);
             if self.key_of(token).is_some() {
                 self.arm_timer(key);
             }
         }
+    }
+
+    /// Stops executing a connection's requests; what it is owed is flushed, then it closes.
+    /// Its chat name is free from now on: the session is over even if the socket lingers.
+    fn drain(&mut self, key: usize, reason: CloseReason) {
+        let conn = &mut self.connections[key];
+        conn.set_state(State::Draining(reason));
+        self.room.leave(&conn.session);
     }
 
     /// Removes a connection for good. Replies still owed are lost, so callers owe none (or
@@ -909,7 +933,7 @@ mod tests {
         // Give the bytes time to reach the server's socket; only the stale event is delivered.
         std::thread::sleep(Duration::from_millis(50));
         let bytes_in = server.stats.bytes_in;
-        server.connection_ready(stale, true);
+        server.connection_ready(stale, Readiness::ReadToEnd);
         assert_eq!(
             server.stats.bytes_in, bytes_in,
             "stale event read the new socket"
