@@ -78,15 +78,41 @@ impl TestServer {
     /// Spawns the binary on two port-0 listeners plus `args`, and waits until it has logged
     /// both bound addresses.
     pub fn start(args: &[&str]) -> TestServer {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tcp-reactor"))
+        Self::spawn(args, None)
+    }
+
+    /// Like `start`, with RLIMIT_NOFILE (soft and hard) set to `limit` in the child, so the
+    /// server runs out of descriptors at a known point.
+    pub fn start_with_fd_limit(args: &[&str], limit: u64) -> TestServer {
+        Self::spawn(args, Some(limit))
+    }
+
+    fn spawn(args: &[&str], fd_limit: Option<u64>) -> TestServer {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tcp-reactor"));
+        command
             .args(["--line-addr", "127.0.0.1:0", "--frame-addr", "127.0.0.1:0"])
             .args(args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn tcp-reactor");
+            .stderr(Stdio::piped());
+        if let Some(limit) = fd_limit {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: between fork and exec only setrlimit runs, which is async-signal-safe.
+            unsafe {
+                command.pre_exec(move || {
+                    let rlimit = libc::rlimit {
+                        rlim_cur: limit,
+                        rlim_max: limit,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit) != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = command.spawn().expect("spawn tcp-reactor");
         let stderr = child.stderr.take().expect("stderr is piped");
         let logs = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&logs);
@@ -211,6 +237,18 @@ impl TestServer {
     }
 
     /// Resident set size of the server, from `/proc/PID/status` `VmRSS`.
+    /// CPU time (user + system) the server has used so far.
+    pub fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).expect("stat");
+        // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+        let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+        let fields: Vec<&str> = rest.split(' ').collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+        Duration::from_millis(ticks * 1000 / hz)
+    }
+
     pub fn rss_kib(&self) -> u64 {
         let path = format!("/proc/{}/status", self.pid());
         let status = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
