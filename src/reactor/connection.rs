@@ -38,9 +38,11 @@ use crate::buffer::Buffer;
 use crate::handler::Session;
 use crate::timer_wheel::TimerId;
 
-/// How long a closing connection may go without any progress (a byte written or read) before
-/// it is cut off: long enough for a slow but live reader, short enough that a peer that
-/// stopped reading cannot hold a socket for long.
+/// How long a closing connection may go without progress before it is cut off: while
+/// Draining, from the last byte written (a slow but live reader keeps it going); while
+/// Lingering, from our FIN (input discarded meanwhile does not count, or a peer that keeps
+/// sending could hold the socket forever). Short enough that a peer that stopped reading
+/// cannot hold a socket for long.
 pub const LINGER: Duration = Duration::from_secs(5);
 
 /// How long a connection must go without traffic before the memory of its (empty) buffers is
