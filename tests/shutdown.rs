@@ -181,3 +181,27 @@ fn sigterm_with_no_clients_exits_zero_promptly() {
         Ok(mut s) => panic!("connected after exit, read {:?}", s.read(&mut buf)),
     }
 }
+
+#[test]
+fn a_second_signal_exits_at_once() {
+    // A client that never reads keeps the graceful shutdown from finishing for a minute.
+    let mut server = TestServer::start(&["--shutdown-timeout", "60s"]);
+    let mut stuck = server.connect_line();
+    let stall = write_until_stalled(&mut stuck, Duration::from_secs(1), 64 << 20, |i| {
+        format!("PING {i}\n").into_bytes()
+    });
+    assert!(
+        stall.stalled,
+        "the server kept reading a client that never reads"
+    );
+    server.signal(libc::SIGTERM);
+    // Still flushing to the stuck client.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(server.is_running(), "exited before the shutdown timeout");
+    let second = Instant::now();
+    server.signal(libc::SIGTERM);
+    assert_clean_exit(&mut server, Duration::from_secs(2));
+    assert!(second.elapsed() < Duration::from_secs(2));
+    assert!(server.logged("second signal"));
+    drop(stuck);
+}

@@ -34,6 +34,7 @@ use log::trace;
 use mio::Token;
 use mio::net::TcpStream;
 
+use super::token;
 use crate::buffer::Buffer;
 use crate::handler::Session;
 use crate::timer_wheel::TimerId;
@@ -124,7 +125,12 @@ impl Connection {
     /// The sole writer of `state`.
     pub fn set_state(&mut self, next: State) {
         if self.state != next {
-            trace!("conn={} {:?}=>{:?}", self.token.0, self.state, next);
+            trace!(
+                "conn={} {:?}=>{:?}",
+                token::show(self.token),
+                self.state,
+                next
+            );
             self.state = next;
         }
     }

@@ -163,13 +163,19 @@ impl Server {
         let mut conn = Connection::new(socket, conn_token, session, self.now);
         self.stats.active += 1;
         if full {
-            debug!("conn={} from {peer} refused: server full", conn_token.0);
+            debug!(
+                "conn={} from {peer} refused: server full",
+                token::show(conn_token)
+            );
             conn.rejected = true;
             self.rejecting += 1;
             handler::write_notice(protocol, Notice::ServerFull, &mut conn.output);
             conn.set_state(State::Draining(super::connection::CloseReason::ServerFull));
         } else {
-            debug!("conn={} accepted from {peer} ({protocol:?})", conn_token.0);
+            debug!(
+                "conn={} accepted from {peer} ({protocol:?})",
+                token::show(conn_token)
+            );
         }
         entry.insert(conn);
         self.arm_timer(key);

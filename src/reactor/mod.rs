@@ -297,7 +297,7 @@ impl Server {
                 .map(|e| {
                     format!(
                         "{}{}{}{}",
-                        e.token().0,
+                        token::show(e.token()),
                         if e.is_readable() { " r" } else { "" },
                         if e.is_writable() { " w" } else { "" },
                         if e.is_read_closed() || e.is_error() {
@@ -376,7 +376,7 @@ impl Server {
     /// begun a close, and a flush with nothing to write costs no syscall.
     fn connection_ready(&mut self, token: Token, readiness: Readiness) {
         let Some(key) = self.key_of(token) else {
-            trace!("conn={} stale event ignored", token.0);
+            trace!("conn={} stale event ignored", token::show(token));
             return;
         };
         if readiness != Readiness::Writable {
@@ -407,23 +407,23 @@ impl Server {
             }
             match read_some(&mut conn.socket, &mut self.scratch_in) {
                 Err(e) => {
-                    debug!("conn={} read error: {e}", token.0);
+                    debug!("conn={} read error: {e}", token::show(token));
                     return self.close(key, "read error");
                 }
                 Ok(None) => {
                     self.stats.read_would_block += 1;
-                    trace!("conn={} read: WouldBlock", token.0);
+                    trace!("conn={} read: WouldBlock", token::show(token));
                     return;
                 }
                 Ok(Some(0)) => {
-                    trace!("conn={} read: EOF", token.0);
+                    trace!("conn={} read: EOF", token::show(token));
                     conn.peer_closed = true;
                     // Everything complete has been executed; an unfinished request never will be.
                     conn.input.clear();
                     return self.drain(key, CloseReason::PeerClosed);
                 }
                 Ok(Some(n)) => {
-                    trace!("conn={} read: {n} bytes", token.0);
+                    trace!("conn={} read: {n} bytes", token::show(token));
                     self.stats.bytes_in += n as u64;
                     conn.last_activity = self.now;
                     self.execute(key, n);
@@ -540,11 +540,11 @@ impl Server {
             }
             Ok(None) => {
                 self.stats.write_would_block += 1;
-                trace!("conn={} write: WouldBlock", conn.token.0);
+                trace!("conn={} write: WouldBlock", token::show(conn.token));
                 conn.output.extend_from_slice(self.scratch_out.data());
             }
             Err(e) => {
-                debug!("conn={} write error: {e}", conn.token.0);
+                debug!("conn={} write error: {e}", token::show(conn.token));
                 self.scratch_out.clear();
                 return self.close(key, "write error");
             }
@@ -566,10 +566,10 @@ impl Server {
                 }
                 Ok(None) => {
                     self.stats.write_would_block += 1;
-                    trace!("conn={} write: WouldBlock", conn.token.0);
+                    trace!("conn={} write: WouldBlock", token::show(conn.token));
                 }
                 Err(e) => {
-                    debug!("conn={} write error: {e}", conn.token.0);
+                    debug!("conn={} write error: {e}", token::show(conn.token));
                     return self.close(key, "write error");
                 }
             }
@@ -579,7 +579,10 @@ impl Server {
 
     fn note_written(&mut self, key: usize, n: usize, pending: usize) {
         let conn = &mut self.connections[key];
-        trace!("conn={} write: {n} of {pending} bytes", conn.token.0);
+        trace!(
+            "conn={} write: {n} of {pending} bytes",
+            token::show(conn.token)
+        );
         self.stats.bytes_out += n as u64;
         if n < pending {
             self.stats.partial_writes += 1;
@@ -633,6 +636,7 @@ impl Server {
             let conn = &mut self.connections[key];
             match read_some(&mut conn.socket, &mut self.scratch_in) {
                 Ok(Some(0)) => {
+                    trace!("conn={} read while closing: EOF", token::show(token));
                     conn.peer_closed = true;
                     if matches!(conn.state(), State::Lingering(_)) {
                         return self.close(key, "closed after the peer's EOF");
@@ -640,7 +644,7 @@ impl Server {
                     return;
                 }
                 Ok(Some(n)) => {
-                    trace!("conn={} discarded {n} bytes", token.0);
+                    trace!("conn={} discarded {n} bytes", token::show(token));
                     self.stats.bytes_in += n as u64;
                 }
                 Ok(None) => {
@@ -648,7 +652,7 @@ impl Server {
                     return;
                 }
                 Err(e) => {
-                    debug!("conn={} read error while closing: {e}", token.0);
+                    debug!("conn={} read error while closing: {e}", token::show(token));
                     return self.close(key, "read error");
                 }
             }
@@ -683,7 +687,7 @@ impl Server {
         while let Some(token) = self.doomed.pop() {
             if let Some(key) = self.key_of(token) {
                 self.stats.slow_reader_drops += 1;
-                debug!("conn={} dropped: over the push cap", token.0);
+                debug!("conn={} dropped: over the push cap", token::show(token));
                 self.close(key, "slow reader");
             }
         }
@@ -758,7 +762,7 @@ impl Server {
                 let idle = idle_timeout.is_some_and(|timeout| now >= conn.last_activity + timeout);
                 if idle {
                     self.stats.idle_timeouts += 1;
-                    debug!("conn={} idle timeout", token.0);
+                    debug!("conn={} idle timeout", token::show(token));
                     conn.input.clear();
                     handler::write_notice(
                         conn.session.protocol,
@@ -853,7 +857,7 @@ impl Server {
     /// have given up on delivering them).
     fn close(&mut self, key: usize, why: &str) {
         let mut conn = self.connections.remove(key);
-        debug!("conn={} closed: {why}", conn.token.0);
+        debug!("conn={} closed: {why}", token::show(conn.token));
         if let Some((id, _)) = conn.timer {
             self.wheel.cancel(id);
         }

@@ -47,6 +47,27 @@ pub fn next_generation(generation: u32) -> u32 {
     generation.wrapping_add(1) & GENERATION_MASK
 }
 
+/// A token as people read it in logs: `line-listener`, `signals`, or `KEY.GENERATION` for a
+/// connection (`conn=7.1` is the first connection ever in slot 7, `conn=7.9` a later one).
+pub fn show(token: Token) -> impl std::fmt::Display {
+    struct Show(Token);
+    impl std::fmt::Display for Show {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            match self.0 {
+                LINE_LISTENER => f.write_str("line-listener"),
+                FRAME_LISTENER => f.write_str("frame-listener"),
+                SIGNALS => f.write_str("signals"),
+                WAKER => f.write_str("waker"),
+                token => {
+                    let (key, generation) = split(token);
+                    write!(f, "{key}.{generation}")
+                }
+            }
+        }
+    }
+    Show(token)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -61,6 +82,12 @@ mod tests {
         ] {
             assert_eq!(split(connection(key, generation)), (key, generation));
         }
+    }
+
+    #[test]
+    fn tokens_read_well_in_logs() {
+        assert_eq!(show(connection(7, 1)).to_string(), "7.1");
+        assert_eq!(show(LINE_LISTENER).to_string(), "line-listener");
     }
 
     #[test]
