@@ -63,6 +63,9 @@ use listener::Listeners;
 /// wheel's own wakeups rare while no deadline is more than 10 ms late because of it.
 const TICK: Duration = Duration::from_millis(10);
 
+/// `TICK` in nanoseconds, for tick arithmetic in `u64` (a `Duration`'s own is `u128`).
+const TICK_NANOS: u64 = TICK.as_nanos() as u64;
+
 /// 4096 slots of 10 ms: one revolution is 40.96 s, longer than the linger and quiet deadlines,
 /// so only idle timeouts over 41 s ever wait a second revolution (one extra look each).
 const WHEEL_SLOTS: usize = 4096;
@@ -872,18 +875,23 @@ impl Server {
 
     /// The tick at or after `instant`: a timer set for it never fires before `instant`.
     fn tick_at(&self, instant: Instant) -> u64 {
-        let nanos = instant.saturating_duration_since(self.epoch).as_nanos();
-        nanos.div_ceil(TICK.as_nanos()) as u64
+        nanos_since(self.epoch, instant).div_ceil(TICK_NANOS)
     }
 
     /// The tick `now` falls in.
     fn tick_now(&self) -> u64 {
-        (self.now.saturating_duration_since(self.epoch).as_nanos() / TICK.as_nanos()) as u64
+        nanos_since(self.epoch, self.now) / TICK_NANOS
     }
 
     fn instant_of(&self, tick: u64) -> Instant {
         self.epoch + TICK * u32::try_from(tick).unwrap_or(u32::MAX)
     }
+}
+
+/// Nanoseconds from `epoch` to `instant` (0 if earlier); `u64` lasts 584 years.
+fn nanos_since(epoch: Instant, instant: Instant) -> u64 {
+    let elapsed = instant.saturating_duration_since(epoch);
+    elapsed.as_secs() * 1_000_000_000 + u64::from(elapsed.subsec_nanos())
 }
 
 #[cfg(test)]
