@@ -11,11 +11,13 @@
 //! - [`protocol`]: the pure codecs: [`protocol::line`] and [`protocol::frame`].
 //! - [`handler`]: what each request means: replies, sessions, the chat room.
 //! - [`stats`]: the counters shown by `STATS`.
+//! - [`client`]: `tcp-client`, a line session or one frame exchange against the server.
 //!
 //! The layers only look downwards: the reactor moves bytes and never matches on a verb, the
 //! handler turns requests into replies and never sees a socket, the codecs see only `&[u8]`.
 
 pub mod buffer;
+pub mod client;
 pub mod config;
 pub mod handler;
 pub mod protocol;
