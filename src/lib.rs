@@ -11,6 +11,7 @@
 //! - [`protocol`]: the pure codecs: [`protocol::line`] and [`protocol::frame`].
 //! - [`handler`]: what each request means: replies, sessions, the chat room.
 //! - [`stats`]: the counters shown by `STATS`.
+//! - [`load`]: `tcp-load`, the load generator: per-thread mio loops, pipelined batches, latency.
 //! - [`client`]: `tcp-client`, a line session or one frame exchange against the server.
 //!
 //! The layers only look downwards: the reactor moves bytes and never matches on a verb, the
@@ -20,6 +21,7 @@ pub mod buffer;
 pub mod client;
 pub mod config;
 pub mod handler;
+pub mod load;
 pub mod protocol;
 pub mod reactor;
 pub mod stats;

@@ -1,0 +1,821 @@
+//! tcp-load: the load generator that measures tcp-reactor (or any line server, e.g. Redis).
+//!
+//! ```text
+//! tcp-load --addr HOST:PORT --protocol line|frame --workload echo|ping|raw|heartbeat|message|login
+//!          [--size BYTES (64)] [--request TEXT (raw only)]
+//!          [--connections N (50)] [--connect-rate PER_SEC (2000)] [--pipeline P (1)]
+//!          [--duration DUR (10s)] [--warmup DUR (1s)] | [--requests N]
+//!          [--rate R] [--threads T (cores)] [--source-addr IP[,IP...]] [--timeout DUR (5s)]
+//!          [--json] [--hdr-out FILE] [--progress]
+//! ```
+//!
+//! # How a run goes
+//!
+//! `--connections` are dealt round-robin to `--threads` workers ([`worker`]), each with its
+//! own `mio::Poll`, connections and histogram. Connects are paced at `--connect-rate` in total.
+//! Each connection keeps up to `--pipeline` requests in flight:
+//!
+//! - **closed loop** (default): a reply frees a slot and the slot is refilled at once; all the
+//!   requests due on a connection go out in one `write`. Latency = receive time - send time.
+//! - **open loop** (`--rate R`): requests follow a fixed global timetable (R per second, spread
+//!   evenly over the connections); latency counts from the *scheduled* send time, so a server
+//!   stall shows in full even while the pipeline is full (wrk2's coordinated-omission
+//!   correction).
+//!
+//! The measured window: with `--duration D`, once every connection is established (or has
+//! failed) the main thread sets one start instant, `--warmup` from then, for all workers; the
+//! replies received in `[start, start + D)` are recorded (warmup replies are verified, not
+//! recorded). With `--requests N`, every request sent after the warmup (none unless
+//! `--warmup` is given) is measured, exactly N of them are sent (N split evenly over the
+//! threads; requests sent during a warmup come on top), and the window ends with the last
+//! reply. Without a warmup the window opens at time zero, so it includes the connects.
+//!
+//! Errors (`connect`, `reset`, `eof`, `timeout`, `mismatch`) are counted by kind; the
+//! connection is closed and not reopened. Exit status: 0 without errors, 1 with any, 2 for bad
+//! arguments.
+//!
+//! # Invariants
+//!
+//! - The main thread never touches a socket: it paces the phases (window start, CPU samples,
+//!   progress) and merges the workers' reports. Workers share nothing but a few atomics.
+//! - tcp-load's CPU time (`getrusage(RUSAGE_SELF)`, user + system) is sampled at the window's
+//!   start and after the last worker has stopped but before any socket is closed, so connect
+//!   and teardown costs are not charged to the requests.
+
+pub mod report;
+mod worker;
+pub mod workload;
+
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::thread;
+use std::time::Duration;
+
+use clap::{CommandFactory, Parser};
+use log::{debug, warn};
+use serde_json::{Map, Value, json};
+
+use crate::config::parse_duration;
+use crate::reactor::listener::raise_fd_limit;
+use report::{Errors, Report, new_histogram};
+use worker::{Message, Plan, Shared, UNKNOWN, Worker, WorkerReport, clock_ns};
+use workload::{MAX_SIZE, Protocol, Workload};
+
+/// Default `--warmup` with `--duration`.
+const DEFAULT_WARMUP: Duration = Duration::from_secs(1);
+/// How often the progress line is printed.
+const PROGRESS_EVERY_NS: u64 = 1_000_000_000;
+
+/// tcp-load's command line.
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "tcp-load",
+    version,
+    about = "A load generator for tcp-reactor's line and frame protocols (and other line servers).",
+    long_about = "A load generator for tcp-reactor's line and frame protocols, and for other line \
+                  servers (--workload raw, e.g. Redis inline PING). Closed loop by default; open \
+                  loop with --rate, latency then measured from the scheduled send time.\n\n\
+                  DUR values are seconds (`30`, `0.5`) or a number with a unit: `500ms`, `2s`, \
+                  `1m`. Exit status: 0 without errors, 1 with any error, 2 for bad arguments."
+)]
+pub struct LoadConfig {
+    /// Server address; a host name is resolved once, at start.
+    #[arg(long, value_name = "HOST:PORT", value_parser = parse_addr)]
+    pub addr: SocketAddr,
+
+    /// Protocol spoken: `line` (echo, ping, raw) or `frame` (heartbeat, message, login).
+    #[arg(long, value_enum)]
+    pub protocol: Protocol,
+
+    /// What each request is (see docs/PROTOCOL.md for the replies checked).
+    #[arg(long, value_enum)]
+    pub workload: Workload,
+
+    /// Line length (echo, without `\n`) or frame body length (heartbeat, message).
+    #[arg(long, value_name = "BYTES", default_value_t = 64)]
+    pub size: usize,
+
+    /// The request line for `--workload raw`, without the newline; any one line is a reply.
+    #[arg(long, value_name = "TEXT")]
+    pub request: Option<String>,
+
+    /// Connections, all threads together.
+    #[arg(long, value_name = "N", default_value_t = 50,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub connections: u32,
+
+    /// New connections per second, all threads together.
+    #[arg(long, value_name = "PER_SEC", default_value_t = 2000.0, value_parser = parse_rate)]
+    pub connect_rate: f64,
+
+    /// Requests in flight per connection.
+    #[arg(long, value_name = "P", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub pipeline: u32,
+
+    /// Measured time, after the warmup.
+    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+
+    /// Time after all connections are up before measuring [default: 1s; 0 with --requests].
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub warmup: Option<Duration>,
+
+    /// Send exactly N measured requests in total, then stop (instead of --duration).
+    #[arg(long, value_name = "N", conflicts_with = "duration",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub requests: Option<u64>,
+
+    /// Open loop: R requests per second in total, on a fixed timetable.
+    #[arg(long, value_name = "R", value_parser = parse_rate)]
+    pub rate: Option<f64>,
+
+    /// Worker threads, each with its own event loop [default: the number of cores].
+    #[arg(long, value_name = "T", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub threads: Option<u32>,
+
+    /// Local addresses to connect from, round-robin (more source IPs, more ports).
+    #[arg(long, value_name = "IP[,IP...]", value_delimiter = ',')]
+    pub source_addr: Vec<IpAddr>,
+
+    /// A connection with requests outstanding and no reply for this long is a `timeout`
+    /// error; a connect taking this long is a `connect` error.
+    #[arg(long, value_name = "DUR", default_value = "5s", value_parser = parse_duration)]
+    pub timeout: Duration,
+
+    /// Print the summary as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Write the latency percentile distribution (HdrHistogram text format, µs) to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub hdr_out: Option<PathBuf>,
+
+    /// Print a progress line every second on stderr (default: only if it is a terminal).
+    #[arg(long)]
+    pub progress: bool,
+}
+
+fn parse_addr(text: &str) -> Result<SocketAddr, String> {
+    text.to_socket_addrs()
+        .map_err(|e| format!("`{text}` is not a HOST:PORT address: {e}"))?
+        .next()
+        .ok_or_else(|| format!("`{text}` resolves to no address"))
+}
+
+fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
+        _ => Err(format!("`{text}` is not a rate: use a number > 0")),
+    }
+}
+
+impl LoadConfig {
+    /// Parses the process's arguments; on an error prints it and exits with status 2.
+    #[must_use]
+    pub fn parse_args() -> LoadConfig {
+        match Self::try_parse_args_from(std::env::args_os()) {
+            Ok(config) => config,
+            Err(e) => e.exit(),
+        }
+    }
+
+    /// Parses and checks the combinations clap cannot express.
+    ///
+    /// # Errors
+    ///
+    /// A clap error (exit status 2, usage included) for any bad argument.
+    pub fn try_parse_args_from<I, T>(args: I) -> Result<LoadConfig, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let config = Self::try_parse_from(args)?;
+        config.check().map_err(|message| {
+            Self::command().error(clap::error::ErrorKind::ArgumentConflict, message)
+        })?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let workload = self.workload.name();
+        let needs = self.workload.protocol();
+        if needs != self.protocol {
+            return Err(format!(
+                "--workload {workload} is a {} workload; it cannot run with --protocol {}",
+                needs.name(),
+                self.protocol.name()
+            ));
+        }
+        match (&self.request, self.workload) {
+            (None, Workload::Raw) => {
+                return Err("--workload raw needs --request TEXT".to_string());
+            }
+            (Some(_), w) if w != Workload::Raw => {
+                return Err(format!(
+                    "--request is only for --workload raw, not {workload}"
+                ));
+            }
+            (Some(text), _) if text.contains('\n') => {
+                return Err("--request must be one line (no newline)".to_string());
+            }
+            _ => {}
+        }
+        if self.workload.uses_size() && self.size > MAX_SIZE {
+            return Err(format!(
+                "--size {} is over the limit of {MAX_SIZE} bytes",
+                self.size
+            ));
+        }
+        if self.requests.is_none() && self.duration.is_zero() {
+            return Err("--duration must be more than 0".to_string());
+        }
+        if self.timeout.is_zero() {
+            return Err("--timeout must be more than 0".to_string());
+        }
+        Ok(())
+    }
+
+    /// Worker threads: `--threads` or the number of cores, but never more than there are
+    /// connections (or requests) to give them.
+    #[must_use]
+    pub fn threads(&self) -> usize {
+        let wanted = self.threads.map_or_else(
+            || thread::available_parallelism().map_or(1, |n| n.get()),
+            |t| t as usize,
+        );
+        let mut threads = wanted.min(self.connections as usize);
+        if let Some(requests) = self.requests {
+            threads = threads.min(usize::try_from(requests).unwrap_or(usize::MAX));
+        }
+        threads.max(1)
+    }
+
+    /// The warmup actually applied.
+    #[must_use]
+    pub fn warmup(&self) -> Duration {
+        match (self.warmup, self.requests) {
+            (Some(warmup), _) => warmup,
+            (None, Some(_)) => Duration::ZERO,
+            (None, None) => DEFAULT_WARMUP,
+        }
+    }
+
+    /// Whether to print the progress line.
+    #[must_use]
+    pub fn show_progress(&self) -> bool {
+        use std::io::IsTerminal;
+        self.progress || io::stderr().is_terminal()
+    }
+
+    fn title(&self, threads: usize) -> String {
+        let shape = match self.rate {
+            Some(rate) => format!("open loop at {rate} requests/s"),
+            None => "closed loop".to_string(),
+        };
+        let amount = match self.requests {
+            Some(n) => format!("{n} requests"),
+            None => format!("{}s", self.duration.as_secs_f64()),
+        };
+        format!(
+            "{} {}/{}: {} connection(s), {threads} thread(s), pipeline {}, {shape}, {amount} \
+             after {}s warmup",
+            self.addr,
+            self.protocol.name(),
+            self.workload.name(),
+            self.connections,
+            self.pipeline,
+            self.warmup().as_secs_f64()
+        )
+    }
+
+    /// The resolved settings, for the JSON `settings` object.
+    fn settings(&self, threads: usize) -> Map<String, Value> {
+        let value = json!({
+            "addr": self.addr.to_string(),
+            "protocol": self.protocol.name(),
+            "workload": self.workload.name(),
+            "size": self.size,
+            "request": self.request,
+            "connections": self.connections,
+            "connect_rate": self.connect_rate,
+            "pipeline": self.pipeline,
+            "duration_s": self.requests.is_none().then_some(self.duration.as_secs_f64()),
+            "warmup_s": self.warmup().as_secs_f64(),
+            "requests": self.requests,
+            "rate": self.rate,
+            "loop": if self.rate.is_some() { "open" } else { "closed" },
+            "threads": threads,
+            "source_addr": self.source_addr.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "timeout_s": self.timeout.as_secs_f64(),
+        });
+        match value {
+            Value::Object(map) => map,
+            _ => unreachable!("json! of an object literal is an object"),
+        }
+    }
+}
+
+/// tcp-load's CPU time so far (user + system, all threads).
+fn cpu_time() -> Duration {
+    // SAFETY: rusage is plain data; all-zero is a valid value.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes one rusage through a valid pointer to a local.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return Duration::ZERO;
+    }
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// The soft limit on open files now.
+fn fd_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit through a valid pointer to a local.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return u64::MAX;
+    }
+    limit.rlim_cur
+}
+
+/// Runs the load and returns the summary.
+///
+/// # Errors
+///
+/// Setup failures only (creating a poll, spawning a thread); connection problems are counted
+/// in the report's errors.
+pub fn run(config: &LoadConfig) -> io::Result<Report> {
+    match raise_fd_limit() {
+        Ok((soft, hard)) => debug!("open files limit: soft {soft} raised to hard {hard}"),
+        Err(e) => warn!("could not raise the open files limit: {e}"),
+    }
+    let threads = config.threads();
+    let limit = fd_limit();
+    let wanted = u64::from(config.connections) + 16 + 2 * threads as u64;
+    if wanted > limit {
+        warn!(
+            "{} connections need about {wanted} file descriptors, the limit is {limit}: \
+             some connects will fail",
+            config.connections
+        );
+    }
+
+    let raw_request = config.request.as_deref().unwrap_or("").as_bytes();
+    let exchange = Arc::new(workload::exchange(
+        config.workload,
+        config.size,
+        raw_request,
+    ));
+    let warmup_ns = config.warmup().as_nanos() as u64;
+    // With --requests and no warmup, every request is measured: the window opens at once.
+    let start_at_once = config.requests.is_some() && warmup_ns == 0;
+    let show_progress = config.show_progress();
+    let epoch = clock_ns();
+    let shared = Arc::new(Shared::new(
+        threads,
+        if start_at_once { epoch } else { UNKNOWN },
+    ));
+    let mut cpu_at_start = start_at_once.then(cpu_time);
+
+    let (to_main, from_workers) = mpsc::channel();
+    let mut wakers = Vec::with_capacity(threads);
+    let mut releases = Vec::with_capacity(threads);
+    let mut handles = Vec::with_capacity(threads);
+    let sources: Arc<[IpAddr]> = Arc::from(config.source_addr.clone());
+    for thread in 0..threads {
+        let budget = config.requests.map(|n| {
+            let (n, t) = (n, threads as u64);
+            n / t + u64::from((thread as u64) < n % t)
+        });
+        let plan = Plan {
+            thread,
+            threads,
+            connections: config.connections as usize,
+            addr: config.addr,
+            sources: Arc::clone(&sources),
+            pipeline: config.pipeline,
+            exchange: Arc::clone(&exchange),
+            connect_interval_ns: 1e9 / config.connect_rate,
+            slot_ns: config.rate.map(|rate| 1e9 / rate),
+            budget,
+            duration_ns: config.duration.as_nanos() as u64,
+            timeout_ns: config.timeout.as_nanos() as u64,
+            epoch_ns: epoch,
+            progress: show_progress,
+        };
+        let (release, released) = mpsc::channel::<()>();
+        let worker = Worker::new(plan, Arc::clone(&shared), to_main.clone(), released)?;
+        wakers.push(worker.waker());
+        releases.push(release);
+        handles.push(
+            thread::Builder::new()
+                .name(format!("tcp-load-{thread}"))
+                .spawn(move || worker.run())?,
+        );
+    }
+    drop(to_main);
+
+    // Pace the phases until every worker has reported.
+    let mut resolved = vec![false; threads];
+    let mut reports: Vec<Option<Box<WorkerReport>>> = (0..threads).map(|_| None).collect();
+    let mut snapshots: Vec<Option<Box<hdrhistogram::Histogram<u64>>>> =
+        (0..threads).map(|_| None).collect();
+    let mut start = start_at_once.then_some(epoch);
+    let mut done = 0;
+    let mut next_progress = epoch + PROGRESS_EVERY_NS;
+    let mut last_replies = (epoch, 0u64);
+    while done < threads {
+        let now = clock_ns();
+        if cpu_at_start.is_none() && start.is_some_and(|s| now >= s) {
+            cpu_at_start = Some(cpu_time());
+        }
+        if show_progress && now >= next_progress {
+            print_progress(&shared, &snapshots, start, epoch, now, &mut last_replies);
+            next_progress += PROGRESS_EVERY_NS;
+        }
+        // Sleep until a message, the next progress line, or the window start (CPU sample).
+        let mut wake_at = if show_progress {
+            next_progress
+        } else {
+            u64::MAX
+        };
+        if let Some(s) = start.filter(|_| cpu_at_start.is_none()) {
+            wake_at = wake_at.min(s);
+        }
+        let received = if wake_at == u64::MAX {
+            from_workers
+                .recv()
+                .map_err(|_| RecvTimeoutError::Disconnected)
+        } else {
+            from_workers.recv_timeout(Duration::from_nanos(wake_at.saturating_sub(now)))
+        };
+        let message = match received {
+            Ok(message) => message,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => break, // a worker died: report what we have
+        };
+        let thread = match message {
+            Message::Connected(thread) => thread,
+            Message::Snapshot(thread, histogram) => {
+                snapshots[thread] = Some(histogram);
+                continue;
+            }
+            Message::Done(thread, report) => {
+                reports[thread] = Some(report);
+                done += 1;
+                thread
+            }
+        };
+        resolved[thread] = true;
+        if start.is_none() && resolved.iter().all(|&r| r) {
+            // Every connection is up (or failed): the warmup starts now, for everyone.
+            let s = clock_ns() + warmup_ns;
+            start = Some(s);
+            shared.start_ns.store(s, Ordering::Release);
+            for waker in &wakers {
+                let _ = waker.wake();
+            }
+            debug!("all connections resolved; measuring from +{warmup_ns} ns");
+        }
+    }
+    let cpu = cpu_at_start.map_or(Duration::ZERO, |at_start| {
+        cpu_time().saturating_sub(at_start)
+    });
+    drop(releases); // the workers may close their sockets now
+    for handle in handles {
+        if handle.join().is_err() {
+            warn!("a worker thread panicked");
+        }
+    }
+
+    let mut histogram = new_histogram();
+    let mut errors = Errors::default();
+    let (mut requests, mut sent, mut received, mut connected, mut last_reply) = (0, 0, 0, 0, 0);
+    let mut first_start = u64::MAX;
+    for report in reports.into_iter().flatten() {
+        if histogram.add(&report.histogram).is_err() {
+            warn!("could not merge a latency histogram");
+        }
+        errors.add(&report.errors);
+        requests += report.requests;
+        sent += report.bytes_sent;
+        received += report.bytes_received;
+        connected += report.connected;
+        last_reply = last_reply.max(report.last_reply_ns);
+        if report.start_ns != 0 {
+            first_start = first_start.min(report.start_ns);
+        }
+    }
+    let duration = match config.requests {
+        None => config.duration,
+        Some(_) if last_reply > first_start => Duration::from_nanos(last_reply - first_start),
+        Some(_) => Duration::ZERO,
+    };
+    Ok(Report {
+        title: config.title(threads),
+        settings: config.settings(threads),
+        requests,
+        duration,
+        bytes_sent: sent,
+        bytes_received: received,
+        histogram,
+        errors,
+        connections: connected,
+        connections_wanted: u64::from(config.connections),
+        threads,
+        cpu,
+    })
+}
+
+/// One progress line on stderr (overwriting the previous one on a terminal).
+fn print_progress(
+    shared: &Shared,
+    snapshots: &[Option<Box<hdrhistogram::Histogram<u64>>>],
+    start: Option<u64>,
+    epoch: u64,
+    now: u64,
+    last: &mut (u64, u64),
+) {
+    let (mut replies, mut open, mut errors) = (0, 0, 0);
+    for progress in shared.progress.iter() {
+        replies += progress.replies.load(Ordering::Relaxed);
+        open += progress.open.load(Ordering::Relaxed);
+        errors += progress.errors.load(Ordering::Relaxed);
+    }
+    let seconds = now.saturating_sub(last.0) as f64 / 1e9;
+    let rate = if seconds > 0.0 {
+        replies.saturating_sub(last.1) as f64 / seconds
+    } else {
+        0.0
+    };
+    *last = (now, replies);
+    let p99 = if start.is_some_and(|s| now >= s) {
+        let mut merged = new_histogram();
+        for snapshot in snapshots.iter().flatten() {
+            let _ = merged.add(snapshot.as_ref());
+        }
+        // Nothing recorded yet (the first snapshot predates the window): still warming up.
+        (!merged.is_empty()).then(|| merged.value_at_quantile(0.99) as f64 / 1000.0)
+    } else {
+        None
+    };
+    let line = report::progress_line(
+        Duration::from_nanos(now.saturating_sub(epoch)),
+        open,
+        rate,
+        p99,
+        errors,
+    );
+    eprintln!("{line}");
+}
+
+/// Prints the summary (text or `--json`) on stdout and writes `--hdr-out`.
+///
+/// # Errors
+///
+/// Writing stdout or the `--hdr-out` file failed.
+pub fn output(config: &LoadConfig, report: &Report) -> io::Result<()> {
+    let mut stdout = io::stdout().lock();
+    if config.json {
+        writeln!(stdout, "{}", report::summary_json(report))?;
+    } else {
+        write!(stdout, "{}", report::summary_text(report))?;
+    }
+    stdout.flush()?;
+    if let Some(path) = &config.hdr_out {
+        let file = File::create(path)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        let mut out = BufWriter::new(file);
+        report::write_percentiles(&report.histogram, &mut out)?;
+        out.flush()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<LoadConfig, clap::Error> {
+        let mut all = vec!["tcp-load", "--addr", "127.0.0.1:8080"];
+        all.extend_from_slice(args);
+        LoadConfig::try_parse_args_from(all)
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse(&["--protocol", "line", "--workload", "ping"]).unwrap();
+        assert_eq!(c.size, 64);
+        assert_eq!(c.connections, 50);
+        assert_eq!(c.connect_rate, 2000.0);
+        assert_eq!(c.pipeline, 1);
+        assert_eq!(c.duration, Duration::from_secs(10));
+        assert_eq!(c.warmup(), Duration::from_secs(1));
+        assert_eq!(c.timeout, Duration::from_secs(5));
+        assert_eq!(c.requests, None);
+        assert_eq!(c.rate, None);
+        assert!(!c.json && !c.progress && c.hdr_out.is_none());
+        let n = parse(&[
+            "--protocol",
+            "line",
+            "--workload",
+            "ping",
+            "--requests",
+            "5",
+        ])
+        .unwrap();
+        assert_eq!(n.warmup(), Duration::ZERO, "no warmup with --requests");
+        assert_eq!(n.threads(), n.threads().min(5));
+        let w = parse(&[
+            "--protocol",
+            "line",
+            "--workload",
+            "ping",
+            "--requests",
+            "5",
+            "--warmup",
+            "2s",
+        ])
+        .unwrap();
+        assert_eq!(w.warmup(), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn every_flag_parses() {
+        let c = parse(&[
+            "--protocol",
+            "frame",
+            "--workload",
+            "message",
+            "--size",
+            "16",
+            "--connections",
+            "7",
+            "--connect-rate",
+            "100",
+            "--pipeline",
+            "16",
+            "--warmup",
+            "500ms",
+            "--duration",
+            "2s",
+            "--rate",
+            "1000.5",
+            "--threads",
+            "3",
+            "--source-addr",
+            "127.0.0.1,127.0.0.2",
+            "--timeout",
+            "1",
+            "--json",
+            "--hdr-out",
+            "/tmp/x.hdr",
+            "--progress",
+        ])
+        .unwrap();
+        assert_eq!(c.protocol, Protocol::Frame);
+        assert_eq!(c.workload, Workload::Message);
+        assert_eq!(c.source_addr.len(), 2);
+        assert_eq!(c.rate, Some(1000.5));
+        assert_eq!(c.threads(), 3);
+        assert_eq!(c.warmup(), Duration::from_millis(500));
+        let settings = c.settings(3);
+        assert_eq!(settings["loop"], "open");
+        assert_eq!(settings["source_addr"], json!(["127.0.0.1", "127.0.0.2"]));
+        // Threads never outnumber connections.
+        let few = parse(&[
+            "--protocol",
+            "line",
+            "--workload",
+            "ping",
+            "--threads",
+            "8",
+            "--connections",
+            "2",
+        ])
+        .unwrap();
+        assert_eq!(few.threads(), 2);
+    }
+
+    #[test]
+    fn bad_combinations_are_usage_errors() {
+        let cases: &[(&[&str], &str)] = &[
+            (
+                &["--protocol", "frame", "--workload", "echo"],
+                "line workload",
+            ),
+            (
+                &["--protocol", "line", "--workload", "login"],
+                "frame workload",
+            ),
+            (
+                &["--protocol", "line", "--workload", "raw"],
+                "needs --request",
+            ),
+            (
+                &["--protocol", "line", "--workload", "ping", "--request", "x"],
+                "only for --workload raw",
+            ),
+            (
+                &[
+                    "--protocol",
+                    "line",
+                    "--workload",
+                    "raw",
+                    "--request",
+                    "a\nb",
+                ],
+                "one line",
+            ),
+            (
+                &[
+                    "--protocol",
+                    "line",
+                    "--workload",
+                    "echo",
+                    "--size",
+                    "20000000",
+                ],
+                "over the limit",
+            ),
+            (
+                &[
+                    "--protocol",
+                    "line",
+                    "--workload",
+                    "ping",
+                    "--duration",
+                    "0",
+                ],
+                "--duration",
+            ),
+            (
+                &[
+                    "--protocol",
+                    "line",
+                    "--workload",
+                    "ping",
+                    "--pipeline",
+                    "0",
+                ],
+                "pipeline",
+            ),
+            (
+                &["--protocol", "line", "--workload", "ping", "--rate", "0"],
+                "rate",
+            ),
+            (
+                &[
+                    "--protocol",
+                    "line",
+                    "--workload",
+                    "ping",
+                    "--requests",
+                    "0",
+                ],
+                "requests",
+            ),
+            (
+                &[
+                    "--protocol",
+                    "line",
+                    "--workload",
+                    "ping",
+                    "--requests",
+                    "5",
+                    "--duration",
+                    "1s",
+                ],
+                "cannot be used with",
+            ),
+            (&["--protocol", "line", "--workload", "nope"], "nope"),
+            (&["--protocol", "tcp", "--workload", "ping"], "tcp"),
+        ];
+        for (args, needle) in cases {
+            let err = parse(args).expect_err(needle);
+            assert_eq!(err.exit_code(), 2, "{args:?}");
+            let text = err.to_string();
+            assert!(text.contains(needle), "{args:?}: {text}");
+        }
+        let no_addr = LoadConfig::try_parse_args_from(["tcp-load", "--protocol", "line"]);
+        assert_eq!(no_addr.unwrap_err().exit_code(), 2);
+        let bad_addr = LoadConfig::try_parse_args_from([
+            "tcp-load",
+            "--addr",
+            "nowhere",
+            "--protocol",
+            "line",
+            "--workload",
+            "ping",
+        ]);
+        assert_eq!(bad_addr.unwrap_err().exit_code(), 2);
+    }
+}

@@ -1,0 +1,1136 @@
+//! One load-generating thread: one `mio::Poll`, its share of the connections, its own
+//! latency histogram.
+//!
+//! One turn of the loop:
+//!
+//! ```text
+//! learn the measured window (set by the main thread once every connection is up)
+//! start the connects that are due (--connect-rate, spread over threads)
+//! open loop: send the requests whose scheduled time has come
+//! every SCAN: close connections that got no reply for --timeout
+//! poll(timeout = next connect / scan / end of window; open loop: a timerfd for the next send)
+//!   -> for each event: connecting => connected? send the first batch
+//!                      open       => read until a short read, verify every reply in place,
+//!                                    record latencies, refill the free slots, write the whole
+//!                                    batch with one write
+//! ```
+//!
+//! # The shape of a batch
+//!
+//! All requests of a connection are the same bytes, so what it owes the socket is a position
+//! in the periodic stream `request request ...` ([`Periodic`]): `unsent` bytes starting at
+//! `send_phase`. Refilling `k` slots adds `k * request_len` to `unsent`, and one `write` of
+//! one slice of the thread's batch buffer sends them all (the buffer holds a pipeline's worth
+//! of copies, up to 64 KiB; it is per thread rather than per connection because every
+//! connection sends the same bytes, so 15,000 connections share one). Replies are verified the same way, against the periodic expected stream, by
+//! comparing the read buffer in place ([`Verifier::check`]); a reply split across reads costs
+//! nothing but its phase. Send times live in a ring of `--pipeline` entries per connection,
+//! in request order: a reply pops the oldest.
+//!
+//! # The clock
+//!
+//! `CLOCK_MONOTONIC` in nanoseconds, read once per wakeup (after `poll`) and once per batch of
+//! replies (after the reads that brought it). Replies read together share a receive time;
+//! requests queued together share a send time (the same reading: a reply's arrival is the
+//! moment its slot is refilled). No clock read per request.
+//!
+//! # Open loop (`--rate R`)
+//!
+//! The timetable is global: slot `n` is due at `epoch + n / R`, and slots are dealt round-robin
+//! to the connections (connection `j` owns slots `j, j + C, j + 2C, ...`), so sends are spread
+//! evenly in time. A request's latency is measured from its *scheduled* time: if its
+//! connection already has `--pipeline` requests in flight it waits, and the wait counts (the
+//! coordinated-omission correction of wrk2). A cursor walks this thread's slots in time order,
+//! so finding what is due costs O(1) per request; a `timerfd` armed at the next slot wakes the
+//! loop at nanosecond precision, where `epoll_wait` would round up to a millisecond.
+//!
+//! # Readiness rules (as in the server, `reactor/mod.rs`)
+//!
+//! - Sockets are registered once for READABLE | WRITABLE and never re-registered:
+//!   edge-triggered, a writable edge costs nothing until a write has filled the socket buffer.
+//! - A read that returned less than the buffer has drained the socket; later bytes raise a
+//!   new edge. So no second read just to see WouldBlock; likewise a write that took everything.
+//!   Read-closed/error flags are hints: then read until EOF or WouldBlock.
+//! - Connect completion is a writable edge; `take_error` then `peer_addr` tell the outcome
+//!   (mio's `TcpStream::connect` recipe).
+//!
+//! # Invariants
+//!
+//! - `in_flight <= pipeline` on every connection; the ring holds exactly `in_flight` send
+//!   times; `unsent <= in_flight * request_len`.
+//! - No allocation per request: rings are allocated once per connection, the batch buffers
+//!   and the read buffer once per thread.
+//! - A connection with an error is closed and counted, never reopened.
+//!
+//! # What it refuses to do
+//!
+//! It does not reconnect, does not balance budgets across threads (each thread gets an equal
+//! share of `--requests`), and does not read replies after the measured window ends.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, Sender};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use log::{debug, trace, warn};
+use mio::net::TcpStream;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
+use socket2::{Domain, Socket, Type};
+
+use super::report::{ErrorKind, Errors, new_histogram};
+use super::workload::{Exchange, Periodic, Verifier};
+use crate::reactor::connection::{read_some, write_some};
+
+/// Wakes a worker when the main thread has set the measured window.
+const WAKER: Token = Token(usize::MAX);
+/// The open-loop timerfd.
+const TIMER: Token = Token(usize::MAX - 1);
+
+/// One `read` takes at most this much (as the server's scratch buffer).
+const READ_CHUNK: usize = 64 * 1024;
+/// Events taken from one `poll`.
+const EVENTS_CAPACITY: usize = 1024;
+/// Connects started per wakeup at most; the rest next turn (a late thread must not stall its
+/// open connections behind a burst of `connect` calls).
+const CONNECT_BUDGET: usize = 256;
+/// Open-loop slots visited per wakeup at most, for the same reason.
+const SLOT_BUDGET: usize = 4096;
+/// How often connections are checked for `--timeout` (at most; a shorter timeout scans more
+/// often).
+const SCAN_EVERY_NS: u64 = 100_000_000;
+/// How often a worker publishes a histogram snapshot for the progress line.
+const SNAPSHOT_EVERY_NS: u64 = 1_000_000_000;
+/// Errors of each kind logged at warn, process-wide; the rest at debug.
+const WARNINGS_PER_KIND: u32 = 3;
+/// `start_ns` before the main thread has set the measured window.
+pub(crate) const UNKNOWN: u64 = u64::MAX;
+
+static WARNINGS: [AtomicU32; 5] = [const { AtomicU32::new(0) }; 5];
+
+/// `CLOCK_MONOTONIC` in nanoseconds: what `Instant` reads, as a plain number that a timerfd
+/// can be armed with.
+#[must_use]
+pub(crate) fn clock_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec through a valid pointer to a local.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// What one thread is to do; built by `load::run`.
+#[derive(Debug, Clone)]
+pub(crate) struct Plan {
+    /// This thread's index `t` and the number of threads `T`: it owns the connections whose
+    /// global index `j` satisfies `j % T == t`.
+    pub thread: usize,
+    pub threads: usize,
+    /// `C`, all threads together.
+    pub connections: usize,
+    pub addr: SocketAddr,
+    /// Local addresses to bind, round-robin by global connection index (empty: any).
+    pub sources: Arc<[IpAddr]>,
+    pub pipeline: u32,
+    pub exchange: Arc<Exchange>,
+    /// Nanoseconds between two connection attempts, all threads together.
+    pub connect_interval_ns: f64,
+    /// Open loop: nanoseconds between two slots of the global timetable (`1e9 / R`).
+    pub slot_ns: Option<f64>,
+    /// `--requests`: this thread's share. `None`: run for `duration_ns`.
+    pub budget: Option<u64>,
+    pub duration_ns: u64,
+    pub timeout_ns: u64,
+    /// Time zero of the run: connects and the open-loop timetable count from here.
+    pub epoch_ns: u64,
+    /// Publish progress counters and snapshots for the progress line.
+    pub progress: bool,
+}
+
+impl Plan {
+    /// Connections this thread owns.
+    fn local_connections(&self) -> usize {
+        (self.connections + self.threads - 1 - self.thread) / self.threads
+    }
+
+    fn global_index(&self, local: usize) -> usize {
+        local * self.threads + self.thread
+    }
+}
+
+/// State shared with the main thread: written rarely, read once per wakeup.
+pub(crate) struct Shared {
+    /// Start of the measured window (`CLOCK_MONOTONIC` ns), or [`UNKNOWN`].
+    pub start_ns: AtomicU64,
+    /// One per worker, for the progress line.
+    pub progress: Box<[Progress]>,
+}
+
+impl Shared {
+    pub fn new(threads: usize, start_ns: u64) -> Shared {
+        Shared {
+            start_ns: AtomicU64::new(start_ns),
+            progress: (0..threads).map(|_| Progress::default()).collect(),
+        }
+    }
+}
+
+/// A worker's progress counters, on a cache line of their own: only that worker writes them.
+#[derive(Default)]
+#[repr(align(128))]
+pub(crate) struct Progress {
+    /// Replies received (warmup included).
+    pub replies: AtomicU64,
+    /// Connections open now.
+    pub open: AtomicU64,
+    /// Errors so far.
+    pub errors: AtomicU64,
+}
+
+/// From a worker to the main thread.
+pub(crate) enum Message {
+    /// Every connection of this worker is established or has failed.
+    Connected(usize),
+    /// The histogram so far, for the progress line's p99.
+    Snapshot(usize, Box<Histogram<u64>>),
+    /// The worker stopped; it closes its sockets once the main thread drops its release
+    /// channel (after sampling CPU time).
+    Done(usize, Box<WorkerReport>),
+}
+
+/// A worker's totals over the measured window.
+pub(crate) struct WorkerReport {
+    pub histogram: Histogram<u64>,
+    pub requests: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub errors: Errors,
+    /// Connections ever established.
+    pub connected: u64,
+    /// Receive time of the last recorded reply (0: none).
+    pub last_reply_ns: u64,
+    /// The window start this worker used.
+    pub start_ns: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConnState {
+    /// Its connect is not due yet.
+    Waiting,
+    /// `connect` returned EINPROGRESS; waiting for the writable edge.
+    Connecting,
+    Open,
+    /// Failed, closed by the server, or done: never reopened.
+    Closed,
+}
+
+/// One connection.
+struct Conn {
+    socket: Option<TcpStream>,
+    state: ConnState,
+    /// Requests sent or queued, not yet answered.
+    in_flight: u32,
+    /// Send times (or scheduled times) of the in-flight requests, oldest at `head`.
+    ring: Box<[u64]>,
+    head: u32,
+    /// Request bytes owed to the socket, starting at `send_phase` within a request.
+    unsent: usize,
+    send_phase: usize,
+    /// Bytes of the current reply already verified.
+    reply_phase: usize,
+    /// Connecting: when the connect began. Open: the last reply, or the send that ended an
+    /// idle spell; `--timeout` counts from here.
+    since_ns: u64,
+    /// Open loop: the global slot of this connection's next request.
+    next_slot: u64,
+}
+
+impl Conn {
+    fn new() -> Conn {
+        Conn {
+            socket: None,
+            state: ConnState::Waiting,
+            in_flight: 0,
+            ring: Box::new([]),
+            head: 0,
+            unsent: 0,
+            send_phase: 0,
+            reply_phase: 0,
+            since_ns: 0,
+            next_slot: 0,
+        }
+    }
+}
+
+/// The open-loop wake-up: a `timerfd` armed at an absolute `CLOCK_MONOTONIC` time. Never read:
+/// arming resets its expiry count, and each expiry raises a new edge. Registered through
+/// `mio::unix::SourceFd` (mio's `os-ext` feature, which signal-hook-mio turns on).
+struct Timer {
+    fd: OwnedFd,
+    armed_ns: u64,
+}
+
+impl Timer {
+    fn new() -> io::Result<Timer> {
+        // SAFETY: timerfd_create has no memory preconditions; the result is checked.
+        let fd = unsafe {
+            libc::timerfd_create(
+                libc::CLOCK_MONOTONIC,
+                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd is a fresh descriptor owned by nothing else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Timer { fd, armed_ns: 0 })
+    }
+
+    fn arm(&mut self, at_ns: u64) {
+        if at_ns == self.armed_ns {
+            return;
+        }
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: libc::timespec {
+                tv_sec: (at_ns / 1_000_000_000) as libc::time_t,
+                tv_nsec: (at_ns % 1_000_000_000) as libc::c_long,
+            },
+        };
+        // SAFETY: a valid fd and pointers to a local itimerspec; the old value is not asked for.
+        let rc = unsafe {
+            libc::timerfd_settime(
+                self.fd.as_raw_fd(),
+                libc::TFD_TIMER_ABSTIME,
+                &spec,
+                std::ptr::null_mut(),
+            )
+        };
+        if rc == 0 {
+            self.armed_ns = at_ns;
+        } else {
+            debug!("timerfd_settime: {}", io::Error::last_os_error());
+        }
+    }
+}
+
+/// One worker thread's loop and everything it owns.
+pub(crate) struct Worker {
+    plan: Plan,
+    poll: Poll,
+    events: Events,
+    waker: Arc<Waker>,
+    timer: Option<Timer>,
+    shared: Arc<Shared>,
+    to_main: Sender<Message>,
+    release: Receiver<()>,
+    conns: Vec<Conn>,
+    /// `pipeline` copies of the request: a batch is one slice of it.
+    requests: Periodic,
+    request_len: usize,
+    verifier: Verifier,
+    scratch: Box<[u8]>,
+    histogram: Histogram<u64>,
+    /// The latest clock reading.
+    now: u64,
+    /// The measured window as this worker applies it: `[start, end)`.
+    start: Option<u64>,
+    end: u64,
+    /// `--requests`: measured requests this thread may still send.
+    budget: Option<u64>,
+    /// Sum of `in_flight` over connections.
+    outstanding: u64,
+    next_connect: usize,
+    /// Connections not yet established nor failed.
+    pending: usize,
+    open: u64,
+    connected: u64,
+    told_connected: bool,
+    /// Open loop: the next slot to visit, as (round, local connection).
+    cursor: (u64, usize),
+    next_scan: u64,
+    scan_every: u64,
+    next_snapshot: u64,
+    requests_done: u64,
+    replies: u64,
+    bytes_sent: u64,
+    bytes_received: u64,
+    errors: Errors,
+    last_reply_ns: u64,
+}
+
+impl Worker {
+    /// Sets up the poll (and the timerfd in open loop); no connection is opened before `run`.
+    pub fn new(
+        plan: Plan,
+        shared: Arc<Shared>,
+        to_main: Sender<Message>,
+        release: Receiver<()>,
+    ) -> io::Result<Worker> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let timer = match plan.slot_ns {
+            Some(_) => {
+                let timer = Timer::new()?;
+                poll.registry().register(
+                    &mut SourceFd(&timer.fd.as_raw_fd()),
+                    TIMER,
+                    Interest::READABLE,
+                )?;
+                Some(timer)
+            }
+            None => None,
+        };
+        let pipeline = plan.pipeline as usize;
+        let requests = Periodic::for_batch(&plan.exchange.request, pipeline);
+        let verifier = Verifier::new(&plan.exchange.reply, pipeline);
+        let local = plan.local_connections();
+        let start = shared.start_ns.load(Ordering::Acquire);
+        let scan_every = (plan.timeout_ns / 8).clamp(1_000_000, SCAN_EVERY_NS);
+        Ok(Worker {
+            poll,
+            events: Events::with_capacity(EVENTS_CAPACITY),
+            waker,
+            timer,
+            shared,
+            to_main,
+            release,
+            conns: (0..local).map(|_| Conn::new()).collect(),
+            request_len: plan.exchange.request.len(),
+            requests,
+            verifier,
+            scratch: vec![0; READ_CHUNK].into_boxed_slice(),
+            histogram: new_histogram(),
+            now: plan.epoch_ns,
+            start: (start != UNKNOWN).then_some(start),
+            end: u64::MAX,
+            budget: plan.budget,
+            outstanding: 0,
+            next_connect: 0,
+            pending: local,
+            open: 0,
+            connected: 0,
+            told_connected: false,
+            cursor: (0, 0),
+            next_scan: plan.epoch_ns + scan_every,
+            scan_every,
+            next_snapshot: plan.epoch_ns + SNAPSHOT_EVERY_NS,
+            requests_done: 0,
+            replies: 0,
+            bytes_sent: 0,
+            bytes_received: 0,
+            errors: Errors::default(),
+            last_reply_ns: 0,
+            plan,
+        })
+    }
+
+    /// Wakes this worker from `poll` (the main thread calls it after setting the window).
+    pub fn waker(&self) -> Arc<Waker> {
+        Arc::clone(&self.waker)
+    }
+
+    /// Runs the loop until the measured window ends (or the requests are done, or every
+    /// connection is gone), reports, waits for the main thread's release, then closes.
+    pub fn run(mut self) {
+        // Timer expirations as precise as the hardware allows (the default slack is 50 µs).
+        // SAFETY: prctl(PR_SET_TIMERSLACK) takes plain integers.
+        unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong, 0, 0, 0) };
+        if let Err(e) = self.serve() {
+            log::error!("thread {}: event loop failed: {e}", self.plan.thread);
+        }
+        let Worker {
+            plan,
+            to_main,
+            release,
+            conns,
+            histogram,
+            start,
+            requests_done,
+            bytes_sent,
+            bytes_received,
+            errors,
+            connected,
+            last_reply_ns,
+            ..
+        } = self; // the poll and buffers go; the sockets (in `conns`) stay open for now
+        let report = WorkerReport {
+            histogram,
+            requests: requests_done,
+            bytes_sent,
+            bytes_received,
+            errors,
+            connected,
+            last_reply_ns,
+            start_ns: start.unwrap_or(0),
+        };
+        let _ = to_main.send(Message::Done(plan.thread, Box::new(report)));
+        // Dropped before waiting, so that if another worker panicked (and never reports), the
+        // main thread sees the channel disconnect once the rest are done instead of waiting.
+        drop(to_main);
+        // Closing thousands of sockets costs CPU that is not the measurement's: wait until the
+        // main thread has read the CPU clock. Err means it has dropped the sender: go.
+        let _ = release.recv();
+        drop(conns);
+    }
+
+    fn serve(&mut self) -> io::Result<()> {
+        self.now = clock_ns();
+        loop {
+            self.learn_window();
+            self.connect_due();
+            self.send_scheduled();
+            if self.now >= self.next_scan {
+                self.scan_timeouts();
+                self.next_scan = self.now + self.scan_every;
+            }
+            self.tell_main();
+            if self.finished() {
+                return Ok(());
+            }
+            let timeout = self.poll_timeout();
+            match self.poll.poll(&mut self.events, timeout) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+            self.now = clock_ns();
+            self.handle_events();
+        }
+    }
+
+    /// Picks up the window start once the main thread has set it.
+    fn learn_window(&mut self) {
+        if self.start.is_some() {
+            return;
+        }
+        let start = self.shared.start_ns.load(Ordering::Acquire);
+        if start == UNKNOWN {
+            return;
+        }
+        if self.plan.budget.is_some() {
+            // Requests sent before now were not counted against the budget: if the news came
+            // late, the window starts now for this thread, so none of them is measured.
+            self.start = Some(start.max(self.now));
+        } else {
+            self.start = Some(start);
+            self.end = start.saturating_add(self.plan.duration_ns);
+        }
+        debug!("thread {}: measured window set", self.plan.thread);
+    }
+
+    fn finished(&self) -> bool {
+        self.now >= self.end
+            || (self.budget == Some(0) && self.outstanding == 0)
+            || (self.pending == 0 && self.open == 0)
+    }
+
+    fn poll_timeout(&mut self) -> Option<Duration> {
+        let mut next = self.next_scan.min(self.end);
+        if self.next_connect < self.conns.len() {
+            next = next.min(self.connect_time(self.next_connect));
+        }
+        if self.plan.progress {
+            next = next.min(self.next_snapshot);
+        }
+        if let Some(slot_ns) = self.plan.slot_ns {
+            let due = self.slot_time(self.cursor_slot(), slot_ns);
+            if due <= self.now {
+                next = self.now; // a spent slot budget: come straight back
+            } else if let Some(timer) = self.timer.as_mut() {
+                timer.arm(due);
+            }
+        }
+        Some(Duration::from_nanos(next.saturating_sub(self.now)))
+    }
+
+    fn handle_events(&mut self) {
+        // Taken out so that handling an event may borrow the whole worker.
+        let events = std::mem::replace(&mut self.events, Events::with_capacity(0));
+        for event in events.iter() {
+            match event.token() {
+                WAKER | TIMER => {} // the loop's top does the work
+                Token(i) => {
+                    let to_end = event.is_read_closed() || event.is_error();
+                    self.connection_ready(i, event.is_readable() || to_end, to_end);
+                }
+            }
+        }
+        self.events = events;
+    }
+
+    /// An event for connection `i`: finish connecting, read and verify, refill, write.
+    fn connection_ready(&mut self, i: usize, readable: bool, to_end: bool) {
+        match self.conns[i].state {
+            ConnState::Connecting => {
+                if !self.finish_connect(i) {
+                    return;
+                }
+            }
+            ConnState::Open => {
+                if readable && !self.read_replies(i, to_end) {
+                    return;
+                }
+            }
+            ConnState::Waiting | ConnState::Closed => return, // stale
+        }
+        self.refill(i);
+        self.flush(i);
+    }
+
+    // ---- connecting ----
+
+    fn connect_time(&self, local: usize) -> u64 {
+        let j = self.plan.global_index(local) as f64;
+        self.plan.epoch_ns + (j * self.plan.connect_interval_ns) as u64
+    }
+
+    fn connect_due(&mut self) {
+        let mut started = 0;
+        while self.next_connect < self.conns.len()
+            && started < CONNECT_BUDGET
+            && self.connect_time(self.next_connect) <= self.now
+            && self.budget != Some(0)
+        {
+            self.start_connect(self.next_connect);
+            self.next_connect += 1;
+            started += 1;
+        }
+    }
+
+    fn start_connect(&mut self, i: usize) {
+        let j = self.plan.global_index(i);
+        let source = match self.plan.sources.len() {
+            0 => None,
+            n => Some(self.plan.sources[j % n]),
+        };
+        let result = open_socket(self.plan.addr, source).and_then(|mut socket| {
+            self.poll.registry().register(
+                &mut socket,
+                Token(i),
+                Interest::READABLE | Interest::WRITABLE,
+            )?;
+            Ok(socket)
+        });
+        let conn = &mut self.conns[i];
+        match result {
+            Ok(socket) => {
+                conn.socket = Some(socket);
+                conn.state = ConnState::Connecting;
+                conn.since_ns = self.now;
+                trace!("conn={}.{i} connecting", self.plan.thread);
+            }
+            Err(e) => self.fail(i, ErrorKind::Connect, &e.to_string()),
+        }
+    }
+
+    /// After an event on a connecting socket: `true` once it is open.
+    fn finish_connect(&mut self, i: usize) -> bool {
+        let socket = self.conns[i]
+            .socket
+            .as_ref()
+            .expect("connecting has a socket");
+        let outcome = match socket.take_error() {
+            Ok(Some(e)) | Err(e) => Err(e),
+            Ok(None) => match socket.peer_addr() {
+                Ok(_) => Ok(true),
+                Err(e)
+                    if e.kind() == io::ErrorKind::NotConnected
+                        || e.raw_os_error() == Some(libc::EINPROGRESS) =>
+                {
+                    Ok(false)
+                }
+                Err(e) => Err(e),
+            },
+        };
+        match outcome {
+            Ok(true) => {
+                self.opened(i);
+                true
+            }
+            Ok(false) => false,
+            Err(e) => {
+                self.fail(i, ErrorKind::Connect, &e.to_string());
+                false
+            }
+        }
+    }
+
+    fn opened(&mut self, i: usize) {
+        let now = self.now;
+        let pipeline = self.plan.pipeline as usize;
+        let first_slot = self.plan.slot_ns.map(|slot_ns| {
+            // This connection's first slot at or after now.
+            let j = self.plan.global_index(i) as u64;
+            let c = self.plan.connections as u64;
+            let elapsed_slots = (now.saturating_sub(self.plan.epoch_ns) as f64 / slot_ns) as u64;
+            let round = elapsed_slots.saturating_sub(j).div_ceil(c);
+            j + round * c
+        });
+        let conn = &mut self.conns[i];
+        conn.state = ConnState::Open;
+        conn.ring = vec![0; pipeline].into_boxed_slice();
+        conn.since_ns = now;
+        conn.next_slot = first_slot.unwrap_or(0);
+        self.pending -= 1;
+        self.open += 1;
+        self.connected += 1;
+        debug!("conn={}.{i} connected", self.plan.thread);
+    }
+
+    // ---- replies ----
+
+    /// Reads until a short read (or EOF/WouldBlock when `to_end`), verifying as it goes.
+    /// `false` if the connection was closed.
+    fn read_replies(&mut self, i: usize, to_end: bool) -> bool {
+        let mut clock_read = false;
+        loop {
+            let socket = self.conns[i].socket.as_mut().expect("open has a socket");
+            match read_some(socket, &mut self.scratch) {
+                Ok(None) => return true,
+                Ok(Some(0)) => {
+                    trace!("conn={}.{i} read: EOF", self.plan.thread);
+                    let conn = &self.conns[i];
+                    if conn.in_flight > 0 || self.budget != Some(0) {
+                        self.fail(i, ErrorKind::Eof, "closed by the server");
+                    } else {
+                        self.close(i);
+                    }
+                    return false;
+                }
+                Ok(Some(n)) => {
+                    trace!("conn={}.{i} read: {n} bytes", self.plan.thread);
+                    if !clock_read {
+                        // One reading for the whole batch: its replies share a receive time.
+                        self.now = clock_ns();
+                        clock_read = true;
+                    }
+                    if self.in_window() {
+                        self.bytes_received += n as u64;
+                    }
+                    if !self.verify(i, n) {
+                        return false;
+                    }
+                    if n < self.scratch.len() && !to_end {
+                        return true; // drained: later bytes raise a new edge
+                    }
+                }
+                Err(e) => {
+                    self.fail(i, ErrorKind::Reset, &format!("read: {e}"));
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// Verifies `scratch[..n]` in place and completes the replies it holds. `false` if the
+    /// connection was closed for a mismatch.
+    fn verify(&mut self, i: usize, n: usize) -> bool {
+        let data = &self.scratch[..n];
+        let conn = &mut self.conns[i];
+        let mut phase = conn.reply_phase;
+        let in_flight = u64::from(conn.in_flight);
+        let problem = match self.verifier.check(&mut phase, data) {
+            Ok(done) if done < in_flight || (done == in_flight && phase == 0) => {
+                conn.reply_phase = phase;
+                self.complete(i, done as u32);
+                return true;
+            }
+            Ok(done) => (
+                done,
+                format!(
+                    "a reply that was not asked for ({in_flight} request(s) outstanding): \"{}\"",
+                    super::workload::escape(data)
+                ),
+            ),
+            Err(mismatch) => (
+                mismatch.complete,
+                self.verifier
+                    .describe(self.plan.exchange.protocol, data, &mismatch),
+            ),
+        };
+        let (good, problem) = problem;
+        // The replies before the bad one were right: they count.
+        self.complete(i, good.min(in_flight) as u32);
+        self.fail(i, ErrorKind::Mismatch, &problem);
+        false
+    }
+
+    /// Pops `k` send times and records the latencies of those in the measured window. Runs of
+    /// equal send times (a batch) are recorded with one `record_n`.
+    fn complete(&mut self, i: usize, k: u32) {
+        if k == 0 {
+            return;
+        }
+        let now = self.now;
+        let conn = &mut self.conns[i];
+        let pipeline = conn.ring.len() as u32;
+        let by_receive_time = self.budget.is_none();
+        let mut left = k;
+        while left > 0 {
+            let stamp = conn.ring[conn.head as usize];
+            let mut run = 0;
+            while run < left && conn.ring[conn.head as usize] == stamp {
+                run += 1;
+                conn.head += 1;
+                if conn.head == pipeline {
+                    conn.head = 0;
+                }
+            }
+            left -= run;
+            // Duration mode: replies received inside the window. Requests mode: replies to
+            // requests sent inside it (those are the ones the budget paid for).
+            let recorded = match self.start {
+                None => false,
+                Some(start) if by_receive_time => now >= start && now < self.end,
+                Some(start) => stamp >= start,
+            };
+            if recorded {
+                self.histogram
+                    .saturating_record_n(now.saturating_sub(stamp), u64::from(run));
+                self.requests_done += u64::from(run);
+                self.last_reply_ns = now;
+            }
+        }
+        conn.in_flight -= k;
+        conn.since_ns = now;
+        self.outstanding -= u64::from(k);
+        self.replies += u64::from(k);
+    }
+
+    // ---- requests ----
+
+    /// Whether a request stamped `stamp` is measured (and so paid from the budget).
+    fn measured(&self, stamp: u64) -> bool {
+        self.start.is_some_and(|start| stamp >= start)
+    }
+
+    /// Fills the free slots of connection `i` (closed loop: all of them, stamped now; open
+    /// loop: those whose scheduled time has come, stamped with it). Bytes are only queued;
+    /// [`Worker::flush`] writes them.
+    fn refill(&mut self, i: usize) {
+        let pipeline = self.plan.pipeline;
+        let conn = &self.conns[i];
+        if conn.state != ConnState::Open || conn.in_flight >= pipeline {
+            return;
+        }
+        match self.plan.slot_ns {
+            None => {
+                let mut k = pipeline - conn.in_flight;
+                if self.measured(self.now)
+                    && let Some(budget) = self.budget.as_mut()
+                {
+                    k = k.min(u32::try_from(*budget).unwrap_or(u32::MAX));
+                    *budget -= u64::from(k);
+                }
+                let now = self.now;
+                self.queue(i, k, |_| now);
+            }
+            Some(slot_ns) => {
+                let c = self.plan.connections as u64;
+                let mut k = 0;
+                let mut slot = conn.next_slot;
+                while conn.in_flight + k < pipeline {
+                    let due = self.slot_time(slot, slot_ns);
+                    if due > self.now {
+                        break;
+                    }
+                    if self.measured(due)
+                        && let Some(budget) = self.budget.as_mut()
+                    {
+                        if *budget == 0 {
+                            break;
+                        }
+                        *budget -= 1;
+                    }
+                    k += 1;
+                    slot += c;
+                }
+                let first = conn.next_slot;
+                let epoch = self.plan.epoch_ns;
+                self.queue(i, k, |n| {
+                    slot_time(epoch, first + u64::from(n) * c, slot_ns)
+                });
+                self.conns[i].next_slot = slot;
+            }
+        }
+    }
+
+    /// Adds `k` requests to connection `i`'s in-flight ring, the `n`-th stamped `stamp(n)`.
+    fn queue(&mut self, i: usize, k: u32, stamp: impl Fn(u32) -> u64) {
+        if k == 0 {
+            return;
+        }
+        let conn = &mut self.conns[i];
+        let pipeline = conn.ring.len() as u32;
+        debug_assert!(
+            conn.in_flight + k <= pipeline,
+            "more in flight than --pipeline"
+        );
+        if conn.in_flight == 0 {
+            conn.since_ns = self.now;
+        }
+        let mut slot = conn.head + conn.in_flight;
+        for n in 0..k {
+            if slot >= pipeline {
+                slot -= pipeline;
+            }
+            conn.ring[slot as usize] = stamp(n);
+            slot += 1;
+        }
+        conn.in_flight += k;
+        conn.unsent += k as usize * self.request_len;
+        self.outstanding += u64::from(k);
+    }
+
+    /// Writes what connection `i` owes until done or the socket is full: one `write` when the
+    /// batch fits the batch buffer, which it does for requests up to 64 KiB / pipeline.
+    fn flush(&mut self, i: usize) {
+        loop {
+            let conn = &mut self.conns[i];
+            if conn.unsent == 0 || conn.state != ConnState::Open {
+                return;
+            }
+            let window = self.requests.window(conn.send_phase, conn.unsent);
+            let socket = conn.socket.as_mut().expect("open has a socket");
+            match write_some(socket, window) {
+                Ok(Some(n)) => {
+                    trace!(
+                        "conn={}.{i} write: {n} of {} bytes",
+                        self.plan.thread, conn.unsent
+                    );
+                    let full = n == window.len();
+                    conn.unsent -= n;
+                    conn.send_phase = self.requests.advance(conn.send_phase, n);
+                    if self.in_window() {
+                        self.bytes_sent += n as u64;
+                    }
+                    if !full {
+                        return; // the socket buffer is full: a writable edge will follow
+                    }
+                }
+                Ok(None) => return,
+                Err(e) => return self.fail(i, ErrorKind::Reset, &format!("write: {e}")),
+            }
+        }
+    }
+
+    fn in_window(&self) -> bool {
+        self.start.is_some_and(|start| self.now >= start) && self.now < self.end
+    }
+
+    // ---- open loop ----
+
+    fn slot_time(&self, slot: u64, slot_ns: f64) -> u64 {
+        slot_time(self.plan.epoch_ns, slot, slot_ns)
+    }
+
+    fn cursor_slot(&self) -> u64 {
+        let (round, local) = self.cursor;
+        round * self.plan.connections as u64 + self.plan.global_index(local) as u64
+    }
+
+    /// Visits this thread's slots that have come due, in time order, and sends what each
+    /// connection has due (a connection with a full pipeline sends when a reply frees a slot).
+    fn send_scheduled(&mut self) {
+        let Some(slot_ns) = self.plan.slot_ns else {
+            return;
+        };
+        if self.conns.is_empty() {
+            return;
+        }
+        for _ in 0..SLOT_BUDGET {
+            if self.slot_time(self.cursor_slot(), slot_ns) > self.now {
+                return;
+            }
+            let (round, local) = self.cursor;
+            if self.conns[local].state == ConnState::Open {
+                self.refill(local);
+                self.flush(local);
+            }
+            self.cursor = if local + 1 == self.conns.len() {
+                (round + 1, 0)
+            } else {
+                (round, local + 1)
+            };
+        }
+    }
+
+    // ---- timeouts, closing, reporting ----
+
+    fn scan_timeouts(&mut self) {
+        let timeout = self.plan.timeout_ns;
+        for i in 0..self.conns.len() {
+            let conn = &self.conns[i];
+            let waited = self.now.saturating_sub(conn.since_ns);
+            match conn.state {
+                ConnState::Connecting if waited >= timeout => {
+                    self.fail(i, ErrorKind::Connect, "not connected within --timeout");
+                }
+                ConnState::Open if conn.in_flight > 0 && waited >= timeout => {
+                    let detail = format!(
+                        "no reply for {:?} with {} request(s) outstanding",
+                        Duration::from_nanos(waited),
+                        conn.in_flight
+                    );
+                    self.fail(i, ErrorKind::Timeout, &detail);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Counts an error of `kind` and closes connection `i`.
+    fn fail(&mut self, i: usize, kind: ErrorKind, detail: &str) {
+        self.errors.count(kind);
+        let thread = self.plan.thread;
+        if WARNINGS[kind as usize].fetch_add(1, Ordering::Relaxed) < WARNINGS_PER_KIND {
+            warn!(
+                "conn={thread}.{i} {} error ({}): {detail}",
+                kind.name(),
+                self.plan.addr
+            );
+        } else {
+            debug!("conn={thread}.{i} {} error: {detail}", kind.name());
+        }
+        self.close(i);
+    }
+
+    /// Closes connection `i` for good (dropping the socket deregisters it).
+    fn close(&mut self, i: usize) {
+        let conn = &mut self.conns[i];
+        match conn.state {
+            ConnState::Waiting | ConnState::Connecting => self.pending -= 1,
+            ConnState::Open => self.open -= 1,
+            ConnState::Closed => return,
+        }
+        self.outstanding -= u64::from(conn.in_flight);
+        conn.in_flight = 0;
+        conn.unsent = 0;
+        conn.socket = None;
+        conn.state = ConnState::Closed;
+        debug!("conn={}.{i} closed", self.plan.thread);
+    }
+
+    /// Tells the main thread what it waits for: connects resolved, progress, snapshots.
+    fn tell_main(&mut self) {
+        let thread = self.plan.thread;
+        if !self.told_connected && self.pending == 0 {
+            self.told_connected = true;
+            let _ = self.to_main.send(Message::Connected(thread));
+        }
+        if !self.plan.progress {
+            return;
+        }
+        let progress = &self.shared.progress[thread];
+        progress.replies.store(self.replies, Ordering::Relaxed);
+        progress.open.store(self.open, Ordering::Relaxed);
+        progress
+            .errors
+            .store(self.errors.total(), Ordering::Relaxed);
+        if self.now >= self.next_snapshot {
+            self.next_snapshot = self.now + SNAPSHOT_EVERY_NS;
+            let snapshot = Box::new(self.histogram.clone());
+            let _ = self.to_main.send(Message::Snapshot(thread, snapshot));
+        }
+    }
+}
+
+/// When slot `slot` of the open-loop timetable is due.
+fn slot_time(epoch_ns: u64, slot: u64, slot_ns: f64) -> u64 {
+    epoch_ns + (slot as f64 * slot_ns) as u64
+}
+
+/// A nonblocking TCP socket connecting to `addr` from `source` (any port), with TCP_NODELAY.
+///
+/// With a source address, `IP_BIND_ADDRESS_NO_PORT` defers the port choice to `connect`, so a
+/// port is only unique per (source, destination) pair: several source IPs multiply the
+/// connections one destination can take.
+fn open_socket(addr: SocketAddr, source: Option<IpAddr>) -> io::Result<TcpStream> {
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    if let Some(ip) = source {
+        if ip.is_ipv4() {
+            let on: libc::c_int = 1;
+            // SAFETY: setsockopt reads one c_int through a valid pointer of the given size.
+            let rc = unsafe {
+                libc::setsockopt(
+                    socket.as_raw_fd(),
+                    libc::IPPROTO_IP,
+                    libc::IP_BIND_ADDRESS_NO_PORT,
+                    std::ptr::from_ref(&on).cast(),
+                    size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            if rc != 0 {
+                debug!("IP_BIND_ADDRESS_NO_PORT: {}", io::Error::last_os_error());
+            }
+        }
+        socket.bind(&SocketAddr::new(ip, 0).into())?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.set_tcp_nodelay(true)?;
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(TcpStream::from_std(std::net::TcpStream::from(socket)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(thread: usize, threads: usize, connections: usize) -> Plan {
+        Plan {
+            thread,
+            threads,
+            connections,
+            addr: "127.0.0.1:1".parse().unwrap(),
+            sources: Arc::from(Vec::new()),
+            pipeline: 1,
+            exchange: Arc::new(super::super::workload::exchange(
+                super::super::workload::Workload::Ping,
+                0,
+                b"",
+            )),
+            connect_interval_ns: 0.0,
+            slot_ns: None,
+            budget: None,
+            duration_ns: 0,
+            timeout_ns: 1,
+            epoch_ns: 0,
+            progress: false,
+        }
+    }
+
+    #[test]
+    fn connections_are_dealt_round_robin() {
+        let counts: Vec<usize> = (0..3).map(|t| plan(t, 3, 10).local_connections()).collect();
+        assert_eq!(counts, [4, 3, 3]);
+        assert_eq!(plan(1, 3, 10).global_index(2), 7);
+        assert_eq!(plan(0, 1, 5).local_connections(), 5);
+    }
+
+    #[test]
+    fn the_clock_is_monotonic_nanoseconds() {
+        let a = clock_ns();
+        std::thread::sleep(Duration::from_millis(2));
+        let b = clock_ns();
+        assert!(b - a >= 2_000_000, "{a} {b}");
+    }
+}

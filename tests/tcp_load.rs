@@ -1,0 +1,485 @@
+//! The real `tcp-load` binary against the real server (and against a few deliberately wrong
+//! targets): exit status, the JSON summary's counts, error kinds, the percentile file.
+//!
+//! Every run is bounded: `--requests` (or a short `--duration`) and a process deadline, so a
+//! hang fails the test instead of wedging `cargo test`. No timing assertions beyond what a
+//! timetable guarantees (an open-loop run cannot finish before its last slot).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::TestServer;
+use serde_json::Value;
+
+/// How long one tcp-load run may take before the test fails.
+const RUN_DEADLINE: Duration = Duration::from_secs(20);
+
+struct Outcome {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Outcome {
+    fn json(&self) -> Value {
+        serde_json::from_str(self.stdout.trim()).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not one JSON object ({e}):\n{}\nstderr:\n{}",
+                self.stdout, self.stderr
+            )
+        })
+    }
+}
+
+/// Runs tcp-load with `args`, returning its exit code and output.
+fn tcp_load(args: &[&str]) -> Outcome {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tcp-load"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tcp-load");
+    let mut stdout = child.stdout.take().expect("piped");
+    let mut stderr = child.stderr.take().expect("piped");
+    let out = thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let err = thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + RUN_DEADLINE;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("tcp-load {args:?} ran over {RUN_DEADLINE:?}");
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
+    Outcome {
+        code: status.code().expect("exited, not killed"),
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    }
+}
+
+fn assert_no_errors(json: &Value, context: &str) {
+    for kind in ["connect", "reset", "eof", "timeout", "mismatch"] {
+        assert_eq!(
+            json["errors"][kind], 0,
+            "{context}: {kind} errors in {json}"
+        );
+    }
+}
+
+/// `--requests N` for every workload on its protocol: exit 0, exactly N recorded, no errors,
+/// and the server executed exactly N requests (none more were sent).
+#[test]
+fn every_workload_completes_exactly_n_requests() {
+    let server = TestServer::start(&[]);
+    let line = server.line_addr().to_string();
+    let frame = server.frame_addr().to_string();
+    let cases: &[(&str, &str, &str, &[&str])] = &[
+        (&line, "line", "echo", &[]),
+        (&line, "line", "ping", &[]),
+        (&line, "line", "raw", &["--request", "PING"]),
+        (&frame, "frame", "heartbeat", &["--size", "16"]),
+        (&frame, "frame", "message", &[]),
+        (&frame, "frame", "login", &[]),
+    ];
+    const N: u64 = 3000;
+    for &(addr, protocol, workload, extra) in cases {
+        let before = server.stats()["requests"];
+        let mut args = vec![
+            "--addr",
+            addr,
+            "--protocol",
+            protocol,
+            "--workload",
+            workload,
+            "--requests",
+            "3000",
+            "--connections",
+            "5",
+            "--pipeline",
+            "8",
+            "--threads",
+            "2",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let run = tcp_load(&args);
+        let context = format!("{protocol}/{workload}");
+        assert_eq!(run.code, 0, "{context}: stderr:\n{}", run.stderr);
+        let json = run.json();
+        assert_eq!(json["requests"], N, "{context}: {json}");
+        assert_no_errors(&json, &context);
+        assert_eq!(json["connections"], 5, "{context}");
+        assert_eq!(json["threads"], 2, "{context}");
+        assert!(
+            json["latency_us"]["p50"].as_f64().unwrap() > 0.0,
+            "{context}"
+        );
+        assert!(json["duration_s"].as_f64().unwrap() > 0.0, "{context}");
+        assert_eq!(json["settings"]["workload"], workload);
+        // One STATS request between the two snapshots, plus exactly N from tcp-load.
+        let after = server.stats()["requests"];
+        assert_eq!(after - before, N + 1, "{context}: the server executed");
+    }
+}
+
+#[test]
+fn open_loop_follows_its_timetable() {
+    let server = TestServer::start(&[]);
+    // 300 requests at 1500/s over 3 connections: the last slot is 0.2 s after the first.
+    let run = tcp_load(&[
+        "--addr",
+        &server.line_addr().to_string(),
+        "--protocol",
+        "line",
+        "--workload",
+        "ping",
+        "--rate",
+        "1500",
+        "--requests",
+        "300",
+        "--connections",
+        "3",
+        "--threads",
+        "1",
+        "--json",
+    ]);
+    assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
+    let json = run.json();
+    assert_eq!(json["requests"], 300);
+    assert_no_errors(&json, "open loop");
+    assert_eq!(json["settings"]["loop"], "open");
+    let duration = json["duration_s"].as_f64().unwrap();
+    assert!(
+        duration >= 0.19,
+        "finished before the timetable allows: {json}"
+    );
+}
+
+#[test]
+fn a_duration_run_measures_after_its_warmup() {
+    let server = TestServer::start(&[]);
+    let hdr = std::env::temp_dir().join(format!("tcp-load-test-{}.hdr", std::process::id()));
+    let run = tcp_load(&[
+        "--addr",
+        &server.frame_addr().to_string(),
+        "--protocol",
+        "frame",
+        "--workload",
+        "heartbeat",
+        "--duration",
+        "0.5",
+        "--warmup",
+        "0.2",
+        "--connections",
+        "4",
+        "--pipeline",
+        "4",
+        "--source-addr",
+        "127.0.0.1,127.0.0.2",
+        "--json",
+        "--hdr-out",
+        hdr.to_str().unwrap(),
+    ]);
+    assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
+    let json = run.json();
+    assert_no_errors(&json, "duration run");
+    assert_eq!(json["duration_s"], 0.5);
+    let requests = json["requests"].as_u64().unwrap();
+    assert!(requests > 0, "{json}");
+    // The percentile file: the Java HdrHistogram layout, counting every recorded request.
+    let table = std::fs::read_to_string(&hdr).expect("--hdr-out written");
+    let _ = std::fs::remove_file(&hdr);
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(
+        lines[0],
+        "       Value     Percentile TotalCount 1/(1-Percentile)"
+    );
+    let total = format!("Total count    = {requests:12}]");
+    assert!(table.contains(&total), "{total:?} not in:\n{table}");
+    assert!(lines.last().unwrap().starts_with("#[Buckets = "));
+}
+
+#[test]
+fn text_summary_by_default() {
+    let server = TestServer::start(&[]);
+    let run = tcp_load(&[
+        "--addr",
+        &server.line_addr().to_string(),
+        "--protocol",
+        "line",
+        "--workload",
+        "echo",
+        "--size",
+        "100",
+        "--requests",
+        "500",
+        "--connections",
+        "2",
+    ]);
+    assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
+    assert!(run.stdout.starts_with("tcp-load "), "{}", run.stdout);
+    for needle in [
+        "requests     500 in",
+        "latency µs   min",
+        "connect 0 reset 0 eof 0 timeout 0 mismatch 0",
+        "2 of 2 established",
+        "µs/request",
+    ] {
+        assert!(
+            run.stdout.contains(needle),
+            "{needle:?} not in\n{}",
+            run.stdout
+        );
+    }
+    assert!(
+        !run.stderr.contains("requests/s"),
+        "no progress line unless asked for"
+    );
+}
+
+#[test]
+fn a_line_too_long_is_a_mismatch() {
+    // `PING` is 4 bytes: over --max-line 2, answered `ERR line too long`, then closed.
+    let server = TestServer::start(&["--max-line", "2"]);
+    let run = tcp_load(&[
+        "--addr",
+        &server.line_addr().to_string(),
+        "--protocol",
+        "line",
+        "--workload",
+        "ping",
+        "--requests",
+        "10",
+        "--connections",
+        "1",
+        "--json",
+    ]);
+    assert_eq!(run.code, 1, "stderr:\n{}", run.stderr);
+    let json = run.json();
+    assert_eq!(json["errors"]["mismatch"], 1, "{json}");
+    assert_eq!(json["requests"], 0);
+    assert!(
+        run.stderr
+            .contains(r#"expected "PONG\n", received "ERR line too long\n""#),
+        "the mismatch is logged with both sides:\n{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn the_line_protocol_on_the_frame_port_is_a_mismatch() {
+    let server = TestServer::start(&[]);
+    let run = tcp_load(&[
+        "--addr",
+        &server.frame_addr().to_string(),
+        "--protocol",
+        "line",
+        "--workload",
+        "ping",
+        "--requests",
+        "20",
+        "--connections",
+        "2",
+        "--json",
+    ]);
+    assert_eq!(run.code, 1, "stderr:\n{}", run.stderr);
+    let json = run.json();
+    assert_eq!(json["errors"]["mismatch"], 2, "{json}");
+    assert!(
+        run.stderr
+            .contains(r#"(an Error frame: "bad magic 0x5049")"#),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn a_refused_address_counts_connect_errors() {
+    // A port that was just free: nothing listens there.
+    let port = {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let addr = format!("127.0.0.1:{port}");
+    let run = tcp_load(&[
+        "--addr",
+        &addr,
+        "--protocol",
+        "line",
+        "--workload",
+        "ping",
+        "--requests",
+        "10",
+        "--connections",
+        "3",
+        "--json",
+    ]);
+    assert_eq!(run.code, 1, "stderr:\n{}", run.stderr);
+    let json = run.json();
+    assert_eq!(json["errors"]["connect"], 3, "{json}");
+    assert_eq!(json["connections"], 0);
+    assert_eq!(json["requests"], 0);
+}
+
+/// A listener that accepts and never answers: the request times out.
+#[test]
+fn a_silent_server_is_a_timeout() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let hold = thread::spawn(move || {
+        let (socket, _) = listener.accept().unwrap();
+        thread::sleep(Duration::from_secs(1));
+        drop(socket);
+    });
+    let run = tcp_load(&[
+        "--addr",
+        &addr,
+        "--protocol",
+        "line",
+        "--workload",
+        "ping",
+        "--requests",
+        "5",
+        "--connections",
+        "1",
+        "--timeout",
+        "300ms",
+        "--json",
+    ]);
+    assert_eq!(run.code, 1, "stderr:\n{}", run.stderr);
+    assert_eq!(run.json()["errors"]["timeout"], 1);
+    hold.join().unwrap();
+}
+
+/// A server that reads one request and closes: the outstanding request ends in `eof`.
+#[test]
+fn a_server_closing_mid_request_is_an_eof() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let server = thread::spawn(move || {
+        let (mut socket, _) = listener.accept().unwrap();
+        let mut request = [0u8; 5];
+        socket.read_exact(&mut request).unwrap();
+        assert_eq!(&request, b"PING\n");
+        socket.write_all(b"PONG\n").unwrap();
+        socket.read_exact(&mut request).unwrap();
+        // Everything read: this close is a clean FIN, with a request unanswered.
+    });
+    let run = tcp_load(&[
+        "--addr",
+        &addr,
+        "--protocol",
+        "line",
+        "--workload",
+        "ping",
+        "--requests",
+        "5",
+        "--connections",
+        "1",
+        "--json",
+    ]);
+    server.join().unwrap();
+    assert_eq!(run.code, 1, "stderr:\n{}", run.stderr);
+    let json = run.json();
+    assert_eq!(json["errors"]["eof"], 1, "{json}");
+    assert_eq!(json["requests"], 1, "the first reply counts");
+}
+
+#[test]
+fn bad_arguments_exit_2() {
+    let cases: &[&[&str]] = &[
+        &[
+            "--addr",
+            "127.0.0.1:1",
+            "--protocol",
+            "frame",
+            "--workload",
+            "echo",
+        ],
+        &[
+            "--addr",
+            "127.0.0.1:1",
+            "--protocol",
+            "line",
+            "--workload",
+            "raw",
+        ],
+        &[
+            "--addr",
+            "127.0.0.1:1",
+            "--protocol",
+            "line",
+            "--workload",
+            "ping",
+            "--pipeline",
+            "0",
+        ],
+        &["--protocol", "line", "--workload", "ping"],
+        &[
+            "--addr",
+            "127.0.0.1:1",
+            "--protocol",
+            "line",
+            "--workload",
+            "ping",
+            "--bogus",
+        ],
+    ];
+    for args in cases {
+        let run = tcp_load(args);
+        assert_eq!(run.code, 2, "{args:?}: {}", run.stderr);
+        assert!(run.stdout.is_empty(), "{args:?}");
+        assert!(run.stderr.contains("error:"), "{args:?}: {}", run.stderr);
+    }
+}
+
+#[test]
+fn many_connections_from_several_source_addresses() {
+    let server = TestServer::start(&["--max-connections", "1000"]);
+    let run = tcp_load(&[
+        "--addr",
+        &server.line_addr().to_string(),
+        "--protocol",
+        "line",
+        "--workload",
+        "ping",
+        "--connections",
+        "400",
+        "--connect-rate",
+        "20000",
+        "--duration",
+        "0.3",
+        "--warmup",
+        "0.1",
+        "--threads",
+        "2",
+        "--source-addr",
+        "127.0.0.1,127.0.0.2,127.0.0.3",
+        "--json",
+    ]);
+    assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
+    let json = run.json();
+    assert_no_errors(&json, "400 connections");
+    assert_eq!(json["connections"], 400, "{json}");
+    assert!(json["requests"].as_u64().unwrap() > 0, "{json}");
+}
