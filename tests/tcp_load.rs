@@ -483,3 +483,54 @@ fn many_connections_from_several_source_addresses() {
     assert_eq!(json["connections"], 400, "{json}");
     assert!(json["requests"].as_u64().unwrap() > 0, "{json}");
 }
+
+#[test]
+fn server_pid_reports_the_servers_cpu_over_the_window() {
+    let server = TestServer::start(&[]);
+    let addr = server.line_addr().to_string();
+    let pid = server.pid().to_string();
+    let run = tcp_load(&[
+        "--addr",
+        &addr,
+        "--protocol",
+        "line",
+        "--workload",
+        "ping",
+        "--requests",
+        "20000",
+        "--connections",
+        "4",
+        "--pipeline",
+        "16",
+        "--threads",
+        "1",
+        "--json",
+        "--server-pid",
+        &pid,
+    ]);
+    assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
+    let json = run.json();
+    let server_cpu = json["server_cpu_s"]
+        .as_f64()
+        .expect("server_cpu_s is a number");
+    let per_request = json["server_cpu_us_per_request"]
+        .as_f64()
+        .expect("a number");
+    // 20,000 requests cost the server some CPU, and far less than a second each.
+    assert!(server_cpu > 0.0, "{json}");
+    assert!(per_request > 0.0 && per_request < 1e6, "{json}");
+
+    // Without the flag the keys are there, as null.
+    let run = tcp_load(&[
+        "--addr",
+        &addr,
+        "--protocol",
+        "line",
+        "--workload",
+        "ping",
+        "--requests",
+        "100",
+        "--json",
+    ]);
+    assert!(run.json()["server_cpu_s"].is_null());
+}

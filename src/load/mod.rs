@@ -159,6 +159,12 @@ pub struct LoadConfig {
     /// Print a progress line every second on stderr (default: only if it is a terminal).
     #[arg(long)]
     pub progress: bool,
+
+    /// Also measure this process's CPU time (utime + stime from /proc/PID/stat) over the
+    /// measured window, and report it per request: the server's CPU cost, sampled at the same
+    /// instants as tcp-load's own.
+    #[arg(long, value_name = "PID")]
+    pub server_pid: Option<u32>,
 }
 
 fn parse_addr(text: &str) -> Result<SocketAddr, String> {
@@ -333,6 +339,18 @@ fn cpu_time() -> Duration {
     tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
+/// Another process's CPU time so far (user + system, all its threads), from
+/// `/proc/PID/stat` fields 14 and 15; `None` if it cannot be read.
+fn process_cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name in parentheses may hold spaces: count fields after its `)`.
+    let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split(' ').collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).ok()?;
+    Some(Duration::from_nanos(ticks * 1_000_000_000 / hz.max(1)))
+}
+
 /// The soft limit on open files now.
 fn fd_limit() -> u64 {
     let mut limit = libc::rlimit {
@@ -383,7 +401,8 @@ pub fn run(config: &LoadConfig) -> io::Result<Report> {
         threads,
         if start_at_once { epoch } else { UNKNOWN },
     ));
-    let mut cpu_at_start = start_at_once.then(cpu_time);
+    let sample_cpu = || (cpu_time(), config.server_pid.and_then(process_cpu_time));
+    let mut cpu_at_start = start_at_once.then(sample_cpu);
 
     let (to_main, from_workers) = mpsc::channel();
     let mut wakers = Vec::with_capacity(threads);
@@ -435,7 +454,7 @@ pub fn run(config: &LoadConfig) -> io::Result<Report> {
     while done < threads {
         let now = clock_ns();
         if cpu_at_start.is_none() && start.is_some_and(|s| now >= s) {
-            cpu_at_start = Some(cpu_time());
+            cpu_at_start = Some(sample_cpu());
         }
         if show_progress && now >= next_progress {
             print_progress(&shared, &snapshots, start, epoch, now, &mut last_replies);
@@ -486,9 +505,14 @@ pub fn run(config: &LoadConfig) -> io::Result<Report> {
             debug!("all connections resolved; measuring from +{warmup_ns} ns");
         }
     }
-    let cpu = cpu_at_start.map_or(Duration::ZERO, |at_start| {
-        cpu_time().saturating_sub(at_start)
-    });
+    let (cpu, server_cpu) = match cpu_at_start {
+        None => (Duration::ZERO, None),
+        Some((ours, theirs)) => {
+            let (ours_now, theirs_now) = sample_cpu();
+            let server = theirs.zip(theirs_now).map(|(a, b)| b.saturating_sub(a));
+            (ours_now.saturating_sub(ours), server)
+        }
+    };
     drop(releases); // the workers may close their sockets now
     for handle in handles {
         if handle.join().is_err() {
@@ -532,6 +556,7 @@ pub fn run(config: &LoadConfig) -> io::Result<Report> {
         connections_wanted: u64::from(config.connections),
         threads,
         cpu,
+        server_cpu,
     })
 }
 

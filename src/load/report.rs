@@ -12,7 +12,8 @@
 //! - The JSON keys and the percentile table layout are a contract with scripts and plotters:
 //!   `requests`, `duration_s`, `requests_per_s`, `mb_per_s_sent`, `mb_per_s_received`,
 //!   `latency_us {min,p50,p90,p99,p999,max}`, `errors {connect,reset,eof,timeout,mismatch}`,
-//!   `connections`, `threads`, `cpu_s`, `settings {...}`; the table is the one Java
+//!   `connections`, `threads`, `cpu_s`, `cpu_us_per_request`, `server_cpu_s` and
+//!   `server_cpu_us_per_request` (null without `--server-pid`), `settings {...}`; the table is the one Java
 //!   HdrHistogram's `outputPercentileDistribution` writes (and wrk2 prints), which the
 //!   HdrHistogram plotter reads.
 
@@ -130,6 +131,8 @@ pub struct Report {
     pub threads: usize,
     /// tcp-load's own CPU time (user + system) during the measured window.
     pub cpu: Duration,
+    /// The `--server-pid` process's CPU time over the same window, if asked for.
+    pub server_cpu: Option<Duration>,
 }
 
 /// The latency percentiles shown, in microseconds.
@@ -171,6 +174,17 @@ impl Report {
         } else {
             self.cpu.as_secs_f64() * 1e6 / self.requests as f64
         }
+    }
+
+    /// The server's CPU microseconds per recorded request, with `--server-pid`.
+    #[must_use]
+    pub fn server_cpu_us_per_request(&self) -> Option<f64> {
+        let cpu = self.server_cpu?;
+        Some(if self.requests == 0 {
+            0.0
+        } else {
+            cpu.as_secs_f64() * 1e6 / self.requests as f64
+        })
     }
 
     /// Percentiles in µs (all 0 without requests).
@@ -243,6 +257,13 @@ pub fn summary_text(report: &Report) -> String {
         report.cpu.as_secs_f64(),
         report.cpu_us_per_request()
     );
+    if let (Some(cpu), Some(per)) = (report.server_cpu, report.server_cpu_us_per_request()) {
+        let _ = writeln!(
+            text,
+            "  cpu          server {:.3} s user+sys = {per:.3} µs/request",
+            cpu.as_secs_f64()
+        );
+    }
     text
 }
 
@@ -273,6 +294,8 @@ pub fn summary_json(report: &Report) -> Value {
         "threads": report.threads,
         "cpu_s": report.cpu.as_secs_f64(),
         "cpu_us_per_request": report.cpu_us_per_request(),
+        "server_cpu_s": report.server_cpu.map(|cpu| cpu.as_secs_f64()),
+        "server_cpu_us_per_request": report.server_cpu_us_per_request(),
         "settings": report.settings,
     })
 }
@@ -395,6 +418,7 @@ mod tests {
             connections_wanted: 50,
             threads: 2,
             cpu: Duration::from_millis(500),
+            server_cpu: None,
         }
     }
 
@@ -413,6 +437,8 @@ mod tests {
             "connections",
             "threads",
             "cpu_s",
+            "server_cpu_s",
+            "server_cpu_us_per_request",
             "settings",
         ] {
             assert!(object.contains_key(key), "missing {key} in {value}");
