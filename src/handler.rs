@@ -139,35 +139,35 @@ pub fn process(
     let mut consumed = 0;
     while consumed < input.len() && out.len() < out_limit {
         let rest = &input[consumed..];
-        let decoded = match session.protocol {
-            Protocol::Line => line::decode(rest, cx.limits.max_line_bytes).map(|d| match d {
-                Decoded::Complete { request, consumed } => Some((Request::Line(request), consumed)),
-                Decoded::Incomplete => None,
-            }),
-            Protocol::Frame => frame::decode(rest, cx.limits.max_frame_bytes).map(|d| match d {
-                Decoded::Complete { request, consumed } => {
-                    Some((Request::Frame(request), consumed))
+        let step = match session.protocol {
+            Protocol::Line => match line::decode(rest, cx.limits.max_line_bytes) {
+                Ok(Decoded::Complete { request, consumed }) => {
+                    let raw = &rest[..consumed];
+                    Ok((execute_line(session, request, raw, out, cx), consumed))
                 }
-                Decoded::Incomplete => None,
-            }),
+                Ok(Decoded::Incomplete) => break,
+                Err(error) => Err(error),
+            },
+            Protocol::Frame => match frame::decode(rest, cx.limits.max_frame_bytes) {
+                Ok(Decoded::Complete { request, consumed }) => {
+                    let raw = &rest[..consumed];
+                    Ok((execute_frame(request, raw, out, cx), consumed))
+                }
+                Ok(Decoded::Incomplete) => break,
+                Err(error) => Err(error),
+            },
         };
-        let (request, used) = match decoded {
-            Ok(Some(complete)) => complete,
-            Ok(None) => break,
+        let outcome = match step {
+            Ok((outcome, used)) => {
+                consumed += used;
+                cx.stats.requests += 1;
+                outcome
+            }
             Err(error) => {
                 write_protocol_error(session.protocol, &error, out);
                 cx.stats.protocol_errors += 1;
-                return Processed {
-                    consumed: input.len(),
-                    outcome: Outcome::ProtocolError,
-                };
+                Outcome::ProtocolError
             }
-        };
-        consumed += used;
-        cx.stats.requests += 1;
-        let outcome = match request {
-            Request::Line(bytes) => execute_line(session, line::parse(bytes), out, cx),
-            Request::Frame(frame) => execute_frame(frame, out, cx),
         };
         if outcome != Outcome::Continue {
             if outcome == Outcome::ProtocolError {
@@ -205,19 +205,19 @@ pub fn write_notice(protocol: Protocol, notice: Notice, out: &mut Buffer) {
     write_error(protocol, notice.text().as_bytes(), out);
 }
 
-enum Request<'a> {
-    Line(&'a [u8]),
-    Frame(Frame<'a>),
-}
-
+/// Executes one line. `raw` is the line as received, line ending included: when it ends in a
+/// bare `\n` it already is the echo reply, copied in one piece.
 fn execute_line(
     session: &mut Session,
-    command: Command<'_>,
+    line: &[u8],
+    raw: &[u8],
     out: &mut Buffer,
     cx: &mut Context<'_>,
 ) -> Outcome {
-    match command {
+    match line::parse(line) {
+        Command::Ping { suffix: [] } => out.extend_from_slice(b"PONG\n"),
         Command::Ping { suffix } => write_line(out, &[b"PONG", suffix]),
+        Command::Echo(_) if raw.len() == line.len() + 1 => out.extend_from_slice(raw),
         Command::Echo(bytes) => write_line(out, &[bytes]),
         Command::Quit => {
             out.extend_from_slice(b"BYE\n");
@@ -267,10 +267,17 @@ fn hello(session: &mut Session, name: &[u8], out: &mut Buffer, room: &mut Room) 
     session.name = Some(name);
 }
 
-fn execute_frame(request: Frame<'_>, out: &mut Buffer, cx: &mut Context<'_>) -> Outcome {
+/// Executes one frame. `raw` is the frame as received, header included: a Heartbeat's reply
+/// is exactly those bytes.
+fn execute_frame(
+    request: Frame<'_>,
+    raw: &[u8],
+    out: &mut Buffer,
+    cx: &mut Context<'_>,
+) -> Outcome {
     const SERVER_SAYS: &[u8] = b"Server says: ";
     match request.command {
-        frame::Command::Heartbeat => write_frame(out, frame::Command::Heartbeat, &[request.body]),
+        frame::Command::Heartbeat => out.extend_from_slice(raw),
         frame::Command::Message => {
             let body_len = SERVER_SAYS.len() + request.body.len();
             if u32::try_from(body_len).is_err() {

@@ -74,7 +74,7 @@ pub fn decode(buf: &[u8], max_line: usize) -> Result<Decoded<&[u8]>, ProtocolErr
     // A legal line is at most max_line content bytes + "\r\n". Bounding the scan keeps a
     // buffer full of garbage from costing more than one maximal line per call.
     let window = &buf[..buf.len().min(max_line.saturating_add(2))];
-    match window.iter().position(|&b| b == b'\n') {
+    match memchr::memchr(b'\n', window) {
         Some(newline) => {
             let line = &buf[..newline];
             let line = match line.split_last() {
@@ -102,6 +102,9 @@ pub fn decode(buf: &[u8], max_line: usize) -> Result<Decoded<&[u8]>, ProtocolErr
         }
     }
 }
+
+/// The length of the longest verb (`HELLO`, `STATS`).
+const LONGEST_VERB: usize = 5;
 
 /// What a line asks for. Borrowed parts point into the line given to [`parse`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,40 +137,63 @@ const INVALID_NAME: &str = "invalid name: use 1-32 of A-Z a-z 0-9 _ -";
 /// no command is [`Command::Echo`].
 #[must_use]
 pub fn parse(line: &[u8]) -> Command<'_> {
-    let (verb, args) = match line.iter().position(|&b| b == b' ') {
+    // No verb is longer than LONGEST_VERB, so the space that ends one is within the first
+    // LONGEST_VERB + 1 bytes; past that the line is text to echo, found without scanning it.
+    let head = &line[..line.len().min(LONGEST_VERB + 1)];
+    let (verb, args) = match head.iter().position(|&b| b == b' ') {
         Some(space) => (&line[..space], Some(&line[space + 1..])),
-        None => (line, None),
+        None if line.len() <= LONGEST_VERB => (line, None),
+        None => return Command::Echo(line),
     };
-    // eq_ignore_ascii_case compares lengths first, so a mismatch costs almost nothing.
-    if verb.eq_ignore_ascii_case(b"PING") {
-        Command::Ping {
+    match fold(verb) {
+        PING => Command::Ping {
             suffix: &line[verb.len()..],
-        }
-    } else if verb.eq_ignore_ascii_case(b"QUIT") {
-        match args {
+        },
+        QUIT => match args {
             None => Command::Quit,
             Some(_) => Command::Invalid(USAGE_QUIT),
-        }
-    } else if verb.eq_ignore_ascii_case(b"STATS") {
-        match args {
+        },
+        STATS => match args {
             None => Command::Stats,
             Some(_) => Command::Invalid(USAGE_STATS),
-        }
-    } else if verb.eq_ignore_ascii_case(b"HELLO") {
-        match args {
+        },
+        HELLO => match args {
             None | Some([]) => Command::Invalid(USAGE_HELLO),
             Some(name) if is_valid_name(name) => Command::Hello(name),
             Some(_) => Command::Invalid(INVALID_NAME),
-        }
-    } else if verb.eq_ignore_ascii_case(b"SAY") {
-        match args {
+        },
+        SAY => match args {
             None | Some([]) => Command::Invalid(USAGE_SAY),
             Some(text) => Command::Say(text),
-        }
-    } else {
-        Command::Echo(line)
+        },
+        _ => Command::Echo(line),
     }
 }
+
+/// A verb of up to `LONGEST_VERB` bytes folded to upper case and packed into one integer, so
+/// matching it against every verb is one `match` on a number.
+///
+/// Clearing bit 5 (`& 0xDF`) maps `a-z` onto `A-Z`. It also maps some non-letters onto
+/// letters' codes (`0x60`..`0x7A` are the lower-case letters' neighbours), but never onto an
+/// upper-case letter's code unless the byte *is* that letter in one case or the other: `x &
+/// 0xDF == L` holds exactly for `x == L` and `x == L | 0x20`. Every verb is letters only, so a
+/// folded match is exactly a case-insensitive match. The length is packed in too, so `PIN`
+/// cannot match a verb that ends in a zero byte.
+const fn fold(verb: &[u8]) -> u64 {
+    let mut word = verb.len() as u64;
+    let mut i = 0;
+    while i < verb.len() {
+        word = (word << 8) | (verb[i] & 0xDF) as u64;
+        i += 1;
+    }
+    word
+}
+
+const PING: u64 = fold(b"PING");
+const QUIT: u64 = fold(b"QUIT");
+const STATS: u64 = fold(b"STATS");
+const HELLO: u64 = fold(b"HELLO");
+const SAY: u64 = fold(b"SAY");
 
 /// A name is 1..=32 bytes of `A-Z a-z 0-9 _ -`: printable in any reply, never containing the
 /// space that separates a `MSG <name> <text>` line's fields.
