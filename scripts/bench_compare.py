@@ -177,7 +177,7 @@ def many_clients(server, count, duration, sources):
     line = PORTS[server.name][0]
     command = ["taskset", "-c", LOAD_CORE, TCP_LOAD, "--addr", f"127.0.0.1:{line}",
                "--protocol", "line", "--workload", "ping", "--connections", str(count),
-               "--connect-rate", "5000", "--rate", str(count), "--warmup", "2s",
+               "--connect-rate", "2000", "--rate", str(count), "--warmup", "2s",
                "--duration", f"{duration}s", "--source-addr", sources, "--threads", "1",
                "--json", "--server-pid", str(server.pid)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=duration + 120,

@@ -56,6 +56,24 @@ pub fn raise_fd_limit() -> io::Result<(u64, u64)> {
     Ok(before)
 }
 
+/// Connections the kernel may queue for a listener before `accept` takes them. mio's default
+/// is 1024; a load test that opens thousands of connections at once overflows that while the
+/// loop serves a wakeup, and the overflowing connects then wait for a SYN retransmit (1 s, then
+/// 3 s). The kernel caps it at `net.core.somaxconn` (4096 on current kernels).
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// A non-blocking listener on `addr` with `SO_REUSEADDR` (a restart does not wait out
+/// TIME_WAIT) and a backlog of `LISTEN_BACKLOG`.
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    Ok(TcpListener::from_std(socket.into()))
+}
+
 /// The two listening sockets, each optional so shutdown can close them.
 pub struct Listeners {
     pub line: Option<TcpListener>,
@@ -74,7 +92,7 @@ pub struct Listeners {
 impl Listeners {
     pub fn bind(line: SocketAddr, frame: SocketAddr) -> io::Result<Self> {
         let bind = |addr: SocketAddr, what: &str| {
-            TcpListener::bind(addr).map_err(|e| {
+            listen(addr).map_err(|e| {
                 io::Error::new(e.kind(), format!("cannot listen for {what} on {addr}: {e}"))
             })
         };
