@@ -49,6 +49,12 @@ pub struct Config {
     #[arg(long, value_name = "DUR", default_value = "60s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
 
+    /// A line or frame that has started arriving must be complete within this long, else
+    /// `ERR request timeout` (or an Error frame) and a close (`0` disables). This is what stops
+    /// a client dribbling a byte at a time, which the idle timeout alone cannot.
+    #[arg(long, value_name = "DUR", default_value = "30s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+
     /// On SIGINT/SIGTERM, how long to keep flushing replies before closing what is left.
     #[arg(long, value_name = "DUR", default_value = "5s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
@@ -58,6 +64,11 @@ impl Config {
     /// The idle timeout, or `None` when disabled with `0`.
     pub fn idle_timeout(&self) -> Option<Duration> {
         (!self.idle_timeout.is_zero()).then_some(self.idle_timeout)
+    }
+
+    /// The request timeout, or `None` when disabled with `0`.
+    pub fn request_timeout(&self) -> Option<Duration> {
+        (!self.request_timeout.is_zero()).then_some(self.request_timeout)
     }
 }
 
@@ -130,6 +141,7 @@ mod tests {
         assert_eq!(config.max_connections, 10_000);
         assert_eq!(config.idle_timeout(), Some(Duration::from_secs(60)));
         assert_eq!(config.shutdown_timeout, Duration::from_secs(5));
+        assert_eq!(config.request_timeout(), Some(Duration::from_secs(30)));
         let off = Config::parse_from(["tcp-reactor", "--idle-timeout", "0"]);
         assert_eq!(off.idle_timeout(), None);
     }

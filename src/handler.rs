@@ -187,6 +187,7 @@ pub fn process(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Notice {
     IdleTimeout,
+    RequestTimeout,
     ServerFull,
 }
 
@@ -194,6 +195,7 @@ impl Notice {
     fn text(self) -> &'static str {
         match self {
             Notice::IdleTimeout => "idle timeout",
+            Notice::RequestTimeout => "request timeout",
             Notice::ServerFull => "server full",
         }
     }

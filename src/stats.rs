@@ -37,6 +37,8 @@ counters! {
     closed,
     /// Connections closed for having had no traffic for `--idle-timeout`.
     idle_timeouts,
+    /// Connections closed for taking longer than `--request-timeout` to send one request.
+    request_timeouts,
     /// Connections closed for breaking the protocol (bad magic, line too long, ...).
     protocol_errors,
     /// Connections refused with `ERR server full` / an Error frame at `--max-connections`.
@@ -86,6 +88,6 @@ mod tests {
             text.ends_with(" slow_reader_drops=1 accept_emfile=0"),
             "{text}"
         );
-        assert_eq!(text.split(' ').count(), 18);
+        assert_eq!(text.split(' ').count(), 19);
     }
 }

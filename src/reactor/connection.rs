@@ -51,6 +51,13 @@ pub const LINGER: Duration = Duration::from_secs(5);
 /// that a connection sending a request every few hundred milliseconds reallocates each time.
 pub const QUIET: Duration = Duration::from_secs(2);
 
+/// The configured per-connection timeouts (`None`: disabled).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    pub idle: Option<Duration>,
+    pub request: Option<Duration>,
+}
+
 /// Why a connection is being closed; shown in logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloseReason {
@@ -62,6 +69,8 @@ pub enum CloseReason {
     PeerClosed,
     /// No traffic for `--idle-timeout`.
     IdleTimeout,
+    /// A request took longer than `--request-timeout` to arrive.
+    RequestTimeout,
     /// Over `--max-connections`.
     ServerFull,
     /// The server is shutting down.
@@ -96,6 +105,10 @@ pub struct Connection {
     pub last_activity: Instant,
     /// The connection's one timer, and the tick it is due at.
     pub timer: Option<(TimerId, u64)>,
+    /// When the first bytes of the incomplete request at the end of `input` arrived (`None`
+    /// while `input` holds no incomplete request). Restarted whenever a request completes,
+    /// so a client that keeps finishing requests is never cut off, however long its stream.
+    pub request_started: Option<Instant>,
     /// The peer's EOF has been read: nothing more can arrive.
     pub peer_closed: bool,
     /// Accepted over `--max-connections` only to be told so; not counted as served.
@@ -113,6 +126,7 @@ impl Connection {
             session,
             last_activity: now,
             timer: None,
+            request_started: None,
             peer_closed: false,
             rejected: false,
         }
@@ -145,21 +159,30 @@ impl Connection {
         matches!(self.state, State::Draining(_) | State::Lingering(_))
     }
 
-    /// When the connection's timer should next look at it: its idle deadline, the moment its
-    /// buffers may be given back, or its linger deadline.
-    pub fn deadline(&self, idle_timeout: Option<Duration>) -> Option<Instant> {
+    /// When the connection's timer should next look at it: its idle deadline, its request
+    /// deadline, the moment its buffers may be given back, or its linger deadline.
+    pub fn deadline(&self, timeouts: Timeouts) -> Option<Instant> {
         match self.state {
             State::Open | State::Paused => {
-                let idle = idle_timeout.map(|timeout| self.last_activity + timeout);
+                let idle = timeouts.idle.map(|timeout| self.last_activity + timeout);
                 let holds_memory = self.input.capacity() > 0 || self.output.capacity() > 0;
                 let quiet = holds_memory.then(|| self.last_activity + QUIET);
-                match (idle, quiet) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                }
+                [idle, quiet, self.request_deadline(timeouts)]
+                    .into_iter()
+                    .flatten()
+                    .min()
             }
             State::Draining(_) | State::Lingering(_) => Some(self.last_activity + LINGER),
         }
+    }
+
+    /// When the incomplete request being received must be complete. Only an Open connection
+    /// is waiting on its client; a Paused one is waiting on the server's own output.
+    pub fn request_deadline(&self, timeouts: Timeouts) -> Option<Instant> {
+        if self.state != State::Open {
+            return None;
+        }
+        Some(self.request_started? + timeouts.request?)
     }
 
     /// Gives back the memory of empty buffers.

@@ -56,7 +56,7 @@ use crate::config::Config;
 use crate::handler::{self, Context, Limits, Notice, Outcome, Protocol, Room};
 use crate::stats::Stats;
 use crate::timer_wheel::{TimerId, TimerWheel};
-use connection::{CloseReason, Connection, QUIET, State, read_some, write_some};
+use connection::{CloseReason, Connection, QUIET, State, Timeouts, read_some, write_some};
 use listener::Listeners;
 
 /// The timer wheel's slot width. Idle timeouts are whole seconds in practice; 10 ms keeps the
@@ -448,6 +448,7 @@ impl Server {
     fn execute(&mut self, key: usize, fresh: usize) {
         let out_limit = self.out_limit();
         let token = self.connections[key].token;
+        let mut executed_any = false;
         let mut offset = 0; // how much of scratch_in[..fresh] has been used
         {
             let conn = &mut self.connections[key];
@@ -482,6 +483,7 @@ impl Server {
             };
             let processed = handler::process(&mut conn.session, input, out, out_limit, &mut cx);
             let over_limit = out.len() >= out_limit;
+            executed_any |= processed.consumed > 0;
             if from_spill {
                 conn.input.consume(processed.consumed);
             } else {
@@ -512,7 +514,21 @@ impl Server {
         } else if fresh > 0 && !conn.input.is_empty() && conn.may_execute() {
             self.stats.partial_reads += 1;
         }
+        // The request clock: started by a request's first bytes, restarted by every request
+        // completed, stopped when nothing incomplete is left.
+        if conn.input.is_empty() {
+            conn.request_started = None;
+        } else if executed_any || conn.request_started.is_none() {
+            conn.request_started = Some(self.now);
+        }
         self.write_replies(key);
+    }
+
+    fn timeouts(&self) -> Timeouts {
+        Timeouts {
+            idle: self.config.idle_timeout(),
+            request: self.config.request_timeout(),
+        }
     }
 
     /// How much output may pile up before execution stops. Unlimited during shutdown: every
@@ -711,9 +727,8 @@ impl Server {
     /// only move later with activity, so a read or write leaves the wheel alone; the timer
     /// then fires early, finds the connection active, and is re-armed (lazy re-arming).
     fn arm_timer(&mut self, key: usize) {
-        let idle_timeout = self.config.idle_timeout();
         let conn = &self.connections[key];
-        let Some(deadline) = conn.deadline(idle_timeout) else {
+        let Some(deadline) = conn.deadline(self.timeouts()) else {
             return;
         };
         let tick = self.tick_at(deadline);
@@ -757,22 +772,29 @@ impl Server {
 
     fn on_connection_timer(&mut self, key: usize) {
         let now = self.now;
-        let idle_timeout = self.config.idle_timeout();
+        let timeouts = self.timeouts();
         let conn = &mut self.connections[key];
         let token = conn.token;
         match conn.state() {
             State::Open | State::Paused => {
-                let idle = idle_timeout.is_some_and(|timeout| now >= conn.last_activity + timeout);
-                if idle {
-                    self.stats.idle_timeouts += 1;
-                    debug!("conn={} idle timeout", token::show(token));
+                let idle = timeouts
+                    .idle
+                    .is_some_and(|timeout| now >= conn.last_activity + timeout);
+                let slow = conn
+                    .request_deadline(timeouts)
+                    .is_some_and(|deadline| now >= deadline);
+                if idle || slow {
+                    let (notice, reason) = if idle {
+                        self.stats.idle_timeouts += 1;
+                        (Notice::IdleTimeout, CloseReason::IdleTimeout)
+                    } else {
+                        self.stats.request_timeouts += 1;
+                        (Notice::RequestTimeout, CloseReason::RequestTimeout)
+                    };
+                    debug!("conn={} {reason:?}", token::show(token));
                     conn.input.clear();
-                    handler::write_notice(
-                        conn.session.protocol,
-                        Notice::IdleTimeout,
-                        &mut conn.output,
-                    );
-                    self.drain(key, CloseReason::IdleTimeout);
+                    handler::write_notice(conn.session.protocol, notice, &mut conn.output);
+                    self.drain(key, reason);
                     self.flush(key);
                 } else if now >= conn.last_activity + QUIET {
                     conn.release_buffers();
