@@ -41,7 +41,6 @@ use std::net::{SocketAddr, TcpStream};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use clap::Parser;
 use criterion::measurement::WallTime;
 use criterion::{
     BenchmarkGroup, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main,
@@ -62,13 +61,7 @@ struct Running {
 
 impl Running {
     fn start() -> Running {
-        let config = Config::parse_from([
-            "tcp-reactor",
-            "--line-addr",
-            "127.0.0.1:0",
-            "--frame-addr",
-            "127.0.0.1:0",
-        ]);
+        let config = Config::on_free_ports();
         let server = Server::bind(config).expect("bind on free loopback ports");
         let (line_addr, frame_addr) = (server.line_addr(), server.frame_addr());
         let shutdown = server.shutdown_handle();

@@ -66,6 +66,18 @@ impl Config {
         (!self.idle_timeout.is_zero()).then_some(self.idle_timeout)
     }
 
+    /// The defaults, with both listeners on free loopback ports (port 0): for servers run
+    /// in-process by tests and benches.
+    pub fn on_free_ports() -> Self {
+        Config::parse_from([
+            "tcp-reactor",
+            "--line-addr",
+            "127.0.0.1:0",
+            "--frame-addr",
+            "127.0.0.1:0",
+        ])
+    }
+
     /// The request timeout, or `None` when disabled with `0`.
     pub fn request_timeout(&self) -> Option<Duration> {
         (!self.request_timeout.is_zero()).then_some(self.request_timeout)

@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::Duration;
 
-use clap::Parser;
 use tcp_reactor::{Config, Server};
 
 struct CountingAllocator;
@@ -76,13 +75,7 @@ fn heartbeat(body: &[u8]) -> Vec<u8> {
 
 #[test]
 fn ping_echo_and_heartbeat_allocate_nothing_once_warm() {
-    let config = Config::parse_from([
-        "tcp-reactor",
-        "--line-addr",
-        "127.0.0.1:0",
-        "--frame-addr",
-        "127.0.0.1:0",
-    ]);
+    let config = Config::on_free_ports();
     let server = Server::bind(config).unwrap();
     let (line_addr, frame_addr) = (server.line_addr(), server.frame_addr());
     let shutdown = server.shutdown_handle();

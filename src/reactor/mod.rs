@@ -919,18 +919,11 @@ fn nanos_since(epoch: Instant, instant: Instant) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
     use std::io::{Read, Write};
     use std::net::TcpStream as StdStream;
 
     fn server() -> Server {
-        let config = Config::parse_from([
-            "tcp-reactor",
-            "--line-addr",
-            "127.0.0.1:0",
-            "--frame-addr",
-            "127.0.0.1:0",
-        ]);
+        let config = Config::on_free_ports();
         Server::bind(config).unwrap()
     }
 
