@@ -11,7 +11,10 @@ report (min/median/max over repeats; ratios as the median of per-repeat ratios) 
 targets, each met or missed with its figure.
 
 Usage: scripts/bench-compare.sh [--repeats N] [--duration S] [--warmup S] [--quick]
-                                [--only SCENARIO[,SCENARIO]] [--out FILE]
+                                [--only SCENARIO[,SCENARIO]] [--out FILE] [--update FILE]
+
+A full run (no --quick, no --only) rewrites the generated part of BENCHMARKS.md (between its
+bench-compare markers) and the SVG charts in docs/bench/; the rest of that file is prose.
 """
 
 import argparse
@@ -137,10 +140,12 @@ SCENARIOS = [
 ]
 
 
-def run_load(args, server, warmup, duration):
+def run_load(args, server, warmup, duration, hdr_out=None):
     command = ["taskset", "-c", LOAD_CORE, TCP_LOAD, *args, "--threads", "1", "--warmup",
                f"{warmup}s", "--duration", f"{duration}s", "--json", "--server-pid",
                str(server.pid)]
+    if hdr_out:
+        command += ["--hdr-out", hdr_out]
     done = subprocess.run(command, capture_output=True, text=True, timeout=duration + warmup + 60,
                           preexec_fn=raise_nofile)
     try:
@@ -216,6 +221,10 @@ def main():
     parser.add_argument("--quick", action="store_true", help="1 repeat of 2 s: a smoke run")
     parser.add_argument("--only", default="", help="comma-separated scenario names, or idle, many")
     parser.add_argument("--out", default="", help="also write the report to this file")
+    parser.add_argument("--update", default="", metavar="BENCHMARKS.md",
+                        help="replace the generated section of this file (between its "
+                             "bench-compare markers) with the report, and write the charts "
+                             "next to it in docs/bench/")
     opts = parser.parse_args()
     if opts.quick:
         opts.repeats, opts.duration = 1, 2.0
@@ -223,6 +232,7 @@ def main():
     want = lambda name: not only or name in only
 
     have_redis = shutil.which("redis-server") is not None
+    os.makedirs(HDR_DIR, exist_ok=True)
     names = ["reactor", "tokio", "blocking", "floor"] + (["redis"] if have_redis else [])
     servers = {name: Server(name) for name in names}
     report = []
@@ -241,7 +251,10 @@ def main():
                     if server not in servers:
                         continue
                     args = load_args(kind, server, size, conns, pipeline)
-                    result = run_load(args, servers[server], opts.warmup, opts.duration)
+                    # The last repeat also keeps each server's latency distribution.
+                    hdr = os.path.join(HDR_DIR, f"{name}.{server}.hgrm") \
+                        if repeat == opts.repeats - 1 else None
+                    result = run_load(args, servers[server], opts.warmup, opts.duration, hdr)
                     results.setdefault((name, server), []).append(result)
                     print(f"  repeat {repeat + 1} {name} {server}: "
                           f"{result['requests_per_s']:,.0f} req/s, p99 "
@@ -362,6 +375,133 @@ def main():
     if opts.out:
         with open(opts.out, "w") as f:
             f.write("\n".join(report) + "\n")
+    # A full run regenerates BENCHMARKS.md; a quick or partial one only if asked to.
+    update = opts.update or ("" if opts.quick or opts.only else
+                             os.path.join(ROOT, "BENCHMARKS.md"))
+    if update:
+        update_benchmarks(update, report, results, opts)
+
+
+HDR_DIR = os.path.join(ROOT, "target", "bench-compare")
+CHART_DIR = os.path.join(ROOT, "docs", "bench")
+BEGIN, END = "<!-- bench-compare:begin -->", "<!-- bench-compare:end -->"
+COLORS = {"reactor": "#1f77b4", "tokio": "#ff7f0e", "blocking": "#2ca02c", "floor": "#7f7f7f",
+          "redis": "#d62728"}
+
+
+def update_benchmarks(path, report, results, opts):
+    """Writes the charts and puts the report between the markers of `path`."""
+    os.makedirs(CHART_DIR, exist_ok=True)
+    with open(os.path.join(CHART_DIR, "requests_per_s.svg"), "w") as f:
+        f.write(bars_svg(results))
+    charts = ["![requests/s per server and scenario](docs/bench/requests_per_s.svg)"]
+    for name, *_ in SCENARIOS:
+        curves = {}
+        for server in COLORS:
+            hgrm = os.path.join(HDR_DIR, f"{name}.{server}.hgrm")
+            if os.path.exists(hgrm):
+                curves[server] = read_hgrm(hgrm)
+        if curves:
+            with open(os.path.join(CHART_DIR, f"latency_{name}.svg"), "w") as f:
+                f.write(latency_svg(name, curves))
+            charts.append(f"![latency percentiles, {name}](docs/bench/latency_{name}.svg)")
+    generated = "\n".join([BEGIN, "", *report[1:], "", "### Charts", "",
+                           *[c + "\n" for c in charts], END])
+    with open(path) as f:
+        text = f.read()
+    if BEGIN in text and END in text:
+        text = text[:text.index(BEGIN)] + generated + text[text.index(END) + len(END):]
+    else:
+        text = text.rstrip("\n") + "\n\n" + generated + "\n"
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def bars_svg(results):
+    """One panel per scenario: a bar per server, median requests/s, scaled to the panel."""
+    rows = []
+    for name, members, *_ in SCENARIOS:
+        medians = [(server, statistics.median(r["requests_per_s"] for r in results[(name, server)]))
+                   for server in members if (name, server) in results]
+        if medians:
+            rows.append((name, medians))
+    bar_h, gap, left, width = 16, 26, 170, 420
+    height = sum(len(m) * bar_h + gap for _, m in rows) + 20
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 110}" '
+             f'height="{height}" font-family="sans-serif" font-size="11">']
+    y = 10
+    for name, medians in rows:
+        parts.append(f'<text x="4" y="{y + 10}" font-weight="bold">{name}</text>')
+        y += 14
+        top = max(v for _, v in medians)
+        for server, value in medians:
+            w = max(1, width * value / top)
+            parts.append(f'<text x="{left - 6}" y="{y + 12}" text-anchor="end">{server}</text>')
+            parts.append(f'<rect x="{left}" y="{y}" width="{w:.1f}" height="{bar_h - 3}" '
+                         f'fill="{COLORS[server]}"/>')
+            parts.append(f'<text x="{left + w + 4:.1f}" y="{y + 11}">{value:,.0f}/s</text>')
+            y += bar_h
+        y += gap - 14
+    parts.append("</svg>")
+    return "\n".join(parts) + "\n"
+
+
+def read_hgrm(path):
+    """(percentile, latency µs) points of a tcp-load --hdr-out file."""
+    points = []
+    with open(path) as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) >= 3 and not line.startswith("#"):
+                try:
+                    value, percentile = float(fields[0]), float(fields[1])
+                except ValueError:
+                    continue
+                if percentile < 1.0:
+                    points.append((percentile, value))
+    return points
+
+
+def latency_svg(name, curves):
+    """Latency against percentile, x on the usual 1/(1-p) log scale (50 %, 90 %, ... 99.99 %)."""
+    import math
+    left, top, width, height = 60, 24, 460, 240
+    xmax = 4.0  # up to 99.99 %
+    ymax = max(v for points in curves.values() for _, v in points if _ <= 0.9999)
+    ymax = 10 ** math.ceil(math.log10(max(ymax, 1.0)))
+    ymin = 10.0
+    def px(p):
+        return left + width * min(-math.log10(1 - p), xmax) / xmax
+    def py(v):
+        v = min(max(v, ymin), ymax)
+        return top + height * (1 - (math.log10(v) - math.log10(ymin)) /
+                               (math.log10(ymax) - math.log10(ymin)))
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 120}" '
+             f'height="{top + height + 40}" font-family="sans-serif" font-size="11">',
+             f'<text x="{left}" y="14" font-weight="bold">{name}: latency (µs, log) by '
+             f'percentile</text>',
+             f'<rect x="{left}" y="{top}" width="{width}" height="{height}" fill="none" '
+             f'stroke="#999"/>']
+    for i, label in enumerate(["0%", "90%", "99%", "99.9%", "99.99%"]):
+        x = left + width * i / xmax
+        parts.append(f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{top + height}" '
+                     f'stroke="#eee"/><text x="{x:.1f}" y="{top + height + 14}" '
+                     f'text-anchor="middle">{label}</text>')
+    decade = ymin
+    while decade <= ymax:
+        y = py(decade)
+        parts.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + width}" y2="{y:.1f}" '
+                     f'stroke="#eee"/><text x="{left - 4}" y="{y + 4:.1f}" '
+                     f'text-anchor="end">{decade:g}</text>')
+        decade *= 10
+    for i, (server, points) in enumerate(curves.items()):
+        path = " ".join(f"{px(p):.1f},{py(v):.1f}" for p, v in points if p <= 0.9999)
+        parts.append(f'<polyline fill="none" stroke="{COLORS[server]}" stroke-width="1.5" '
+                     f'points="{path}"/>')
+        parts.append(f'<text x="{left + width + 8}" y="{top + 12 + 14 * i}" '
+                     f'fill="{COLORS[server]}">{server}</text>')
+    parts.append("</svg>")
+    return "\n".join(parts) + "\n"
 
 
 def server_us_per_request(result):
