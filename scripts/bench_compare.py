@@ -405,7 +405,9 @@ def update_benchmarks(path, report, results, opts):
             with open(os.path.join(CHART_DIR, f"latency_{name}.svg"), "w") as f:
                 f.write(latency_svg(name, curves))
             charts.append(f"![latency percentiles, {name}](docs/bench/latency_{name}.svg)")
-    generated = "\n".join([BEGIN, "", *report[1:], "", "### Charts", "",
+    # The report's sections sit under BENCHMARKS.md's own "## Results" heading.
+    body = [("#" + line) if line.startswith("## ") else line for line in report[1:]]
+    generated = "\n".join([BEGIN, "", *body, "", "### Charts", "",
                            *[c + "\n" for c in charts], END])
     with open(path) as f:
         text = f.read()
