@@ -165,8 +165,7 @@ impl Connection {
         match self.state {
             State::Open | State::Paused => {
                 let idle = timeouts.idle.map(|timeout| self.last_activity + timeout);
-                let holds_memory = self.input.capacity() > 0 || self.output.capacity() > 0;
-                let quiet = holds_memory.then(|| self.last_activity + QUIET);
+                let quiet = self.holds_idle_memory().then(|| self.last_activity + QUIET);
                 [idle, quiet, self.request_deadline(timeouts)]
                     .into_iter()
                     .flatten()
@@ -183,6 +182,14 @@ impl Connection {
             return None;
         }
         Some(self.request_started? + timeouts.request?)
+    }
+
+    /// A buffer that is empty but still owns memory: what `release_buffers` would free. A
+    /// buffer holding bytes (a partial request, unsent replies) is not counted: it cannot be
+    /// freed, and a deadline for it would fire again at once, forever.
+    fn holds_idle_memory(&self) -> bool {
+        let idle = |buffer: &Buffer| buffer.is_empty() && buffer.capacity() > 0;
+        idle(&self.input) || idle(&self.output)
     }
 
     /// Gives back the memory of empty buffers.

@@ -731,7 +731,9 @@ impl Server {
         let Some(deadline) = conn.deadline(self.timeouts()) else {
             return;
         };
-        let tick = self.tick_at(deadline);
+        // Never earlier than the next tick: a deadline that is already past but not acted on
+        // would otherwise fire on every wakeup and spin the loop.
+        let tick = self.tick_at(deadline).max(self.tick_now() + 1);
         let conn_token = conn.token;
         let timer = match conn.timer {
             None => Some((

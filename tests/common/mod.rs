@@ -44,11 +44,12 @@ pub const ERROR: u8 = 4;
 pub const DEFAULT_MAX_FRAME: u32 = 10 * 1024 * 1024;
 
 /// Every key of the STATS line, in the order the spec lists them.
-pub const STATS_KEYS: [&str; 18] = [
+pub const STATS_KEYS: [&str; 19] = [
     "accepted",
     "active",
     "closed",
     "idle_timeouts",
+    "request_timeouts",
     "protocol_errors",
     "rejected_full",
     "bytes_in",

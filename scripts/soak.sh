@@ -1,0 +1,406 @@
+#!/usr/bin/env bash
+# Soak test: well-behaved tcp-load clients next to abusive ones, then check the server came
+# back to its baseline.
+#
+#   scripts/soak.sh DURATION_SECONDS
+#
+# Starts target/release/tcp-reactor on free ports with
+#   --max-connections 200 --request-timeout 2s --idle-timeout 5s
+# records its open fds and RSS, then for DURATION seconds runs
+#   - tcp-load line/ping (--rate 2000 --connections 20) and frame/heartbeat (--rate 1000
+#     --connections 10), open loop, every reply checked byte for byte;
+#   - abusive python3 clients: random garbage and HTTP requests, resets (SO_LINGER 0) mid-frame
+#     and mid-line, half-closes, slowloris (one byte per 200 ms), never-readers (PINGs until
+#     the server pushes back, never read), and floods of 300 connections held for 1 s (beyond
+#     --max-connections).
+# After the abusive clients stop and the server settles, it checks: 0 tcp-load errors, open
+# fds back to baseline +/- 2, RSS within 4 MiB of baseline, STATS active == 1 (the STATS
+# client itself) and accepted == closed + active, and that every abusive client got only
+# replies the protocol allows. Prints each figure with PASS/FAIL; exits 1 if any check fails.
+# Everything it starts is killed on exit.
+set -uo pipefail
+
+DURATION=${1:?usage: scripts/soak.sh DURATION_SECONDS}
+[[ $DURATION =~ ^[0-9]+$ && $DURATION -ge 3 ]] || { echo "DURATION_SECONDS: an integer >= 3" >&2; exit 2; }
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+BIN=$TARGET_DIR/release
+SETTLE_SECONDS=15   # longest wait for the server to come back: idle 5 s + LINGER 5 s + margin
+RSS_SLACK_KIB=4096
+FD_SLACK=2
+
+WORK=$(mktemp -d -t soak.XXXXXX)
+PIDS=()
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do
+        kill "$pid" 2>/dev/null
+    done
+    for pid in "${PIDS[@]}"; do
+        wait "$pid" 2>/dev/null
+    done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+echo "== building"
+(cd "$ROOT" && cargo build --release --bins --quiet) || { echo "build failed" >&2; exit 1; }
+
+echo "== starting tcp-reactor"
+RUST_LOG=info "$BIN/tcp-reactor" --line-addr 127.0.0.1:0 --frame-addr 127.0.0.1:0 \
+    --max-connections 200 --request-timeout 2s --idle-timeout 5s \
+    </dev/null >/dev/null 2>"$WORK/server.log" &
+SERVER=$!
+PIDS+=("$SERVER")
+
+LINE_ADDR= FRAME_ADDR=
+for _ in $(seq 100); do
+    LINE_ADDR=$(grep -o 'line listener on [0-9.:]*' "$WORK/server.log" | head -n1 | awk '{print $4}')
+    FRAME_ADDR=$(grep -o 'frame listener on [0-9.:]*' "$WORK/server.log" | head -n1 | awk '{print $4}')
+    [[ -n $LINE_ADDR && -n $FRAME_ADDR ]] && break
+    kill -0 "$SERVER" 2>/dev/null || break
+    sleep 0.1
+done
+if [[ -z $LINE_ADDR || -z $FRAME_ADDR ]]; then
+    echo "server did not log its listeners; log:" >&2
+    cat "$WORK/server.log" >&2
+    exit 1
+fi
+echo "line $LINE_ADDR, frame $FRAME_ADDR, pid $SERVER"
+
+fds() { ls "/proc/$SERVER/fd" 2>/dev/null | wc -l; }
+cpu_seconds() { awk -v hz="$(getconf CLK_TCK)" '{sub(/.*\) /, ""); printf "%.2f", ($12 + $13) / hz}' "/proc/$SERVER/stat" 2>/dev/null; }
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$SERVER/status" 2>/dev/null; }
+# One STATS line, on a connection of its own (closed before this returns).
+stats() {
+    python3 - "$LINE_ADDR" <<'PY'
+import socket, sys
+host, port = sys.argv[1].rsplit(":", 1)
+s = socket.create_connection((host, int(port)), timeout=5)
+s.sendall(b"STATS\n")
+buf = b""
+while not buf.endswith(b"\n"):
+    chunk = s.recv(4096)
+    if not chunk:
+        break
+    buf += chunk
+s.close()
+print(buf.decode().strip())
+PY
+}
+stat_field() { tr ' ' '\n' <<<"$1" | awk -F= -v k="$2" '$1 == k {print $2}'; }
+
+BASE_FDS=$(fds)
+BASE_RSS=$(rss_kib)
+echo "baseline: fds $BASE_FDS, rss ${BASE_RSS} KiB"
+
+cat >"$WORK/abuse.py" <<'PY'
+"""Abusive clients for the soak test; runs for DURATION seconds, prints a JSON summary.
+
+Each behaviour is a thread looping until the deadline. Replies are checked against what the
+protocol allows (docs/PROTOCOL.md); anything else is counted in `unexpected` with a sample.
+"""
+import json, random, socket, struct, sys, threading, time
+
+line_addr, frame_addr, duration = sys.argv[1], sys.argv[2], float(sys.argv[3])
+def parse(a):
+    h, p = a.rsplit(":", 1)
+    return (h, int(p))
+LINE, FRAME = parse(line_addr), parse(frame_addr)
+DEADLINE = time.monotonic() + duration
+rng = random.Random(0x50AC)
+lock = threading.Lock()
+counts = {}
+unexpected = []
+
+def count(key, n=1):
+    with lock:
+        counts[key] = counts.get(key, 0) + n
+
+def odd(what, data):
+    with lock:
+        counts["unexpected"] = counts.get("unexpected", 0) + 1
+        if len(unexpected) < 10:
+            unexpected.append(f"{what}: {data[:120]!r}")
+
+def running():
+    return time.monotonic() < DEADLINE
+
+def connect(addr, timeout=5.0):
+    s = socket.create_connection(addr, timeout=timeout)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return s
+
+def read_all(s):
+    buf = b""
+    while True:
+        try:
+            chunk = s.recv(65536)
+        except ConnectionResetError:
+            return buf, "reset"
+        except socket.timeout:
+            return buf, "timeout"
+        if not chunk:
+            return buf, "eof"
+        buf += chunk
+
+def error_frame(body):
+    return b"GO\x01\x04" + struct.pack(">I", len(body)) + body
+
+FULL_LINE = b"ERR server full\n"
+FULL_FRAME = error_frame(b"server full")
+
+def rst(s):
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+
+def guarded(name, body):
+    def run():
+        while running():
+            try:
+                body()
+            except (ConnectionError, socket.timeout, OSError) as e:
+                # A connect refused or reset while the flood fills the server is expected;
+                # anything else is worth a look, but is not a server reply.
+                count(f"{name}_oserror_{type(e).__name__}")
+                time.sleep(0.05)
+    t = threading.Thread(target=run, name=name, daemon=True)
+    t.start()
+    return t
+
+def garbage():
+    data = bytes(rng.getrandbits(8) for _ in range(rng.randrange(512, 4096)))
+    if data[:2] == b"GO":
+        data = b"X" + data[1:]
+    s = connect(FRAME)
+    s.sendall(data)
+    buf, end = read_all(s)
+    s.close()
+    want = error_frame(b"bad magic 0x%04x" % struct.unpack(">H", data[:2])[0])
+    if (buf, end) in ((want, "eof"), (FULL_FRAME, "eof")):
+        count("garbage_ok")
+    else:
+        odd(f"garbage ({end})", buf)
+
+HTTP = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+def http_frame():
+    s = connect(FRAME)
+    s.sendall(HTTP)
+    buf, end = read_all(s)
+    s.close()
+    if (buf, end) in ((error_frame(b"bad magic 0x4745"), "eof"), (FULL_FRAME, "eof")):
+        count("http_frame_ok")
+    else:
+        odd(f"http to frame port ({end})", buf)
+
+def http_line():
+    s = connect(LINE)
+    s.sendall(HTTP)
+    s.shutdown(socket.SHUT_WR)
+    buf, end = read_all(s)
+    s.close()
+    if (buf, end) in ((b"GET / HTTP/1.1\nHost: x\n\n", "eof"), (FULL_LINE, "eof")):
+        count("http_line_ok")
+    else:
+        odd(f"http to line port ({end})", buf)
+
+def resets():
+    kind = rng.randrange(3)
+    if kind == 0:
+        s, data = connect(FRAME), b"GO\x01\x01"[: rng.randrange(1, 5)]
+    elif kind == 1:
+        s, data = connect(FRAME), b"GO\x01\x01\x00\x00\x01\x00" + b"b" * rng.randrange(1, 256)
+    else:
+        s, data = connect(LINE), b"PING 1\nPING half a li"
+    s.sendall(data)
+    time.sleep(0.01)
+    rst(s)
+    count(("reset_half_header", "reset_half_body", "reset_half_line")[kind])
+    time.sleep(0.01)
+
+def half_close():
+    s = connect(LINE)
+    s.sendall(b"PING a\nPING b\nPING unfinish")
+    s.shutdown(socket.SHUT_WR)
+    buf, end = read_all(s)
+    s.close()
+    if (buf, end) in ((b"PONG a\nPONG b\n", "eof"), (FULL_LINE, "eof")):
+        count("half_close_ok")
+    else:
+        odd(f"half-close ({end})", buf)
+    time.sleep(0.02)
+
+def slowloris(payload):
+    def body():
+        s = connect(LINE, timeout=1.0)
+        got = b""
+        i = 0
+        while running():
+            try:
+                s.send(payload[i % len(payload):i % len(payload) + 1])
+            except OSError:
+                break
+            i += 1
+            try:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                got += chunk
+            except socket.timeout:
+                pass
+            except OSError:
+                break
+            time.sleep(0.2)
+        s.close()
+        count("slowloris_conns")
+        for line in got.splitlines(keepends=True):
+            if line not in (b"PONG\n", b"ERR request timeout\n", FULL_LINE):
+                odd("slowloris", got)
+                break
+    return body
+
+def never_reader():
+    s = connect(LINE, timeout=0.5)
+    sent = 0
+    try:
+        while running():
+            s.sendall(b"PING\n" * 2000)
+            sent += 10000
+    except socket.timeout:
+        pass
+    count("never_reader_bytes", sent)
+    # Hold the connection, still not reading, for a while (past the idle timeout sometimes).
+    end = min(DEADLINE, time.monotonic() + rng.uniform(1, 7))
+    while time.monotonic() < end:
+        time.sleep(0.1)
+    rst(s)
+    count("never_reader_conns")
+
+def flood():
+    socks = []
+    for _ in range(300):
+        try:
+            socks.append(connect(rng.choice((LINE, FRAME)), timeout=2.0))
+        except OSError as e:
+            count(f"flood_connect_{type(e).__name__}")
+    count("flood_conns", len(socks))
+    time.sleep(1.0)
+    for s in socks:
+        s.close()
+    time.sleep(2.0)
+
+threads = [
+    guarded("garbage", garbage),
+    guarded("http_frame", http_frame),
+    guarded("http_line", http_line),
+    guarded("resets", resets),
+    guarded("half_close", half_close),
+    guarded("slowloris_endless", slowloris(b"x")),
+    guarded("slowloris_endless2", slowloris(b"PING PING PING ")),
+    guarded("slowloris_lines", slowloris(b"PING\n")),
+    guarded("never_reader", never_reader),
+    guarded("never_reader2", never_reader),
+    guarded("flood", flood),
+]
+for t in threads:
+    t.join(timeout=max(0, DEADLINE - time.monotonic()) + 15)
+print(json.dumps({"counts": counts, "unexpected": unexpected}, sort_keys=True))
+PY
+
+echo "== soaking for ${DURATION}s"
+"$BIN/tcp-load" --addr "$LINE_ADDR" --protocol line --workload ping \
+    --rate 2000 --connections 20 --duration "${DURATION}s" --json >"$WORK/line.json" 2>"$WORK/line.err" &
+LOAD_LINE=$!
+PIDS+=("$LOAD_LINE")
+"$BIN/tcp-load" --addr "$FRAME_ADDR" --protocol frame --workload heartbeat --size 16 \
+    --rate 1000 --connections 10 --duration "${DURATION}s" --json >"$WORK/frame.json" 2>"$WORK/frame.err" &
+LOAD_FRAME=$!
+PIDS+=("$LOAD_FRAME")
+# Let tcp-load connect before the floods fill --max-connections (its 1 s warmup covers this).
+sleep 0.5
+python3 "$WORK/abuse.py" "$LINE_ADDR" "$FRAME_ADDR" "$DURATION" >"$WORK/abuse.json" 2>"$WORK/abuse.err" &
+ABUSE=$!
+PIDS+=("$ABUSE")
+
+wait "$LOAD_LINE"; LINE_RC=$?
+wait "$LOAD_FRAME"; FRAME_RC=$?
+wait "$ABUSE"; ABUSE_RC=$?
+SOAK_CPU=$(cpu_seconds)
+
+FAILED=0
+check() { # check NAME OK(0/1) DETAIL
+    if [[ $2 == 1 ]]; then
+        printf '%-28s %-6s %s\n' "$1" PASS "$3"
+    else
+        printf '%-28s %-6s %s\n' "$1" FAIL "$3"
+        FAILED=1
+    fi
+}
+
+kill -0 "$SERVER" 2>/dev/null; check "server alive" $(( $? == 0 )) "pid $SERVER"
+
+echo "== settling (up to ${SETTLE_SECONDS}s)"
+SETTLE_START=$SECONDS
+while (( SECONDS - SETTLE_START < SETTLE_SECONDS )); do
+    S=$(stats 2>/dev/null) || S=
+    if [[ -n $S && $(stat_field "$S" active) == 1 ]] && (( $(fds) <= BASE_FDS + FD_SLACK )); then
+        break
+    fi
+    sleep 0.5
+done
+echo "settled after $(( SECONDS - SETTLE_START ))s"
+
+echo "== results"
+for kind in line frame; do
+    json=$WORK/$kind.json
+    rc_var=${kind^^}_RC
+    summary=$(python3 - "$json" <<'PY'
+import json, sys
+try:
+    r = json.load(open(sys.argv[1]))
+except Exception as e:
+    print(f"-1 no JSON ({e})")
+    sys.exit()
+errors = r.get("errors", {})
+total = sum(errors.values())
+print(total, f"requests {r.get('requests')} errors {json.dumps(errors, separators=(',', ':'))}")
+PY
+)
+    total=${summary%% *}
+    check "tcp-load $kind errors" $(( total == 0 && ${!rc_var} == 0 )) "exit ${!rc_var}, ${summary#* }"
+    if (( total != 0 || ${!rc_var} != 0 )); then sed 's/^/    /' "$WORK/$kind.err" | tail -n 5; fi
+done
+
+ABUSE_SUMMARY=$(cat "$WORK/abuse.json")
+UNEXPECTED=$(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print(d["counts"].get("unexpected", 0))' "$ABUSE_SUMMARY" 2>/dev/null || echo -1)
+check "abusive replies as specified" $(( ABUSE_RC == 0 && UNEXPECTED == 0 )) "exit $ABUSE_RC, unexpected $UNEXPECTED"
+python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print("    counts:", json.dumps(d["counts"], sort_keys=True)); [print("    unexpected:", u) for u in d["unexpected"]]' "$ABUSE_SUMMARY" 2>/dev/null \
+    || sed 's/^/    /' "$WORK/abuse.err" | tail -n 5
+
+# Information only: tcp-load's 3000 requests/s cost little; a spinning loop shows up here.
+printf '%-28s %-6s %s\n' "server cpu (info)" "-" "${SOAK_CPU}s user+sys over the ${DURATION}s soak"
+
+END_FDS=$(fds)
+check "open fds" $(( END_FDS >= BASE_FDS - FD_SLACK && END_FDS <= BASE_FDS + FD_SLACK )) \
+    "baseline $BASE_FDS, now $END_FDS (+/- $FD_SLACK)"
+
+END_RSS=$(rss_kib)
+check "rss" $(( ${END_RSS:-999999999} <= BASE_RSS + RSS_SLACK_KIB )) \
+    "baseline ${BASE_RSS} KiB, now ${END_RSS:-?} KiB (limit +$RSS_SLACK_KIB KiB)"
+
+S=$(stats 2>/dev/null) || S=
+ACCEPTED=$(stat_field "$S" accepted); ACTIVE=$(stat_field "$S" active); CLOSED=$(stat_field "$S" closed)
+check "stats active" $(( ${ACTIVE:--1} == 1 )) "active=${ACTIVE:-?} (the STATS client itself)"
+check "stats accepted" $(( ${ACCEPTED:--1} == ${CLOSED:--2} + ${ACTIVE:--2} )) \
+    "accepted=${ACCEPTED:-?} closed=${CLOSED:-?} active=${ACTIVE:-?}"
+echo "    $S"
+
+if (( FAILED )); then
+    echo "SOAK FAIL"
+    echo "--- server log (last 20 lines)"
+    tail -n 20 "$WORK/server.log"
+    exit 1
+fi
+echo "SOAK PASS"
