@@ -71,6 +71,8 @@ pub struct TestServer {
     child: Child,
     line_addr: SocketAddr,
     frame_addr: SocketAddr,
+    line_tls_addr: Option<SocketAddr>,
+    frame_tls_addr: Option<SocketAddr>,
     logs: Arc<Mutex<Vec<String>>>,
     drain: Option<JoinHandle<()>>,
 }
@@ -136,16 +138,27 @@ impl TestServer {
             // Placeholders until the log lines arrive; replaced below or the start panics.
             line_addr: SocketAddr::from(([0, 0, 0, 0], 0)),
             frame_addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            line_tls_addr: None,
+            frame_tls_addr: None,
             logs,
             drain: Some(drain),
         };
         let deadline = Instant::now() + STARTUP_TIMEOUT;
+        let wants_line_tls = args.contains(&"--line-tls-addr");
+        let wants_frame_tls = args.contains(&"--frame-tls-addr");
         loop {
             let line_addr = server.find_listener("line listener on ");
             let frame_addr = server.find_listener("frame listener on ");
-            if let (Some(line), Some(frame)) = (line_addr, frame_addr) {
+            let line_tls_addr = server.find_listener("line TLS listener on ");
+            let frame_tls_addr = server.find_listener("frame TLS listener on ");
+            if let (Some(line), Some(frame)) = (line_addr, frame_addr)
+                && (line_tls_addr.is_some() || !wants_line_tls)
+                && (frame_tls_addr.is_some() || !wants_frame_tls)
+            {
                 server.line_addr = line;
                 server.frame_addr = frame;
+                server.line_tls_addr = line_tls_addr;
+                server.frame_tls_addr = frame_tls_addr;
                 return server;
             }
             if let Ok(Some(status)) = server.child.try_wait() {
@@ -188,6 +201,18 @@ impl TestServer {
 
     pub fn frame_addr(&self) -> SocketAddr {
         self.frame_addr
+    }
+
+    /// The line-over-TLS listener; panics unless the server was started with
+    /// `--line-tls-addr`.
+    pub fn line_tls_addr(&self) -> SocketAddr {
+        self.line_tls_addr.expect("started with --line-tls-addr")
+    }
+
+    /// The frame-over-TLS listener; panics unless the server was started with
+    /// `--frame-tls-addr`.
+    pub fn frame_tls_addr(&self) -> SocketAddr {
+        self.frame_tls_addr.expect("started with --frame-tls-addr")
     }
 
     pub fn pid(&self) -> u32 {
@@ -640,4 +665,46 @@ pub fn write_until_stalled(
     };
     stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
     outcome
+}
+
+/// A self-signed certificate for `localhost` and `127.0.0.1`, made at run time with rcgen and
+/// written as PEM files to a fresh directory, removed on drop.
+pub struct TestCert {
+    pub dir: std::path::PathBuf,
+    /// The certificate (PEM); also what a client trusts with `--ca`.
+    pub cert: std::path::PathBuf,
+    /// The private key (PEM, PKCS#8).
+    pub key: std::path::PathBuf,
+}
+
+impl TestCert {
+    pub fn new() -> TestCert {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("tcp-reactor-cert-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create the certificate directory");
+        let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+        let certified = rcgen::generate_simple_self_signed(names).expect("rcgen");
+        let cert = dir.join("cert.pem");
+        let key = dir.join("key.pem");
+        std::fs::write(&cert, certified.cert.pem()).expect("write cert.pem");
+        std::fs::write(&key, certified.signing_key.serialize_pem()).expect("write key.pem");
+        TestCert { dir, cert, key }
+    }
+
+    /// The certificate path as a `&str`, for command lines.
+    pub fn cert_arg(&self) -> &str {
+        self.cert.to_str().expect("temp paths are UTF-8")
+    }
+
+    /// The key path as a `&str`, for command lines.
+    pub fn key_arg(&self) -> &str {
+        self.key.to_str().expect("temp paths are UTF-8")
+    }
+}
+
+impl Drop for TestCert {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
