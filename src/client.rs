@@ -53,6 +53,8 @@ use crate::config::parse_duration;
 use crate::protocol::frame::{self, Command, HEADER_LEN};
 use crate::protocol::{Decoded, ProtocolError};
 
+pub mod tls;
+
 /// The server's default line listener.
 pub const DEFAULT_LINE_ADDR: &str = "127.0.0.1:8080";
 /// The server's default frame listener.

@@ -13,6 +13,7 @@
 //! - [`stats`]: the counters shown by `STATS`.
 //! - [`load`]: `tcp-load`, the load generator: per-thread mio loops, pipelined batches, latency.
 //! - [`client`]: `tcp-client`, a line session or one frame exchange against the server.
+//!   - [`client::tls`]: the TLS flags of both tools and the rustls client config they make.
 //!
 //! The layers only look downwards: the reactor moves bytes and never matches on a verb, the
 //! handler turns requests into replies and never sees a socket, the codecs see only `&[u8]`.
