@@ -3,11 +3,13 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use tcp_reactor::client::{self, Cli, ClientError};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_args();
+    if cli.tls().0.insecure {
+        eprintln!("tcp-client: {}", client::tls::INSECURE_WARNING);
+    }
     // Quiet by default: stdout is the session, stderr is for the one failure message.
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
 
