@@ -10,6 +10,9 @@ use tcp_reactor::load::{self, LoadConfig};
 
 fn main() -> ExitCode {
     let config = LoadConfig::parse_args();
+    if config.tls.insecure {
+        eprintln!("tcp-load: {}", tcp_reactor::client::tls::INSECURE_WARNING);
+    }
     // Warnings (mismatches, refused connects) by default: stdout carries the summary.
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
 

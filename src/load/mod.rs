@@ -7,6 +7,7 @@
 //!          [--duration DUR (10s)] [--warmup DUR (1s)] | [--requests N]
 //!          [--rate R] [--threads T (cores)] [--source-addr IP[,IP...]] [--timeout DUR (5s)]
 //!          [--json] [--hdr-out FILE] [--progress]
+//!          [--tls (--ca FILE | --insecure) [--server-name NAME]]
 //! ```
 //!
 //! # How a run goes
@@ -34,6 +35,17 @@
 //! connection is closed and not reopened. Exit status: 0 without errors, 1 with any, 2 for bad
 //! arguments.
 //!
+//! # Over TLS (`--tls`)
+//!
+//! Each connection runs a rustls client session inside the same non-blocking loop (flags and
+//! config in [`crate::client::tls`]). The handshake is part of connecting: a connection is up,
+//! and its requests start, once the handshake is done; a handshake that fails (a certificate
+//! that does not verify, say) or is not done within `--timeout` is a `connect` error, and its
+//! reason is listed in the summary. Handshakes are timed from the TCP connection's
+//! establishment to the handshake's end and reported apart (count, p50, p99); request
+//! latency stays what it is without TLS, request to reply. Byte rates count the requests'
+//! and replies' bytes, not the TLS records carrying them.
+//!
 //! # Invariants
 //!
 //! - The main thread never touches a socket: it paces the phases (window start, CPU samples,
@@ -60,9 +72,10 @@ use clap::{CommandFactory, Parser};
 use log::{debug, warn};
 use serde_json::{Map, Value, json};
 
+use crate::client::tls::TlsArgs;
 use crate::config::parse_duration;
 use crate::reactor::listener::raise_fd_limit;
-use report::{Errors, Report, new_histogram};
+use report::{Errors, Report, TlsSummary, new_histogram};
 use worker::{Message, Plan, Shared, UNKNOWN, Worker, WorkerReport, clock_ns};
 use workload::{MAX_SIZE, Protocol, Workload};
 
@@ -81,12 +94,16 @@ const PROGRESS_EVERY_NS: u64 = 1_000_000_000;
                   servers (--workload raw, e.g. Redis inline PING). Closed loop by default; open \
                   loop with --rate, latency then measured from the scheduled send time.\n\n\
                   DUR values are seconds (`30`, `0.5`) or a number with a unit: `500ms`, `2s`, \
-                  `1m`. Exit status: 0 without errors, 1 with any error, 2 for bad arguments."
+                  `1m`. Exit status: 0 without errors, 1 with any error, 2 for bad arguments.\n\n\
+                  --tls speaks TLS on every connection (with --ca FILE or --insecure): a \
+                  connection is up once its handshake is done, a failed handshake is a \
+                  connect error with its reason in the summary, and the summary adds the \
+                  handshake count and times (p50, p99)."
 )]
 pub struct LoadConfig {
     /// Server address; a host name is resolved once, at start.
     #[arg(long, value_name = "HOST:PORT", value_parser = parse_addr)]
-    pub addr: SocketAddr,
+    pub addr: Target,
 
     /// Protocol spoken: `line` (echo, ping, raw) or `frame` (heartbeat, message, login).
     #[arg(long, value_enum)]
@@ -165,13 +182,35 @@ pub struct LoadConfig {
     /// instants as tcp-load's own.
     #[arg(long, value_name = "PID")]
     pub server_pid: Option<u32>,
+
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
-fn parse_addr(text: &str) -> Result<SocketAddr, String> {
-    text.to_socket_addrs()
+/// `--addr`: as given (its host part is the default TLS server name) and as resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub text: String,
+    pub socket: SocketAddr,
+}
+
+impl std::fmt::Display for Target {
+    /// The resolved address, as the summary has always shown it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.socket.fmt(f)
+    }
+}
+
+fn parse_addr(text: &str) -> Result<Target, String> {
+    let socket = text
+        .to_socket_addrs()
         .map_err(|e| format!("`{text}` is not a HOST:PORT address: {e}"))?
         .next()
-        .ok_or_else(|| format!("`{text}` resolves to no address"))
+        .ok_or_else(|| format!("`{text}` resolves to no address"))?;
+    Ok(Target {
+        text: text.to_string(),
+        socket,
+    })
 }
 
 fn parse_rate(text: &str) -> Result<f64, String> {
@@ -244,7 +283,7 @@ impl LoadConfig {
         if self.timeout.is_zero() {
             return Err("--timeout must be more than 0".to_string());
         }
-        Ok(())
+        self.tls.check(&self.addr.text)
     }
 
     /// Worker threads: `--threads` or the number of cores, but never more than there are
@@ -319,6 +358,15 @@ impl LoadConfig {
             "threads": threads,
             "source_addr": self.source_addr.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "timeout_s": self.timeout.as_secs_f64(),
+            "tls": self.tls.tls,
+            "ca": self.tls.ca.as_ref().map(|path| path.display().to_string()),
+            "insecure": self.tls.insecure,
+            "server_name": self
+                .tls
+                .tls
+                .then(|| self.tls.server_name(&self.addr.text).ok())
+                .flatten()
+                .map(|name| name.to_str().into_owned()),
         });
         match value {
             Value::Object(map) => map,
@@ -386,6 +434,10 @@ pub fn run(config: &LoadConfig) -> io::Result<Report> {
         );
     }
 
+    let tls = config
+        .tls
+        .config(&config.addr.text)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
     let raw_request = config.request.as_deref().unwrap_or("").as_bytes();
     let exchange = Arc::new(workload::exchange(
         config.workload,
@@ -418,7 +470,8 @@ pub fn run(config: &LoadConfig) -> io::Result<Report> {
             thread,
             threads,
             connections: config.connections as usize,
-            addr: config.addr,
+            addr: config.addr.socket,
+            tls: tls.clone(),
             sources: Arc::clone(&sources),
             pipeline: config.pipeline,
             exchange: Arc::clone(&exchange),
@@ -521,12 +574,24 @@ pub fn run(config: &LoadConfig) -> io::Result<Report> {
     }
 
     let mut histogram = new_histogram();
+    let mut tls_summary = tls.is_some().then(|| TlsSummary {
+        handshakes: new_histogram(),
+        failures: std::collections::BTreeMap::new(),
+    });
     let mut errors = Errors::default();
     let (mut requests, mut sent, mut received, mut connected, mut last_reply) = (0, 0, 0, 0, 0);
     let mut first_start = u64::MAX;
     for report in reports.into_iter().flatten() {
         if histogram.add(&report.histogram).is_err() {
             warn!("could not merge a latency histogram");
+        }
+        if let (Some(summary), Some(handshakes)) = (tls_summary.as_mut(), &report.handshakes) {
+            if summary.handshakes.add(handshakes).is_err() {
+                warn!("could not merge a handshake histogram");
+            }
+            for (reason, count) in &report.tls_failures {
+                *summary.failures.entry(reason.clone()).or_default() += count;
+            }
         }
         errors.add(&report.errors);
         requests += report.requests;
@@ -557,6 +622,7 @@ pub fn run(config: &LoadConfig) -> io::Result<Report> {
         threads,
         cpu,
         server_cpu,
+        tls: tls_summary,
     })
 }
 
@@ -731,6 +797,52 @@ mod tests {
     }
 
     #[test]
+    fn tls_flags_parse() {
+        let plain = parse(&["--protocol", "line", "--workload", "ping"]).unwrap();
+        assert!(!plain.tls.tls);
+        assert_eq!(plain.settings(1)["tls"], false);
+        assert_eq!(plain.settings(1)["server_name"], Value::Null);
+        let c = LoadConfig::try_parse_args_from([
+            "tcp-load",
+            "--addr",
+            "localhost:8443",
+            "--protocol",
+            "line",
+            "--workload",
+            "ping",
+            "--tls",
+            "--ca",
+            "ca.pem",
+        ])
+        .unwrap();
+        assert!(c.tls.tls);
+        assert_eq!(c.addr.text, "localhost:8443");
+        let settings = c.settings(1);
+        assert_eq!(settings["tls"], true);
+        assert_eq!(settings["ca"], "ca.pem");
+        assert_eq!(settings["insecure"], false);
+        assert_eq!(settings["server_name"], "localhost");
+        // The address shown is the resolved one, as without TLS.
+        assert!(
+            c.title(1)
+                .starts_with(&format!("{} line/ping", c.addr.socket))
+        );
+        let named = parse(&[
+            "--protocol",
+            "frame",
+            "--workload",
+            "login",
+            "--tls",
+            "--insecure",
+            "--server-name",
+            "server.test",
+        ])
+        .unwrap();
+        assert_eq!(named.settings(1)["server_name"], "server.test");
+        assert_eq!(named.settings(1)["insecure"], true);
+    }
+
+    #[test]
     fn bad_combinations_are_usage_errors() {
         let cases: &[(&[&str], &str)] = &[
             (
@@ -820,6 +932,29 @@ mod tests {
                     "1s",
                 ],
                 "cannot be used with",
+            ),
+            (
+                &["--protocol", "line", "--workload", "ping", "--tls"],
+                "pass --ca FILE",
+            ),
+            (
+                &["--protocol", "line", "--workload", "ping", "--ca", "ca.pem"],
+                "--ca only applies with --tls",
+            ),
+            (
+                &["--protocol", "line", "--workload", "ping", "--insecure"],
+                "--insecure only applies with --tls",
+            ),
+            (
+                &[
+                    "--protocol",
+                    "line",
+                    "--workload",
+                    "ping",
+                    "--server-name",
+                    "x",
+                ],
+                "--server-name only applies with --tls",
             ),
             (&["--protocol", "line", "--workload", "nope"], "nope"),
             (&["--protocol", "tcp", "--workload", "ping"], "tcp"),

@@ -13,10 +13,16 @@
 //!   `requests`, `duration_s`, `requests_per_s`, `mb_per_s_sent`, `mb_per_s_received`,
 //!   `latency_us {min,p50,p90,p99,p999,max}`, `errors {connect,reset,eof,timeout,mismatch}`,
 //!   `connections`, `threads`, `cpu_s`, `cpu_us_per_request`, `server_cpu_s` and
-//!   `server_cpu_us_per_request` (null without `--server-pid`), `settings {...}`; the table is the one Java
+//!   `server_cpu_us_per_request` (null without `--server-pid`), `tls` (null without `--tls`,
+//!   else `{handshakes, handshake_us {p50,p99,max}, failures {REASON: count}}`: handshakes
+//!   done, their times, and why the failed ones failed), `settings {...}` (with `--tls`:
+//!   `tls`, `ca`, `insecure`, `server_name`); the table is the one Java
 //!   HdrHistogram's `outputPercentileDistribution` writes (and wrk2 prints), which the
 //!   HdrHistogram plotter reads.
+//! - The text summary's lines keep their order and layout; `--tls` adds a `tls` line (and a
+//!   `tls failed` line per reason) after `connections`.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{self, Write};
 use std::time::Duration;
@@ -133,6 +139,46 @@ pub struct Report {
     pub cpu: Duration,
     /// The `--server-pid` process's CPU time over the same window, if asked for.
     pub server_cpu: Option<Duration>,
+    /// With `--tls`: the handshakes.
+    pub tls: Option<TlsSummary>,
+}
+
+/// The TLS handshakes of a run (all of them: they happen while connecting, before the
+/// measured window).
+#[derive(Debug, Clone)]
+pub struct TlsSummary {
+    /// Durations of the handshakes done, in nanoseconds: from the TCP connection's
+    /// establishment to the handshake's end.
+    pub handshakes: Histogram<u64>,
+    /// Handshakes that failed (each also a `connect` error), by reason.
+    pub failures: BTreeMap<String, u64>,
+}
+
+/// Handshake time percentiles, in microseconds (all 0 without handshakes).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HandshakeTimes {
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl TlsSummary {
+    #[must_use]
+    pub fn times(&self) -> HandshakeTimes {
+        let h = &self.handshakes;
+        if h.is_empty() {
+            return HandshakeTimes {
+                p50: 0.0,
+                p99: 0.0,
+                max: 0.0,
+            };
+        }
+        HandshakeTimes {
+            p50: us(h.value_at_quantile(0.5)),
+            p99: us(h.value_at_quantile(0.99)),
+            max: us(h.max()),
+        }
+    }
 }
 
 /// The latency percentiles shown, in microseconds.
@@ -251,6 +297,20 @@ pub fn summary_text(report: &Report) -> String {
         "  connections  {} of {} established, {} thread(s)",
         report.connections, report.connections_wanted, report.threads
     );
+    if let Some(tls) = &report.tls {
+        let t = tls.times();
+        let _ = writeln!(
+            text,
+            "  tls          handshakes {}  p50 {:.1} µs  p99 {:.1} µs  max {:.1} µs",
+            tls.handshakes.len(),
+            t.p50,
+            t.p99,
+            t.max
+        );
+        for (reason, count) in &tls.failures {
+            let _ = writeln!(text, "  tls failed   {count} x {reason}");
+        }
+    }
     let _ = writeln!(
         text,
         "  cpu          tcp-load {:.3} s user+sys = {:.3} µs/request",
@@ -296,6 +356,14 @@ pub fn summary_json(report: &Report) -> Value {
         "cpu_us_per_request": report.cpu_us_per_request(),
         "server_cpu_s": report.server_cpu.map(|cpu| cpu.as_secs_f64()),
         "server_cpu_us_per_request": report.server_cpu_us_per_request(),
+        "tls": report.tls.as_ref().map(|tls| {
+            let t = tls.times();
+            json!({
+                "handshakes": tls.handshakes.len(),
+                "handshake_us": { "p50": t.p50, "p99": t.p99, "max": t.max },
+                "failures": tls.failures,
+            })
+        }),
         "settings": report.settings,
     })
 }
@@ -419,7 +487,52 @@ mod tests {
             threads: 2,
             cpu: Duration::from_millis(500),
             server_cpu: None,
+            tls: None,
         }
+    }
+
+    fn with_tls(mut report: Report) -> Report {
+        let mut handshakes = new_histogram();
+        for ns in [800_000, 900_000, 2_000_000] {
+            handshakes.record(ns).unwrap();
+        }
+        let mut failures = BTreeMap::new();
+        failures.insert("invalid peer certificate: UnknownIssuer".to_string(), 2);
+        report.tls = Some(TlsSummary {
+            handshakes,
+            failures,
+        });
+        report
+    }
+
+    #[test]
+    fn tls_figures_in_json_and_text() {
+        let plain = report(&[25_000]);
+        assert_eq!(summary_json(&plain)["tls"], Value::Null);
+        assert!(!summary_text(&plain).contains("tls"));
+
+        let tls = with_tls(report(&[25_000]));
+        let value = summary_json(&tls);
+        assert_eq!(value["tls"]["handshakes"], 3);
+        let p50 = value["tls"]["handshake_us"]["p50"].as_f64().unwrap();
+        let p99 = value["tls"]["handshake_us"]["p99"].as_f64().unwrap();
+        assert!((p50 - 900.0).abs() < 1.0, "{p50}");
+        assert!((p99 - 2000.0).abs() < 2.0, "{p99}");
+        assert_eq!(
+            value["tls"]["failures"]["invalid peer certificate: UnknownIssuer"],
+            2
+        );
+        let text = summary_text(&tls);
+        for needle in [
+            "\n  tls          handshakes 3  p50 900.1 µs  p99 2000.9 µs  max 2000.9 µs\n",
+            "\n  tls failed   2 x invalid peer certificate: UnknownIssuer\n",
+        ] {
+            assert!(text.contains(needle), "{needle:?} not in\n{text}");
+        }
+        // The lines scripts read are unchanged, and in the same order.
+        let plain_text = summary_text(&report(&[25_000]));
+        let without_tls: Vec<&str> = text.lines().filter(|l| !l.starts_with("  tls")).collect();
+        assert_eq!(without_tls, plain_text.lines().collect::<Vec<_>>());
     }
 
     #[test]

@@ -9,10 +9,12 @@
 //! open loop: send the requests whose scheduled time has come
 //! every SCAN: close connections that got no reply for --timeout
 //! poll(timeout = next connect / scan / end of window; open loop: a timerfd for the next send)
-//!   -> for each event: connecting => connected? send the first batch
-//!                      open       => read until a short read, verify every reply in place,
-//!                                    record latencies, refill the free slots, write the whole
-//!                                    batch with one write
+//!   -> for each event: connecting  => connected? send the first batch (TLS: the ClientHello)
+//!                      handshaking => TLS only: records in and out until the handshake is
+//!                                     done, then send the first batch
+//!                      open        => read until a short read, verify every reply in place,
+//!                                     record latencies, refill the free slots, write the
+//!                                     whole batch with one write
 //! ```
 //!
 //! # The shape of a batch
@@ -54,6 +56,30 @@
 //! - Connect completion is a writable edge; `take_error` then `peer_addr` tell the outcome
 //!   (mio's `TcpStream::connect` recipe).
 //!
+//! # Over TLS
+//!
+//! A connection with `--tls` holds a rustls session (`Conn::tls`, boxed: `None` costs the
+//! plain path one pointer and one branch per batch, in [`Worker::read_replies`] and
+//! [`Worker::flush`]). The flow is the one of rustls's `tlsclient-mio` example, driven by the
+//! same edge-triggered readiness:
+//!
+//! ```text
+//! readable: read(socket, records) -> read_tls(&records[..n]) -> process_new_packets
+//!           -> reader().read(scratch) -> verify in place, as without TLS
+//! writable/refill: writer().write(batch window) -> write_tls(socket) until WouldBlock
+//! ```
+//!
+//! Records are read from the socket into a 64 KiB buffer of the thread's and fed to rustls
+//! from there (rustls reads at most 4 KiB per `read_tls` from a socket), so a batch of
+//! replies still costs one `read` and the short-read rule still holds. Plaintext lands in
+//! the same scratch buffer the plain path reads into, so verification is shared. rustls
+//! allocates its records' buffers: the no-allocation-per-request rule holds without TLS
+//! only. The handshake (state `Handshaking`) runs until done before the first request; its
+//! time, from TCP establishment to the handshake's end, goes to a histogram of its own, and a
+//! failure is a `connect` error whose reason is kept for the summary. A connection closed
+//! while open says `close_notify` first (one write, best effort), and so does every
+//! connection still open when the worker ends.
+//!
 //! # Invariants
 //!
 //! - `in_flight <= pipeline` on every connection; the ring holds exactly `in_flight` send
@@ -67,7 +93,8 @@
 //! It does not reconnect, does not balance budgets across threads (each thread gets an equal
 //! share of `--requests`), and does not read replies after the measured window ends.
 
-use std::io;
+use std::collections::BTreeMap;
+use std::io::{self, Read as _, Write as _};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
@@ -80,10 +107,12 @@ use log::{debug, trace, warn};
 use mio::net::TcpStream;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
+use rustls::ClientConnection;
 use socket2::{Domain, Socket, Type};
 
 use super::report::{ErrorKind, Errors, new_histogram};
 use super::workload::{Exchange, Periodic, Verifier};
+use crate::client::tls::TlsConfig;
 use crate::reactor::connection::{read_some, write_some};
 
 /// Wakes a worker when the main thread has set the measured window.
@@ -135,6 +164,8 @@ pub(crate) struct Plan {
     /// `C`, all threads together.
     pub connections: usize,
     pub addr: SocketAddr,
+    /// `--tls`: the session settings shared by every connection.
+    pub tls: Option<TlsConfig>,
     /// Local addresses to bind, round-robin by global connection index (empty: any).
     pub sources: Arc<[IpAddr]>,
     pub pipeline: u32,
@@ -217,6 +248,9 @@ pub(crate) struct WorkerReport {
     pub last_reply_ns: u64,
     /// The window start this worker used.
     pub start_ns: u64,
+    /// With `--tls`: handshake durations (ns) and failed handshakes by reason.
+    pub handshakes: Option<Histogram<u64>>,
+    pub tls_failures: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -225,6 +259,8 @@ enum ConnState {
     Waiting,
     /// `connect` returned EINPROGRESS; waiting for the writable edge.
     Connecting,
+    /// TLS: connected, handshake under way; no request yet.
+    Handshaking,
     Open,
     /// Failed, closed by the server, or done: never reopened.
     Closed,
@@ -233,6 +269,8 @@ enum ConnState {
 /// One connection.
 struct Conn {
     socket: Option<TcpStream>,
+    /// `--tls`: the session, from the TCP connection's establishment on.
+    tls: Option<Box<TlsConn>>,
     state: ConnState,
     /// Requests sent or queued, not yet answered.
     in_flight: u32,
@@ -255,6 +293,7 @@ impl Conn {
     fn new() -> Conn {
         Conn {
             socket: None,
+            tls: None,
             state: ConnState::Waiting,
             in_flight: 0,
             ring: Box::new([]),
@@ -266,6 +305,43 @@ impl Conn {
             next_slot: 0,
         }
     }
+}
+
+impl Conn {
+    /// Over TLS, on an open connection: queue `close_notify` and try one write. Best effort:
+    /// the connection is being closed either way.
+    fn say_goodbye(&mut self) {
+        if self.state != ConnState::Open {
+            return;
+        }
+        if let (Some(tls), Some(socket)) = (self.tls.as_mut(), self.socket.as_mut()) {
+            tls.session.send_close_notify();
+            if let Err(e) = tls.session.write_tls(socket) {
+                trace!("close_notify: {e}");
+            }
+        }
+    }
+}
+
+/// A connection's TLS session.
+struct TlsConn {
+    session: ClientConnection,
+    /// When the TCP connection was established: the handshake's time counts from here.
+    connected_ns: u64,
+}
+
+/// Writes the session's pending records until done (`Ok(true)`) or the socket is full
+/// (`Ok(false)`: a writable edge will follow).
+fn write_records(session: &mut ClientConnection, socket: &mut TcpStream) -> io::Result<bool> {
+    while session.wants_write() {
+        match session.write_tls(socket) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
 }
 
 /// The open-loop wake-up: a `timerfd` armed at an absolute `CLOCK_MONOTONIC` time. Never read:
@@ -340,7 +416,13 @@ pub(crate) struct Worker {
     request_len: usize,
     verifier: Verifier,
     scratch: Box<[u8]>,
+    /// `--tls`: TLS records read from a socket, before rustls decrypts them into `scratch`.
+    /// Empty without TLS.
+    records: Box<[u8]>,
     histogram: Histogram<u64>,
+    /// `--tls`: handshake durations (ns), and failed handshakes by reason.
+    handshakes: Option<Histogram<u64>>,
+    tls_failures: BTreeMap<String, u64>,
     /// The latest clock reading.
     now: u64,
     /// The measured window as this worker applies it: `[start, end)`.
@@ -410,7 +492,13 @@ impl Worker {
             requests,
             verifier,
             scratch: vec![0; READ_CHUNK].into_boxed_slice(),
+            records: match plan.tls {
+                Some(_) => vec![0; READ_CHUNK].into_boxed_slice(),
+                None => Box::new([]),
+            },
             histogram: new_histogram(),
+            handshakes: plan.tls.as_ref().map(|_| new_histogram()),
+            tls_failures: BTreeMap::new(),
             now: plan.epoch_ns,
             start: (start != UNKNOWN).then_some(start),
             end: u64::MAX,
@@ -462,6 +550,8 @@ impl Worker {
             errors,
             connected,
             last_reply_ns,
+            handshakes,
+            tls_failures,
             ..
         } = self; // the poll and buffers go; the sockets (in `conns`) stay open for now
         let report = WorkerReport {
@@ -473,6 +563,8 @@ impl Worker {
             connected,
             last_reply_ns,
             start_ns: start.unwrap_or(0),
+            handshakes,
+            tls_failures,
         };
         let _ = to_main.send(Message::Done(plan.thread, Box::new(report)));
         // Dropped before waiting, so that if another worker panicked (and never reports), the
@@ -481,6 +573,10 @@ impl Worker {
         // Closing thousands of sockets costs CPU that is not the measurement's: wait until the
         // main thread has read the CPU clock. Err means it has dropped the sender: go.
         let _ = release.recv();
+        let mut conns = conns;
+        for conn in &mut conns {
+            conn.say_goodbye();
+        }
         drop(conns);
     }
 
@@ -569,11 +665,17 @@ impl Worker {
         self.events = events;
     }
 
-    /// An event for connection `i`: finish connecting, read and verify, refill, write.
+    /// An event for connection `i`: finish connecting (and the TLS handshake), read and
+    /// verify, refill, write.
     fn connection_ready(&mut self, i: usize, readable: bool, to_end: bool) {
         match self.conns[i].state {
             ConnState::Connecting => {
                 if !self.finish_connect(i) {
+                    return;
+                }
+            }
+            ConnState::Handshaking => {
+                if !self.handshake(i) {
                     return;
                 }
             }
@@ -634,7 +736,8 @@ impl Worker {
         }
     }
 
-    /// After an event on a connecting socket: `true` once it is open.
+    /// After an event on a connecting socket: `true` once it is open (over TLS: once the
+    /// handshake is done, which may take this same event if the server is quick).
     fn finish_connect(&mut self, i: usize) -> bool {
         let socket = self.conns[i]
             .socket
@@ -654,16 +757,92 @@ impl Worker {
             },
         };
         match outcome {
-            Ok(true) => {
-                self.opened(i);
-                true
-            }
+            Ok(true) => match &self.plan.tls {
+                None => {
+                    self.opened(i);
+                    true
+                }
+                Some(tls) => match tls.session() {
+                    Ok(session) => {
+                        let conn = &mut self.conns[i];
+                        conn.tls = Some(Box::new(TlsConn {
+                            session,
+                            connected_ns: clock_ns(),
+                        }));
+                        conn.state = ConnState::Handshaking;
+                        trace!("conn={}.{i} TLS handshake", self.plan.thread);
+                        self.handshake(i)
+                    }
+                    Err(e) => {
+                        self.tls_failed(i, &e.to_string());
+                        false
+                    }
+                },
+            },
             Ok(false) => false,
             Err(e) => {
                 self.fail(i, ErrorKind::Connect, &e.to_string());
                 false
             }
         }
+    }
+
+    /// Moves the TLS handshake of connection `i` on: records out, records in, until it is
+    /// done (`true`: the connection is open) or the socket has nothing more (`false`).
+    fn handshake(&mut self, i: usize) -> bool {
+        let conn = &mut self.conns[i];
+        let (Some(socket), Some(tls)) = (conn.socket.as_mut(), conn.tls.as_mut()) else {
+            debug_assert!(false, "handshaking without a socket or a session");
+            return false;
+        };
+        let session = &mut tls.session;
+        let outcome = loop {
+            // Out first: the ClientHello, then (once the server's flight is in) Finished.
+            if let Err(e) = write_records(session, socket) {
+                break Err(format!("write: {e}"));
+            }
+            if !session.is_handshaking() {
+                break Ok(true);
+            }
+            match session.read_tls(socket) {
+                Ok(0) => break Err("closed by the server during the TLS handshake".to_string()),
+                Ok(_) => {
+                    if let Err(e) = session.process_new_packets() {
+                        // Send the alert that says why, best effort.
+                        let _ = session.write_tls(socket);
+                        break Err(e.to_string());
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(format!("read: {e}")),
+            }
+        };
+        match outcome {
+            Ok(true) => {
+                let took = clock_ns().saturating_sub(tls.connected_ns);
+                if let Some(handshakes) = self.handshakes.as_mut() {
+                    handshakes.saturating_record(took);
+                }
+                trace!(
+                    "conn={}.{i} TLS handshake done in {took} ns",
+                    self.plan.thread
+                );
+                self.opened(i);
+                true
+            }
+            Ok(false) => false,
+            Err(reason) => {
+                self.tls_failed(i, &reason);
+                false
+            }
+        }
+    }
+
+    /// A TLS handshake failed: a `connect` error, its reason kept for the summary.
+    fn tls_failed(&mut self, i: usize, reason: &str) {
+        *self.tls_failures.entry(reason.to_string()).or_default() += 1;
+        self.fail(i, ErrorKind::Connect, &format!("TLS handshake: {reason}"));
     }
 
     fn opened(&mut self, i: usize) {
@@ -693,19 +872,16 @@ impl Worker {
     /// Reads until a short read (or EOF/WouldBlock when `to_end`), verifying as it goes.
     /// `false` if the connection was closed.
     fn read_replies(&mut self, i: usize, to_end: bool) -> bool {
+        if self.conns[i].tls.is_some() {
+            return self.read_replies_tls(i, to_end);
+        }
         let mut clock_read = false;
         loop {
             let socket = self.conns[i].socket.as_mut().expect("open has a socket");
             match read_some(socket, &mut self.scratch) {
                 Ok(None) => return true,
                 Ok(Some(0)) => {
-                    trace!("conn={}.{i} read: EOF", self.plan.thread);
-                    let conn = &self.conns[i];
-                    if conn.in_flight > 0 || self.budget != Some(0) {
-                        self.fail(i, ErrorKind::Eof, "closed by the server");
-                    } else {
-                        self.close(i);
-                    }
+                    self.closed_by_server(i);
                     return false;
                 }
                 Ok(Some(n)) => {
@@ -731,6 +907,105 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// The server closed connection `i` (EOF; over TLS, also `close_notify`): an error if
+    /// requests were outstanding or more were to be sent.
+    fn closed_by_server(&mut self, i: usize) {
+        trace!("conn={}.{i} read: EOF", self.plan.thread);
+        if self.conns[i].in_flight > 0 || self.budget != Some(0) {
+            self.fail(i, ErrorKind::Eof, "closed by the server");
+        } else {
+            self.close(i);
+        }
+    }
+
+    /// [`Worker::read_replies`] over TLS: records are read into `records`, one `read` per
+    /// batch as without TLS, then decrypted and verified by [`Worker::decrypt`].
+    fn read_replies_tls(&mut self, i: usize, to_end: bool) -> bool {
+        let mut clock_read = false;
+        // Taken out (an empty box costs nothing) so that decrypting may borrow the worker.
+        let mut records = std::mem::take(&mut self.records);
+        let open = loop {
+            let socket = self.conns[i].socket.as_mut().expect("open has a socket");
+            match read_some(socket, &mut records) {
+                Ok(None) => break true,
+                Ok(Some(0)) => {
+                    self.closed_by_server(i);
+                    break false;
+                }
+                Ok(Some(n)) => {
+                    trace!("conn={}.{i} read: {n} TLS bytes", self.plan.thread);
+                    if !clock_read {
+                        self.now = clock_ns();
+                        clock_read = true;
+                    }
+                    if !self.decrypt(i, &records[..n]) {
+                        break false;
+                    }
+                    if n < records.len() && !to_end {
+                        break true; // drained: later bytes raise a new edge
+                    }
+                }
+                Err(e) => {
+                    self.fail(i, ErrorKind::Reset, &format!("read: {e}"));
+                    break false;
+                }
+            }
+        };
+        self.records = records;
+        open
+    }
+
+    /// Hands `input` (records as read) to connection `i`'s session, and verifies the
+    /// plaintext it yields, a scratch buffer at a time. `false` if the connection was closed.
+    fn decrypt(&mut self, i: usize, mut input: &[u8]) -> bool {
+        while !input.is_empty() {
+            let conn = &mut self.conns[i];
+            let (Some(tls), Some(socket)) = (conn.tls.as_mut(), conn.socket.as_mut()) else {
+                return false;
+            };
+            let session = &mut tls.session;
+            match session.read_tls(&mut input) {
+                Ok(0) => return true, // after close_notify rustls takes nothing more
+                Ok(_) => {}
+                Err(e) => {
+                    self.fail(i, ErrorKind::Reset, &format!("TLS: {e}"));
+                    return false;
+                }
+            }
+            if let Err(e) = session.process_new_packets() {
+                let _ = session.write_tls(socket); // the alert that says why, best effort
+                self.fail(i, ErrorKind::Reset, &format!("TLS: {e}"));
+                return false;
+            }
+            // Emptied after every record batch, so rustls's plaintext buffer never fills.
+            loop {
+                let Some(tls) = self.conns[i].tls.as_mut() else {
+                    return false;
+                };
+                match tls.session.reader().read(&mut self.scratch) {
+                    Ok(0) => {
+                        self.closed_by_server(i); // close_notify
+                        return false;
+                    }
+                    Ok(n) => {
+                        if self.in_window() {
+                            self.bytes_received += n as u64;
+                        }
+                        if !self.verify(i, n) {
+                            return false;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        self.fail(i, ErrorKind::Reset, &format!("TLS: {e}"));
+                        return false;
+                    }
+                }
+            }
+        }
+        true
     }
 
     /// Verifies `scratch[..n]` in place and completes the replies it holds. `false` if the
@@ -896,6 +1171,9 @@ impl Worker {
     /// Writes what connection `i` owes until done or the socket is full: one `write` when the
     /// batch fits the batch buffer, which it does for requests up to 64 KiB / pipeline.
     fn flush(&mut self, i: usize) {
+        if self.conns[i].tls.is_some() {
+            return self.flush_tls(i);
+        }
         loop {
             let conn = &mut self.conns[i];
             if conn.unsent == 0 || conn.state != ConnState::Open {
@@ -921,6 +1199,45 @@ impl Worker {
                 }
                 Ok(None) => return,
                 Err(e) => return self.fail(i, ErrorKind::Reset, &format!("write: {e}")),
+            }
+        }
+    }
+
+    /// [`Worker::flush`] over TLS: the batch's window goes into the session, its records to
+    /// the socket, until everything owed has left or the socket is full.
+    fn flush_tls(&mut self, i: usize) {
+        loop {
+            let conn = &mut self.conns[i];
+            if conn.state != ConnState::Open {
+                return;
+            }
+            let (Some(socket), Some(tls)) = (conn.socket.as_mut(), conn.tls.as_mut()) else {
+                return;
+            };
+            // Records made earlier go first.
+            match write_records(&mut tls.session, socket) {
+                Ok(true) => {}
+                Ok(false) => return, // the socket buffer is full: a writable edge will follow
+                Err(e) => return self.fail(i, ErrorKind::Reset, &format!("write: {e}")),
+            }
+            if conn.unsent == 0 {
+                return;
+            }
+            let window = self.requests.window(conn.send_phase, conn.unsent);
+            // With its records all written, the session takes at least one record's worth.
+            let n = match tls.session.writer().write(window) {
+                Ok(n) if n > 0 => n,
+                Ok(_) => return self.fail(i, ErrorKind::Reset, "TLS: the session took no bytes"),
+                Err(e) => return self.fail(i, ErrorKind::Reset, &format!("TLS: {e}")),
+            };
+            trace!(
+                "conn={}.{i} TLS write: {n} of {} bytes",
+                self.plan.thread, conn.unsent
+            );
+            conn.unsent -= n;
+            conn.send_phase = self.requests.advance(conn.send_phase, n);
+            if self.in_window() {
+                self.bytes_sent += n as u64;
             }
         }
     }
@@ -977,6 +1294,9 @@ impl Worker {
                 ConnState::Connecting if waited >= timeout => {
                     self.fail(i, ErrorKind::Connect, "not connected within --timeout");
                 }
+                ConnState::Handshaking if waited >= timeout => {
+                    self.tls_failed(i, "not done within --timeout");
+                }
                 ConnState::Open if conn.in_flight > 0 && waited >= timeout => {
                     let detail = format!(
                         "no reply for {:?} with {} request(s) outstanding",
@@ -1010,13 +1330,17 @@ impl Worker {
     fn close(&mut self, i: usize) {
         let conn = &mut self.conns[i];
         match conn.state {
-            ConnState::Waiting | ConnState::Connecting => self.pending -= 1,
+            ConnState::Waiting | ConnState::Connecting | ConnState::Handshaking => {
+                self.pending -= 1;
+            }
             ConnState::Open => self.open -= 1,
             ConnState::Closed => return,
         }
+        conn.say_goodbye();
         self.outstanding -= u64::from(conn.in_flight);
         conn.in_flight = 0;
         conn.unsent = 0;
+        conn.tls = None;
         conn.socket = None;
         conn.state = ConnState::Closed;
         debug!("conn={}.{i} closed", self.plan.thread);
@@ -1101,6 +1425,7 @@ mod tests {
             threads,
             connections,
             addr: "127.0.0.1:1".parse().unwrap(),
+            tls: None,
             sources: Arc::from(Vec::new()),
             pipeline: 1,
             exchange: Arc::new(super::super::workload::exchange(
