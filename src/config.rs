@@ -6,9 +6,10 @@
 //! 10 MiB frame limit and a 60 s idle deadline.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{ArgGroup, Parser};
 
 /// Everything one reactor needs to know before it binds.
 #[derive(Parser, Debug, Clone)]
@@ -19,7 +20,8 @@ use clap::Parser;
     long_about = "A single-threaded mio reactor serving a newline text protocol (echo, PING, \
                   HELLO, SAY, STATS, QUIT) and a length-prefixed binary frame protocol \
                   (Heartbeat, Message, Login). See docs/PROTOCOL.md.\n\n\
-                  DUR values are seconds (`30`, `0.5`) or a number with a unit: `500ms`, `2s`, `1m`."
+                  DUR values are seconds (`30`, `0.5`) or a number with a unit: `500ms`, `2s`, `1m`.",
+    group(ArgGroup::new("tls_listener").args(["line_tls_addr", "frame_tls_addr"]).multiple(true))
 )]
 pub struct Config {
     /// Address of the line (text) protocol listener; port 0 picks a free port.
@@ -29,6 +31,24 @@ pub struct Config {
     /// Address of the binary frame protocol listener; port 0 picks a free port.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8888")]
     pub frame_addr: SocketAddr,
+
+    /// Also serve the line protocol over TLS on this address (off unless given; needs
+    /// --tls-cert and --tls-key).
+    #[arg(long, value_name = "ADDR", requires_all = ["tls_cert", "tls_key"])]
+    pub line_tls_addr: Option<SocketAddr>,
+
+    /// Also serve the frame protocol over TLS on this address (off unless given; needs
+    /// --tls-cert and --tls-key).
+    #[arg(long, value_name = "ADDR", requires_all = ["tls_cert", "tls_key"])]
+    pub frame_tls_addr: Option<SocketAddr>,
+
+    /// The TLS listeners' certificate chain, PEM (the server's certificate first).
+    #[arg(long, value_name = "FILE", requires = "tls_listener")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert, PEM (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "FILE", requires = "tls_listener")]
+    pub tls_key: Option<PathBuf>,
 
     /// Longest accepted line in bytes, not counting the line ending; a longer one gets
     /// `ERR line too long` and the connection closes.

@@ -6,6 +6,7 @@
 //!   - `reactor::token`: what a mio `Token` means; generations against stale events.
 //!   - `reactor::listener`: accepting, the per-wakeup cap, surviving EMFILE.
 //!   - `reactor::connection`: one connection's socket, buffers and state machine.
+//!   - `reactor::tls`: TLS on a non-blocking socket, rustls driven by readiness.
 //! - [`buffer`]: the input/output byte buffers and the backpressure marks.
 //! - [`timer_wheel`]: the hashed timer wheel behind idle timeouts and close deadlines.
 //! - [`protocol`]: the pure codecs: [`protocol::line`] and [`protocol::frame`].
