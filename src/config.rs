@@ -6,6 +6,7 @@
 //! 10 MiB frame limit and a 60 s idle deadline.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
@@ -58,6 +59,17 @@ pub struct Config {
     /// On SIGINT/SIGTERM, how long to keep flushing replies before closing what is left.
     #[arg(long, value_name = "DUR", default_value = "5s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
+
+    /// The users who may log in: one `name:argon2id-hash` line each, made with
+    /// `tcp-reactor passwd NAME`; blank lines and lines starting with `#` are ignored. Without
+    /// it every LOGIN fails with `ERR invalid credentials`.
+    #[arg(long, value_name = "FILE")]
+    pub users: Option<PathBuf>,
+
+    /// Until a session has logged in, serve only PING, LOGIN and QUIT on the line protocol
+    /// and Heartbeat and Login frames on the frame protocol.
+    #[arg(long)]
+    pub require_login: bool,
 }
 
 impl Config {
@@ -154,7 +166,16 @@ mod tests {
         assert_eq!(config.idle_timeout(), Some(Duration::from_secs(60)));
         assert_eq!(config.shutdown_timeout, Duration::from_secs(5));
         assert_eq!(config.request_timeout(), Some(Duration::from_secs(30)));
+        assert_eq!(config.users, None);
+        assert!(!config.require_login);
         let off = Config::parse_from(["tcp-reactor", "--idle-timeout", "0"]);
         assert_eq!(off.idle_timeout(), None);
+    }
+
+    #[test]
+    fn login_flags_parse() {
+        let config = Config::parse_from(["tcp-reactor", "--users", "users.txt", "--require-login"]);
+        assert_eq!(config.users, Some(PathBuf::from("users.txt")));
+        assert!(config.require_login);
     }
 }
