@@ -575,6 +575,30 @@ mod tests {
     }
 
     #[test]
+    fn load_names_the_path_and_the_line() {
+        let dir = std::env::temp_dir().join(format!("tcp-reactor-auth-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let good = dir.join("good.txt");
+        let bad = dir.join("bad.txt");
+        let missing = dir.join("missing.txt");
+        std::fs::write(&good, format!("# ok\n{}\n", cheap_line("alice", b"pw"))).expect("write");
+        std::fs::write(&bad, "# header\nalice\n").expect("write");
+
+        let users = Users::load(&good).expect("load");
+        assert!(users.verify(b"alice", b"pw"));
+        assert_eq!(
+            Users::load(&bad).expect_err("bad line"),
+            format!("users file {}: line 2: expected name:hash", bad.display())
+        );
+        let err = Users::load(&missing).expect_err("missing");
+        assert!(
+            err.starts_with(&format!("users file {}: ", missing.display())),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).expect("clean up");
+    }
+
+    #[test]
     fn a_name_of_64_bytes_is_accepted() {
         let name = "n".repeat(MAX_NAME_BYTES);
         let users = Users::parse(&cheap_line(&name, b"pw")).expect("parse");
