@@ -4,11 +4,15 @@
 //! durations (`DUR`), and keeps the defaults in one place so `--help`, the README and the code
 //! cannot disagree. Defaults match the original Go programs: text on 8080, frames on 8888, a
 //! 10 MiB frame limit and a 60 s idle deadline.
+//!
+//! One subcommand, `passwd`, makes a line for the users file instead of serving; with no
+//! subcommand the program is the server, as it always was.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{ArgGroup, Parser, Subcommand};
 
 /// Everything one reactor needs to know before it binds.
 #[derive(Parser, Debug, Clone)]
@@ -19,7 +23,11 @@ use clap::Parser;
     long_about = "A single-threaded mio reactor serving a newline text protocol (echo, PING, \
                   HELLO, SAY, STATS, QUIT) and a length-prefixed binary frame protocol \
                   (Heartbeat, Message, Login). See docs/PROTOCOL.md.\n\n\
-                  DUR values are seconds (`30`, `0.5`) or a number with a unit: `500ms`, `2s`, `1m`."
+                  DUR values are seconds (`30`, `0.5`) or a number with a unit: `500ms`, `2s`, `1m`.\n\n\
+                  `tcp-reactor passwd NAME` prints a line for the --users file instead of serving.",
+    args_conflicts_with_subcommands = true,
+    disable_help_subcommand = true,
+    group(ArgGroup::new("tls_listener").args(["line_tls_addr", "frame_tls_addr"]).multiple(true))
 )]
 pub struct Config {
     /// Address of the line (text) protocol listener; port 0 picks a free port.
@@ -29,6 +37,24 @@ pub struct Config {
     /// Address of the binary frame protocol listener; port 0 picks a free port.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8888")]
     pub frame_addr: SocketAddr,
+
+    /// Also serve the line protocol over TLS on this address (off unless given; needs
+    /// --tls-cert and --tls-key).
+    #[arg(long, value_name = "ADDR", requires_all = ["tls_cert", "tls_key"])]
+    pub line_tls_addr: Option<SocketAddr>,
+
+    /// Also serve the frame protocol over TLS on this address (off unless given; needs
+    /// --tls-cert and --tls-key).
+    #[arg(long, value_name = "ADDR", requires_all = ["tls_cert", "tls_key"])]
+    pub frame_tls_addr: Option<SocketAddr>,
+
+    /// The TLS listeners' certificate chain, PEM (the server's certificate first).
+    #[arg(long, value_name = "FILE", requires = "tls_listener")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert, PEM (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "FILE", requires = "tls_listener")]
+    pub tls_key: Option<PathBuf>,
 
     /// Longest accepted line in bytes, not counting the line ending; a longer one gets
     /// `ERR line too long` and the connection closes.
@@ -58,6 +84,38 @@ pub struct Config {
     /// On SIGINT/SIGTERM, how long to keep flushing replies before closing what is left.
     #[arg(long, value_name = "DUR", default_value = "5s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
+
+    /// The users who may log in: one `name:argon2id-hash` line each, made with
+    /// `tcp-reactor passwd NAME`; blank lines and lines starting with `#` are ignored. Without
+    /// it every LOGIN fails with `ERR invalid credentials`.
+    #[arg(long, value_name = "FILE")]
+    pub users: Option<PathBuf>,
+
+    /// Until a session has logged in, serve only PING, LOGIN and QUIT on the line protocol
+    /// and Heartbeat and Login frames on the frame protocol.
+    #[arg(long)]
+    pub require_login: bool,
+
+    /// What to do instead of serving; none runs the server.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// The subcommands: tools that run and exit instead of serving.
+#[derive(Subcommand, Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Print a users file line for NAME, with the password read from standard input.
+    ///
+    /// The password is the first line of standard input (its `\n` or `\r\n` is not part of
+    /// it). It is hashed with argon2id, the default parameters and a random salt, and
+    /// `NAME:$argon2id$...` is printed. Exits 2 on a bad name or an empty password.
+    ///
+    /// Example: `tcp-reactor passwd alice >> users.txt`, then type the password and Enter.
+    Passwd {
+        /// The user name: 1 to 64 bytes, no spaces, tabs, `:` or control characters.
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
 }
 
 impl Config {
@@ -154,7 +212,37 @@ mod tests {
         assert_eq!(config.idle_timeout(), Some(Duration::from_secs(60)));
         assert_eq!(config.shutdown_timeout, Duration::from_secs(5));
         assert_eq!(config.request_timeout(), Some(Duration::from_secs(30)));
+        assert_eq!(config.users, None);
+        assert!(!config.require_login);
+        assert_eq!(config.command, None);
         let off = Config::parse_from(["tcp-reactor", "--idle-timeout", "0"]);
         assert_eq!(off.idle_timeout(), None);
+    }
+
+    #[test]
+    fn login_flags_parse() {
+        let config = Config::parse_from(["tcp-reactor", "--users", "users.txt", "--require-login"]);
+        assert_eq!(config.users, Some(PathBuf::from("users.txt")));
+        assert!(config.require_login);
+        assert_eq!(config.command, None);
+    }
+
+    #[test]
+    fn passwd_is_a_subcommand_that_takes_no_server_options() {
+        let config = Config::parse_from(["tcp-reactor", "passwd", "alice"]);
+        assert_eq!(
+            config.command,
+            Some(Command::Passwd {
+                name: "alice".into()
+            })
+        );
+        for args in [
+            &["tcp-reactor", "passwd"][..],
+            &["tcp-reactor", "passwd", "alice", "bob"],
+            &["tcp-reactor", "--users", "u.txt", "passwd", "alice"],
+            &["tcp-reactor", "passwd", "alice", "--require-login"],
+        ] {
+            assert!(Config::try_parse_from(args).is_err(), "{args:?}");
+        }
     }
 }

@@ -2,10 +2,13 @@
 //!
 //! # Layout
 //! - [`config`]: the command line (clap) and `DUR` parsing.
+//! - [`auth`]: the users file, argon2id verification, and the thread pool that runs it off
+//!   the loop.
 //! - [`reactor`]: the loop ([`reactor::Server`]): poll, accept, read, execute, write, timers.
 //!   - `reactor::token`: what a mio `Token` means; generations against stale events.
 //!   - `reactor::listener`: accepting, the per-wakeup cap, surviving EMFILE.
 //!   - `reactor::connection`: one connection's socket, buffers and state machine.
+//!   - `reactor::tls`: TLS on a non-blocking socket, rustls driven by readiness.
 //! - [`buffer`]: the input/output byte buffers and the backpressure marks.
 //! - [`timer_wheel`]: the hashed timer wheel behind idle timeouts and close deadlines.
 //! - [`protocol`]: the pure codecs: [`protocol::line`] and [`protocol::frame`].
@@ -18,6 +21,7 @@
 //! The layers only look downwards: the reactor moves bytes and never matches on a verb, the
 //! handler turns requests into replies and never sees a socket, the codecs see only `&[u8]`.
 
+pub mod auth;
 pub mod buffer;
 pub mod client;
 pub mod config;

@@ -1,14 +1,24 @@
 //! `tcp-reactor`: parse the command line, set up logging, raise the descriptor limit, serve.
+//! Or, as `tcp-reactor passwd NAME`, print a users file line and exit.
 
+use std::io::{self, BufRead, IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::Parser;
 use log::{error, info, warn};
+use tcp_reactor::auth::{check_name, hash_line, wipe};
+use tcp_reactor::config::Command;
 use tcp_reactor::reactor::listener::raise_fd_limit;
 use tcp_reactor::{Config, Server};
 
+/// Exit status for a bad NAME or an empty password: clap's own status for bad usage.
+const USAGE: u8 = 2;
+
 fn main() -> ExitCode {
     let config = Config::parse();
+    if let Some(Command::Passwd { name }) = &config.command {
+        return passwd(name);
+    }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
 
     match raise_fd_limit() {
@@ -27,6 +37,44 @@ fn main() -> ExitCode {
         Err(e) => {
             error!("event loop failed: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `tcp-reactor passwd NAME`: the password is the first line of stdin, without its `\n` or
+/// `\r\n`; the users file line goes to stdout. Nothing is logged, and the copy of the
+/// password read here is wiped before returning.
+fn passwd(name: &str) -> ExitCode {
+    // Check the name before asking for a password that would then be thrown away.
+    if let Err(e) = check_name(name) {
+        eprintln!("tcp-reactor passwd: {e}");
+        return ExitCode::from(USAGE);
+    }
+    let stdin = io::stdin();
+    if stdin.is_terminal() {
+        eprint!("password for {name} (shown as typed), then Enter: ");
+    }
+    let mut line = Vec::new();
+    let read = stdin.lock().read_until(b'\n', &mut line);
+    let password = line.strip_suffix(b"\n").unwrap_or(&line);
+    let password = password.strip_suffix(b"\r").unwrap_or(password);
+    let made = match read {
+        Err(e) => Err((ExitCode::FAILURE, format!("reading the password: {e}"))),
+        Ok(_) if password.is_empty() => Err((ExitCode::from(USAGE), "empty password".into())),
+        Ok(_) => hash_line(name, password).map_err(|e| (ExitCode::FAILURE, e)),
+    };
+    wipe(&mut line);
+    match made {
+        Ok(entry) => match writeln!(io::stdout().lock(), "{entry}") {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("tcp-reactor passwd: writing the line: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Err((code, message)) => {
+            eprintln!("tcp-reactor passwd: {message}");
+            code
         }
     }
 }

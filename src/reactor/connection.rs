@@ -34,6 +34,7 @@ use log::trace;
 use mio::Token;
 use mio::net::TcpStream;
 
+use super::tls::TlsSession;
 use super::token;
 use crate::buffer::Buffer;
 use crate::handler::Session;
@@ -113,6 +114,9 @@ pub struct Connection {
     pub peer_closed: bool,
     /// Accepted over `--max-connections` only to be told so; not counted as served.
     pub rejected: bool,
+    /// The TLS session of a connection accepted on a TLS listener: every byte read or
+    /// written passes through it. Boxed: a plain connection pays one pointer for it.
+    pub tls: Option<Box<TlsSession>>,
 }
 
 impl Connection {
@@ -129,6 +133,55 @@ impl Connection {
             request_started: None,
             peer_closed: false,
             rejected: false,
+            tls: None,
+        }
+    }
+
+    /// Request bytes from the peer: `Ok(Some(n))`, `Ok(Some(0))` at the end of the stream,
+    /// `Ok(None)` when there are none for now. Plaintext from rustls over TLS.
+    pub fn receive(&mut self, into: &mut [u8]) -> io::Result<Option<usize>> {
+        match &mut self.tls {
+            None => read_some(&mut self.socket, into),
+            Some(tls) => tls.receive(&mut self.socket, into),
+        }
+    }
+
+    /// Writes `bytes` (replies): `Ok(Some(n))` bytes taken, `Ok(None)` the socket is full.
+    /// Taking fewer than offered means the socket is full and a writable edge will follow.
+    pub fn send(&mut self, bytes: &[u8]) -> io::Result<Option<usize>> {
+        match &mut self.tls {
+            None => write_some(&mut self.socket, bytes),
+            Some(tls) => tls.send(&mut self.socket, bytes),
+        }
+    }
+
+    /// Writes the connection's pending output, as [`Connection::send`].
+    pub fn send_output(&mut self) -> io::Result<Option<usize>> {
+        let bytes = self.output.data();
+        match &mut self.tls {
+            None => write_some(&mut self.socket, bytes),
+            Some(tls) => tls.send(&mut self.socket, bytes),
+        }
+    }
+
+    /// Something is owed to the socket: replies, or records rustls made on its own
+    /// (handshake messages, alerts).
+    pub fn has_output(&self) -> bool {
+        !self.output.is_empty() || self.tls.as_ref().is_some_and(|tls| tls.wants_write())
+    }
+
+    /// A TLS connection whose handshake is not over: it cannot be sent a notice.
+    pub fn is_handshaking(&self) -> bool {
+        self.tls.as_ref().is_some_and(|tls| tls.is_handshaking())
+    }
+
+    /// Before the FIN: over TLS, `close_notify` and every record before it must be on the
+    /// socket. `Ok(true)` when the FIN may go now; `Ok(false)` when the socket is full and the
+    /// writable edge will bring the connection back here.
+    pub fn ready_for_fin(&mut self) -> io::Result<bool> {
+        match &mut self.tls {
+            None => Ok(true),
+            Some(tls) => tls.close(&mut self.socket),
         }
     }
 
@@ -176,12 +229,19 @@ impl Connection {
     }
 
     /// When the incomplete request being received must be complete. Only an Open connection
-    /// is waiting on its client; a Paused one is waiting on the server's own output.
+    /// is waiting on its client; a Paused one is waiting on the server's own output. A TLS
+    /// handshake is a request like any other: it must be over this long after the accept.
     pub fn request_deadline(&self, timeouts: Timeouts) -> Option<Instant> {
         if self.state != State::Open {
             return None;
         }
-        Some(self.request_started? + timeouts.request?)
+        let timeout = timeouts.request?;
+        if let Some(tls) = &self.tls
+            && tls.is_handshaking()
+        {
+            return Some(tls.started + timeout);
+        }
+        Some(self.request_started? + timeout)
     }
 
     /// A buffer that is empty but still owns memory: what `release_buffers` would free. A

@@ -1,6 +1,10 @@
 //! Accepting connections: until WouldBlock, at most `ACCEPT_BUDGET` per listener per wakeup,
 //! and surviving the moment the process runs out of file descriptors.
 //!
+//! Up to four listeners feed the one loop: lines and frames, each in the clear and, when
+//! configured, over TLS ([`ListenerId`]). A TLS connection is an ordinary connection whose
+//! bytes pass through a rustls session (`reactor::tls`); everything past the accept is shared.
+//!
 //! The EMFILE trap: when `accept` fails with EMFILE the pending connection stays in the
 //! listen backlog, so the listener stays readable. A loop that just retries spins at 100 % CPU
 //! and the clients in the backlog hang until they time out. The cure (as in libuv and Node):
@@ -19,8 +23,77 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Token};
 
 use super::connection::{Connection, State, write_some};
+use super::tls::TlsSession;
 use super::{Server, Timer, token};
+use crate::config::Config;
 use crate::handler::{self, Notice, Protocol, Session, SessionId};
+
+/// One of the listeners: the protocol it serves and whether over TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerId {
+    Line,
+    Frame,
+    LineTls,
+    FrameTls,
+}
+
+impl ListenerId {
+    pub const ALL: [ListenerId; 4] = [
+        ListenerId::Line,
+        ListenerId::Frame,
+        ListenerId::LineTls,
+        ListenerId::FrameTls,
+    ];
+
+    pub fn protocol(self) -> Protocol {
+        match self {
+            ListenerId::Line | ListenerId::LineTls => Protocol::Line,
+            ListenerId::Frame | ListenerId::FrameTls => Protocol::Frame,
+        }
+    }
+
+    pub fn is_tls(self) -> bool {
+        matches!(self, ListenerId::LineTls | ListenerId::FrameTls)
+    }
+
+    pub fn token(self) -> Token {
+        match self {
+            ListenerId::Line => token::LINE_LISTENER,
+            ListenerId::Frame => token::FRAME_LISTENER,
+            ListenerId::LineTls => token::LINE_TLS_LISTENER,
+            ListenerId::FrameTls => token::FRAME_TLS_LISTENER,
+        }
+    }
+
+    /// The listener a token names, if it names one.
+    pub fn of_token(token: Token) -> Option<ListenerId> {
+        ListenerId::ALL.into_iter().find(|id| id.token() == token)
+    }
+
+    /// As in the startup log: `line`, `frame TLS`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ListenerId::Line => "line",
+            ListenerId::Frame => "frame",
+            ListenerId::LineTls => "line TLS",
+            ListenerId::FrameTls => "frame TLS",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Where the configuration asks this listener to be; `None`: not wanted.
+    fn configured(self, config: &Config) -> Option<SocketAddr> {
+        match self {
+            ListenerId::Line => Some(config.line_addr),
+            ListenerId::Frame => Some(config.frame_addr),
+            ListenerId::LineTls => config.line_tls_addr,
+            ListenerId::FrameTls => config.frame_tls_addr,
+        }
+    }
+}
 
 /// Connections accepted per listener per wakeup before the loop goes on to serve the ones it
 /// has: a connect storm must not starve established clients. The rest are taken next
@@ -74,12 +147,11 @@ fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     Ok(TcpListener::from_std(socket.into()))
 }
 
-/// The two listening sockets, each optional so shutdown can close them.
+/// The listening sockets, each optional: TLS ones only when configured, and shutdown closes
+/// them all.
 pub struct Listeners {
-    pub line: Option<TcpListener>,
-    pub frame: Option<TcpListener>,
-    pub line_addr: SocketAddr,
-    pub frame_addr: SocketAddr,
+    sockets: [Option<TcpListener>; 4],
+    addrs: [Option<SocketAddr>; 4],
     /// The spare descriptor given up on EMFILE.
     reserve: Option<File>,
     /// Accepting is paused until this time after EMFILE.
@@ -90,23 +162,28 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    pub fn bind(line: SocketAddr, frame: SocketAddr) -> io::Result<Self> {
-        let bind = |addr: SocketAddr, what: &str| {
-            listen(addr).map_err(|e| {
-                io::Error::new(e.kind(), format!("cannot listen for {what} on {addr}: {e}"))
-            })
-        };
-        let line = bind(line, "lines")?;
-        let frame = bind(frame, "frames")?;
-        let line_addr = line.local_addr()?;
-        let frame_addr = frame.local_addr()?;
-        info!("line listener on {line_addr}");
-        info!("frame listener on {frame_addr}");
+    /// Binds every listener the configuration asks for.
+    pub fn bind(config: &Config) -> io::Result<Self> {
+        let mut sockets = [None, None, None, None];
+        let mut addrs = [None; 4];
+        for id in ListenerId::ALL {
+            let Some(addr) = id.configured(config) else {
+                continue;
+            };
+            let listener = listen(addr).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot listen for {} on {addr}: {e}", id.name()),
+                )
+            })?;
+            let bound = listener.local_addr()?;
+            info!("{} listener on {bound}", id.name());
+            sockets[id.index()] = Some(listener);
+            addrs[id.index()] = Some(bound);
+        }
         Ok(Listeners {
-            line: Some(line),
-            frame: Some(frame),
-            line_addr,
-            frame_addr,
+            sockets,
+            addrs,
             reserve: File::open("/dev/null").ok(),
             paused_until: None,
             last_warning: None,
@@ -114,40 +191,56 @@ impl Listeners {
         })
     }
 
-    fn get(&self, protocol: Protocol) -> Option<&TcpListener> {
-        match protocol {
-            Protocol::Line => self.line.as_ref(),
-            Protocol::Frame => self.frame.as_ref(),
+    /// Registers every open listener with the poll.
+    pub fn register(&mut self, registry: &mio::Registry) -> io::Result<()> {
+        for id in ListenerId::ALL {
+            if let Some(listener) = self.sockets[id.index()].as_mut() {
+                registry.register(listener, id.token(), Interest::READABLE)?;
+            }
         }
+        Ok(())
+    }
+
+    /// The address a listener is bound to (`None` if it is not configured).
+    pub fn addr(&self, id: ListenerId) -> Option<SocketAddr> {
+        self.addrs[id.index()]
+    }
+
+    fn get(&self, id: ListenerId) -> Option<&TcpListener> {
+        self.sockets[id.index()].as_ref()
     }
 }
 
 impl Server {
     /// Accepts from one listener until WouldBlock or the budget; see the module doc.
-    pub(super) fn accept_ready(&mut self, protocol: Protocol) {
+    pub(super) fn accept_ready(&mut self, id: ListenerId) {
         if self.listeners.paused_until.is_some() {
             return;
         }
         for _ in 0..ACCEPT_BUDGET {
-            let Some(listener) = self.listeners.get(protocol) else {
+            let Some(listener) = self.listeners.get(id) else {
                 return;
             };
             match listener.accept() {
-                Ok((socket, peer)) => self.admit(socket, peer, protocol),
+                Ok((socket, peer)) => self.admit(socket, peer, id),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if is_transient(&e) => debug!("accept: {e} (ignored)"),
                 Err(e) => {
-                    self.on_accept_exhausted(protocol, &e);
+                    self.on_accept_exhausted(id, &e);
                     return;
                 }
             }
         }
         // Budget spent: more may be waiting, and no new edge will say so.
-        self.revisit.push(listener_token(protocol));
+        self.revisit.push(id.token());
     }
 
     /// Sets up an accepted socket: a connection in the slab, or a refusal if full.
-    fn admit(&mut self, socket: TcpStream, peer: SocketAddr, protocol: Protocol) {
+    ///
+    /// A refusal is a courtesy that costs a connection slot for up to `LINGER`; a TLS client
+    /// would need a whole handshake before it could read it, so TLS refusals are plain closes.
+    fn admit(&mut self, socket: TcpStream, peer: SocketAddr, id: ListenerId) {
+        let protocol = id.protocol();
         self.stats.accepted += 1;
         // Replies are written in batches already; Nagle would only delay the last one.
         if let Err(e) = socket.set_nodelay(true) {
@@ -157,7 +250,7 @@ impl Server {
         let full = served >= self.config.max_connections;
         if full {
             self.stats.rejected_full += 1;
-            if self.rejecting >= MAX_REJECTING {
+            if self.rejecting >= MAX_REJECTING || id.is_tls() {
                 debug!("refusing {peer}: server full, closed at once");
                 self.stats.closed += 1;
                 return;
@@ -177,8 +270,21 @@ impl Server {
             self.stats.closed += 1;
             return;
         }
+        let tls = match (&self.tls_config, id.is_tls()) {
+            (Some(config), true) => match TlsSession::new(config, self.now) {
+                Ok(session) => Some(Box::new(session)),
+                Err(e) => {
+                    warn!("TLS session for {peer}: {e}");
+                    let _ = self.poll.registry().deregister(&mut socket);
+                    self.stats.closed += 1;
+                    return;
+                }
+            },
+            _ => None,
+        };
         let session = Session::new(protocol, SessionId(conn_token.0 as u64));
         let mut conn = Connection::new(socket, conn_token, session, self.now);
+        conn.tls = tls;
         self.stats.active += 1;
         if full {
             debug!(
@@ -191,8 +297,9 @@ impl Server {
             conn.set_state(State::Draining(super::connection::CloseReason::ServerFull));
         } else {
             debug!(
-                "conn={} accepted from {peer} ({protocol:?})",
-                token::show(conn_token)
+                "conn={} accepted from {peer} ({})",
+                token::show(conn_token),
+                id.name()
             );
         }
         entry.insert(conn);
@@ -204,13 +311,16 @@ impl Server {
 
     /// accept failed with something other than WouldBlock: almost always EMFILE/ENFILE (out of
     /// descriptors) or ENOBUFS/ENOMEM. See the module doc.
-    fn on_accept_exhausted(&mut self, protocol: Protocol, error: &io::Error) {
+    /// Over TLS the waiting clients get a plain close: a notice would need a handshake.
+    fn on_accept_exhausted(&mut self, id: ListenerId, error: &io::Error) {
         self.stats.accept_emfile += 1;
         self.listeners.reserve = None;
         let mut shed = 0;
         let mut notice = crate::buffer::Buffer::new();
-        handler::write_notice(protocol, Notice::ServerFull, &mut notice);
-        if let Some(listener) = self.listeners.get(protocol) {
+        if !id.is_tls() {
+            handler::write_notice(id.protocol(), Notice::ServerFull, &mut notice);
+        }
+        if let Some(listener) = self.listeners.get(id) {
             // With the spare closed, each accept below has a descriptor to use, and each
             // close gives it back for the next.
             for _ in 0..ACCEPT_BUDGET {
@@ -247,30 +357,24 @@ impl Server {
         }
     }
 
-    /// The accept pause is over: look at both listeners again, since the connections that
+    /// The accept pause is over: look at every listener again, since the connections that
     /// waited meanwhile raised no new edge.
     pub(super) fn resume_accept(&mut self) {
         self.listeners.paused_until = None;
-        self.revisit.push(token::LINE_LISTENER);
-        self.revisit.push(token::FRAME_LISTENER);
-    }
-
-    /// Closes both listeners: new connects are refused from now on.
-    pub(super) fn close_listeners(&mut self) {
-        for listener in [self.listeners.line.take(), self.listeners.frame.take()]
-            .into_iter()
-            .flatten()
-        {
-            let mut listener = listener;
-            let _ = self.poll.registry().deregister(&mut listener);
+        for id in ListenerId::ALL {
+            if self.listeners.get(id).is_some() {
+                self.revisit.push(id.token());
+            }
         }
     }
-}
 
-fn listener_token(protocol: Protocol) -> Token {
-    match protocol {
-        Protocol::Line => token::LINE_LISTENER,
-        Protocol::Frame => token::FRAME_LISTENER,
+    /// Closes every listener: new connects are refused from now on.
+    pub(super) fn close_listeners(&mut self) {
+        for slot in &mut self.listeners.sockets {
+            if let Some(mut listener) = slot.take() {
+                let _ = self.poll.registry().deregister(&mut listener);
+            }
+        }
     }
 }
 

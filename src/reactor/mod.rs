@@ -38,6 +38,7 @@
 
 pub mod connection;
 pub mod listener;
+pub mod tls;
 pub mod token;
 
 use std::io;
@@ -53,11 +54,11 @@ use slab::Slab;
 
 use crate::buffer::{Buffer, HIGH_WATER, LOW_WATER, PUSH_CAP};
 use crate::config::Config;
-use crate::handler::{self, Context, Limits, Notice, Outcome, Protocol, Room};
+use crate::handler::{self, Context, Limits, Notice, Outcome, Room};
 use crate::stats::Stats;
 use crate::timer_wheel::{TimerId, TimerWheel};
-use connection::{CloseReason, Connection, QUIET, State, Timeouts, read_some, write_some};
-use listener::Listeners;
+use connection::{CloseReason, Connection, QUIET, State, Timeouts, read_some};
+use listener::{ListenerId, Listeners};
 
 /// The timer wheel's slot width. Idle timeouts are whole seconds in practice; 10 ms keeps the
 /// wheel's own wakeups rare while no deadline is more than 10 ms late because of it.
@@ -123,6 +124,8 @@ pub struct Server {
     poll: Poll,
     events: Events,
     listeners: Listeners,
+    /// The certificate and settings of the TLS listeners, if any.
+    tls_config: Option<Arc<rustls::ServerConfig>>,
     signals: Signals,
     waker: Arc<Waker>,
     connections: Slab<Connection>,
@@ -159,15 +162,14 @@ pub struct Server {
 impl Server {
     /// Binds both listeners and sets up the loop; nothing is served until [`Server::run`].
     pub fn bind(config: Config) -> io::Result<Server> {
+        let tls_config = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(tls::load_config(cert, key)?),
+            _ => None,
+        };
         let poll = Poll::new()?;
-        let mut listeners = Listeners::bind(config.line_addr, config.frame_addr)?;
+        let mut listeners = Listeners::bind(&config)?;
         let registry = poll.registry();
-        if let Some(listener) = listeners.line.as_mut() {
-            registry.register(listener, token::LINE_LISTENER, Interest::READABLE)?;
-        }
-        if let Some(listener) = listeners.frame.as_mut() {
-            registry.register(listener, token::FRAME_LISTENER, Interest::READABLE)?;
-        }
+        listeners.register(registry)?;
         let mut signals = Signals::new([SIGINT, SIGTERM])?;
         registry.register(&mut signals, token::SIGNALS, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(registry, token::WAKER)?);
@@ -181,6 +183,7 @@ impl Server {
             poll,
             events: Events::with_capacity(EVENTS_CAPACITY),
             listeners,
+            tls_config,
             signals,
             waker,
             connections: Slab::new(),
@@ -203,11 +206,18 @@ impl Server {
     }
 
     pub fn line_addr(&self) -> SocketAddr {
-        self.listeners.line_addr
+        self.addr(ListenerId::Line)
+            .expect("the line listener is always bound")
     }
 
     pub fn frame_addr(&self) -> SocketAddr {
-        self.listeners.frame_addr
+        self.addr(ListenerId::Frame)
+            .expect("the frame listener is always bound")
+    }
+
+    /// Where a listener is bound; `None` for a TLS listener that is not configured.
+    pub fn addr(&self, id: ListenerId) -> Option<SocketAddr> {
+        self.listeners.addr(id)
     }
 
     pub fn stats(&self) -> &Stats {
@@ -315,10 +325,9 @@ impl Server {
         }
         for event in events.iter() {
             match event.token() {
-                token::LINE_LISTENER => self.accept_ready(Protocol::Line),
-                token::FRAME_LISTENER => self.accept_ready(Protocol::Frame),
                 token::SIGNALS => self.on_signals(),
                 token::WAKER => self.begin_shutdown("shutdown requested"),
+                listener if let Some(id) = ListenerId::of_token(listener) => self.accept_ready(id),
                 conn => {
                     let readiness = if event.is_read_closed() || event.is_error() {
                         // The peer's FIN (or an error) may sit behind the data: read to the end.
@@ -342,8 +351,7 @@ impl Server {
         let mut pending = std::mem::take(&mut self.revisit);
         for &token in &pending {
             match token {
-                token::LINE_LISTENER => self.accept_ready(Protocol::Line),
-                token::FRAME_LISTENER => self.accept_ready(Protocol::Frame),
+                listener if let Some(id) = ListenerId::of_token(listener) => self.accept_ready(id),
                 conn => {
                     // Requests held back while the connection was paused come first.
                     if let Some(key) = self.key_of(conn)
@@ -400,6 +408,8 @@ impl Server {
     /// last bytes raises no edge of its own.
     fn read_ready(&mut self, key: usize, budget: usize, to_end: bool) {
         let token = self.connections[key].token;
+        // Over TLS a short read proves nothing: rustls hands out one record at a time.
+        let to_end = to_end || self.connections[key].tls.is_some();
         let mut left = budget;
         while self.key_of(token).is_some() {
             let conn = &mut self.connections[key];
@@ -408,7 +418,7 @@ impl Server {
                 State::Paused => return,
                 State::Draining(_) | State::Lingering(_) => return self.discard_input(key),
             }
-            match read_some(&mut conn.socket, &mut self.scratch_in) {
+            match conn.receive(&mut self.scratch_in) {
                 Err(e) => {
                     debug!("conn={} read error: {e}", token::show(token));
                     return self.close(key, "read error");
@@ -549,7 +559,7 @@ impl Server {
         }
         let conn = &mut self.connections[key];
         debug_assert!(conn.output.is_empty(), "scratch used while output pending");
-        let result = write_some(&mut conn.socket, self.scratch_out.data());
+        let result = conn.send(self.scratch_out.data());
         let pending = self.scratch_out.len();
         match result {
             Ok(Some(n)) => {
@@ -576,9 +586,9 @@ impl Server {
     /// everything has filled the socket buffer and a writable edge will follow.
     fn flush(&mut self, key: usize) {
         let conn = &mut self.connections[key];
-        if !conn.output.is_empty() {
+        if conn.has_output() {
             let pending = conn.output.len();
-            match write_some(&mut conn.socket, conn.output.data()) {
+            match conn.send_output() {
                 Ok(Some(n)) => {
                     conn.output.consume(n);
                     self.note_written(key, n, pending);
@@ -627,6 +637,14 @@ impl Server {
                 self.revisit.push(conn.token);
             }
             State::Draining(reason) if pending == 0 => {
+                match conn.ready_for_fin() {
+                    Ok(true) => {}
+                    Ok(false) => return, // close_notify waits for the writable edge
+                    Err(e) => {
+                        debug!("conn={} write error: {e}", token::show(conn.token));
+                        return self.close(key, "write error");
+                    }
+                }
                 // Our FIN goes out after the last reply; the peer reads everything, then EOF.
                 let _ = conn.socket.shutdown(std::net::Shutdown::Write);
                 if conn.peer_closed {
@@ -785,7 +803,19 @@ impl Server {
                 let slow = conn
                     .request_deadline(timeouts)
                     .is_some_and(|deadline| now >= deadline);
-                if idle || slow {
+                if (idle || slow) && conn.is_handshaking() {
+                    // Nothing can be said to a client that has not finished its handshake.
+                    if idle {
+                        self.stats.idle_timeouts += 1;
+                    } else {
+                        self.stats.request_timeouts += 1;
+                    }
+                    debug!(
+                        "conn={} TLS handshake not finished in time",
+                        token::show(token)
+                    );
+                    return self.close(key, "TLS handshake timeout");
+                } else if idle || slow {
                     let (notice, reason) = if idle {
                         self.stats.idle_timeouts += 1;
                         (Notice::IdleTimeout, CloseReason::IdleTimeout)

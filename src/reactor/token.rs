@@ -20,6 +20,8 @@ pub const LINE_LISTENER: Token = Token(usize::MAX);
 pub const FRAME_LISTENER: Token = Token(usize::MAX - 1);
 pub const SIGNALS: Token = Token(usize::MAX - 2);
 pub const WAKER: Token = Token(usize::MAX - 3);
+pub const LINE_TLS_LISTENER: Token = Token(usize::MAX - 4);
+pub const FRAME_TLS_LISTENER: Token = Token(usize::MAX - 5);
 
 const KEY_BITS: u32 = 32;
 const KEY_MASK: u64 = (1 << KEY_BITS) - 1;
@@ -58,6 +60,8 @@ pub fn show(token: Token) -> impl std::fmt::Display {
                 FRAME_LISTENER => f.write_str("frame-listener"),
                 SIGNALS => f.write_str("signals"),
                 WAKER => f.write_str("waker"),
+                LINE_TLS_LISTENER => f.write_str("line-tls-listener"),
+                FRAME_TLS_LISTENER => f.write_str("frame-tls-listener"),
                 token => {
                     let (key, generation) = split(token);
                     write!(f, "{key}.{generation}")
@@ -98,7 +102,14 @@ mod tests {
     #[test]
     fn connection_tokens_never_reach_the_fixed_tokens() {
         let highest = connection(u32::MAX as usize, GENERATION_MASK);
-        for fixed in [LINE_LISTENER, FRAME_LISTENER, SIGNALS, WAKER] {
+        for fixed in [
+            LINE_LISTENER,
+            FRAME_LISTENER,
+            SIGNALS,
+            WAKER,
+            LINE_TLS_LISTENER,
+            FRAME_TLS_LISTENER,
+        ] {
             assert!(highest.0 < fixed.0);
         }
         assert_eq!(next_generation(GENERATION_MASK), 0);
