@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{IO_TIMEOUT, TestServer, after, connect, send};
+use common::{IO_TIMEOUT, TestCert, TestServer, after, connect, send};
 use std::ffi::OsStr;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener};
@@ -449,6 +449,302 @@ fn line_connection_reset_exits_1() {
 }
 
 // ---------------------------------------------------------------------------------------
+// over TLS
+
+/// The real server with TLS listeners for both protocols, certified by `cert`.
+fn tls_server(cert: &TestCert) -> TestServer {
+    TestServer::start(&[
+        "--line-tls-addr",
+        "127.0.0.1:0",
+        "--frame-tls-addr",
+        "127.0.0.1:0",
+        "--tls-cert",
+        cert.cert_arg(),
+        "--tls-key",
+        cert.key_arg(),
+    ])
+}
+
+/// The one line `--insecure` prints on stderr.
+const INSECURE_WARNING: &str = "tcp-client: warning: --insecure: the server's certificate is \
+                                not verified; anyone on the path can pose as the server\n";
+
+#[test]
+fn tls_line_session_prints_every_reply() {
+    let cert = TestCert::new();
+    let server = tls_server(&cert);
+    let addr = server.line_tls_addr().to_string();
+    let out = run(
+        &["line", "--addr", &addr, "--tls", "--ca", cert.cert_arg()],
+        b"PING\nHELLO ann\nQUIT\n",
+    );
+    assert_run(&out, 0, "PONG\nWELCOME ann\nBYE\n", "");
+    // End of input without QUIT: close_notify and a half-close; the server answers all,
+    // then closes. The name `localhost` is verified against the certificate's DNS name.
+    let addr = format!("localhost:{}", server.line_tls_addr().port());
+    let out = run(
+        &["line", "--addr", &addr, "--tls", "--ca", cert.cert_arg()],
+        b"ping x\nhello\nPING",
+    );
+    assert_run(&out, 0, "PONG x\nERR usage: HELLO <name>\nPONG\n", "");
+}
+
+#[test]
+fn tls_frame_exchanges_print_as_without_tls() {
+    let cert = TestCert::new();
+    let server = tls_server(&cert);
+    let addr = server.frame_tls_addr().to_string();
+    let cases: &[(&[&str], &str)] = &[
+        (&["frame", "heartbeat"], "Heartbeat\n"),
+        (
+            &["frame", "message", "hello there"],
+            "Message Server says: hello there\n",
+        ),
+        (&["frame", "login", "ann", "secret"], "LoginAck OK\n"),
+    ];
+    for (request, stdout) in cases {
+        let mut args = request.to_vec();
+        args.extend_from_slice(&["--addr", &addr, "--tls", "--ca", cert.cert_arg()]);
+        assert_run(&run(&args, b""), 0, stdout, "");
+    }
+    // The TLS options may come before the request, like --addr.
+    let out = run(
+        &[
+            "frame",
+            "--tls",
+            "--ca",
+            cert.cert_arg(),
+            "--addr",
+            &addr,
+            "message",
+            "hi",
+        ],
+        b"",
+    );
+    assert_run(&out, 0, "Message Server says: hi\n", "");
+}
+
+#[test]
+fn tls_line_chat_push_arrives_while_the_user_is_silent() {
+    let cert = TestCert::new();
+    let server = tls_server(&cert);
+    let addr = server.line_tls_addr().to_string();
+    let mut bob = Client::spawn(&["line", "--addr", &addr, "--tls", "--ca", cert.cert_arg()]);
+    bob.type_in(b"HELLO bob\n");
+    bob.wait_for_stdout("WELCOME bob\n", after(RUN_TIMEOUT));
+
+    // ann speaks over plain TCP: the room is the same.
+    let mut ann = common::LineClient::new(connect(server.line_addr()));
+    assert_eq!(ann.request(b"HELLO ann"), b"WELCOME ann\n");
+    assert_eq!(ann.request(b"SAY hi"), b"OK\n");
+    bob.wait_for_stdout("MSG ann hi\n", after(RUN_TIMEOUT));
+    // Lines typed later still go out.
+    bob.type_in(b"PING\n");
+    bob.wait_for_stdout("PONG\n", after(RUN_TIMEOUT));
+
+    let out = bob.finish();
+    assert_run(&out, 0, "WELCOME bob\nMSG ann hi\nPONG\n", "");
+}
+
+#[test]
+fn tls_line_server_closing_first_ends_the_client() {
+    let cert = TestCert::new();
+    let server = tls_server(&cert);
+    let addr = server.line_tls_addr().to_string();
+    let mut client = Client::spawn(&["line", "--addr", &addr, "--tls", "--ca", cert.cert_arg()]);
+    client.type_in(b"QUIT\n");
+    let deadline = after(RUN_TIMEOUT);
+    assert!(
+        common::wait_until(deadline, || client.child.try_wait().unwrap().is_some()),
+        "tcp-client still running after the server closed"
+    );
+    let out = client.finish();
+    assert_run(&out, 0, "BYE\n", "");
+}
+
+#[test]
+fn tls_insecure_accepts_any_certificate_and_warns() {
+    let cert = TestCert::new();
+    let server = tls_server(&cert);
+    let frame = server.frame_tls_addr().to_string();
+    let out = run(
+        &[
+            "frame",
+            "message",
+            "hi",
+            "--addr",
+            &frame,
+            "--tls",
+            "--insecure",
+        ],
+        b"",
+    );
+    assert_run(&out, 0, "Message Server says: hi\n", INSECURE_WARNING);
+    // Whatever name is asked for.
+    let line = server.line_tls_addr().to_string();
+    let out = run(
+        &[
+            "line",
+            "--addr",
+            &line,
+            "--tls",
+            "--insecure",
+            "--server-name",
+            "not-the-server.test",
+        ],
+        b"PING\n",
+    );
+    assert_run(&out, 0, "PONG\n", INSECURE_WARNING);
+}
+
+#[test]
+fn tls_certificate_from_another_ca_fails_verification() {
+    let cert = TestCert::new();
+    let stranger = TestCert::new();
+    let server = tls_server(&cert);
+    for (mode, addr) in [
+        ("line", server.line_tls_addr()),
+        ("frame", server.frame_tls_addr()),
+    ] {
+        let addr = addr.to_string();
+        let mut args = vec![mode];
+        if mode == "frame" {
+            args.push("heartbeat");
+        }
+        args.extend_from_slice(&["--addr", &addr, "--tls", "--ca", stranger.cert_arg()]);
+        let out = run(&args, b"PING\n");
+        assert_eq!(out.status.code(), Some(1), "{mode}: {}", out.stderr);
+        assert_eq!(out.stdout, "", "{mode}");
+        let prefix =
+            format!("tcp-client: TLS handshake with {addr} failed: invalid peer certificate: ");
+        assert!(out.stderr.starts_with(&prefix), "{mode}: {:?}", out.stderr);
+        assert_eq!(out.stderr.lines().count(), 1, "{mode}: {:?}", out.stderr);
+    }
+}
+
+#[test]
+fn tls_name_not_in_the_certificate_fails_verification() {
+    let cert = TestCert::new();
+    let server = tls_server(&cert);
+    let addr = server.frame_tls_addr().to_string();
+    let out = run(
+        &[
+            "frame",
+            "heartbeat",
+            "--addr",
+            &addr,
+            "--tls",
+            "--ca",
+            cert.cert_arg(),
+            "--server-name",
+            "other.test",
+        ],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("invalid peer certificate: certificate not valid for name \"other.test\""),
+        "{:?}",
+        out.stderr
+    );
+}
+
+#[test]
+fn tls_to_a_plain_listener_fails_the_handshake() {
+    // The frame server reads the ClientHello as a frame with a bad magic and answers an
+    // Error frame, which is no TLS record.
+    let cert = TestCert::new();
+    let server = tls_server(&cert);
+    let addr = server.frame_addr().to_string();
+    let out = run(
+        &[
+            "frame",
+            "heartbeat",
+            "--addr",
+            &addr,
+            "--tls",
+            "--ca",
+            cert.cert_arg(),
+        ],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .starts_with(&format!("tcp-client: TLS handshake with {addr} failed: ")),
+        "{:?}",
+        out.stderr
+    );
+}
+
+#[test]
+fn tls_a_bad_ca_file_is_named() {
+    let cert = TestCert::new();
+    let out = run(
+        &[
+            "frame",
+            "heartbeat",
+            "--addr",
+            "127.0.0.1:1",
+            "--tls",
+            "--ca",
+            cert.key_arg(),
+        ],
+        b"",
+    );
+    assert_run(
+        &out,
+        1,
+        "",
+        &format!(
+            "tcp-client: the CA file {} holds no certificate (no PEM CERTIFICATE section)\n",
+            cert.key_arg()
+        ),
+    );
+    let missing = cert.dir.join("missing.pem");
+    let missing = missing.to_str().unwrap();
+    let out = run(&["line", "--tls", "--ca", missing], b"");
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .starts_with(&format!("tcp-client: cannot read the CA file {missing}: ")),
+        "{:?}",
+        out.stderr
+    );
+}
+
+#[test]
+fn tls_usage_errors_exit_2() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["line", "--tls"], "pass --ca FILE"),
+        (&["frame", "heartbeat", "--tls"], "or --insecure"),
+        (
+            &["frame", "heartbeat", "--ca", "ca.pem"],
+            "--ca only applies with --tls",
+        ),
+        (
+            &["line", "--insecure"],
+            "--insecure only applies with --tls",
+        ),
+        (
+            &["line", "--server-name", "h"],
+            "--server-name only applies with --tls",
+        ),
+        (
+            &["line", "--tls", "--ca", "ca.pem", "--insecure"],
+            "cannot be used together",
+        ),
+    ];
+    for (args, needle) in cases {
+        let out = run(args, b"");
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", out.stderr);
+        assert_eq!(out.stdout, "", "{args:?}");
+        assert!(out.stderr.contains(needle), "{args:?}: {:?}", out.stderr);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // command line
 
 #[test]
@@ -464,6 +760,23 @@ fn help_documents_both_modes() {
         "127.0.0.1:8888",
     ] {
         assert!(out.stdout.contains(needle), "--help lacks {needle:?}");
+    }
+    assert!(out.stdout.contains("--tls"), "--help lacks --tls");
+    for mode in ["line", "frame"] {
+        let out = run(&[mode, "--help"], b"");
+        assert_eq!(out.status.code(), Some(0));
+        for needle in [
+            "--tls",
+            "--ca <FILE>",
+            "--insecure",
+            "--server-name <NAME>",
+            "--addr <HOST:PORT>",
+        ] {
+            assert!(
+                out.stdout.contains(needle),
+                "{mode} --help lacks {needle:?}"
+            );
+        }
     }
     let out = run(&["frame", "--help"], b"");
     assert_eq!(out.status.code(), Some(0));

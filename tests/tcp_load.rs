@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::TestServer;
+use common::{TestCert, TestServer};
 use serde_json::Value;
 
 /// How long one tcp-load run may take before the test fails.
@@ -533,4 +533,248 @@ fn server_pid_reports_the_servers_cpu_over_the_window() {
         "--json",
     ]);
     assert!(run.json()["server_cpu_s"].is_null());
+}
+
+// ---------------------------------------------------------------------------------------
+// over TLS
+
+/// The real server with TLS listeners for both protocols, certified by `cert`.
+fn tls_server(cert: &TestCert) -> TestServer {
+    TestServer::start(&[
+        "--line-tls-addr",
+        "127.0.0.1:0",
+        "--frame-tls-addr",
+        "127.0.0.1:0",
+        "--tls-cert",
+        cert.cert_arg(),
+        "--tls-key",
+        cert.key_arg(),
+    ])
+}
+
+/// Pipelined `--requests N` over TLS on both protocols: exactly N requests recorded and
+/// executed by the server, no errors, one timed handshake per connection.
+#[test]
+fn tls_on_both_protocols_completes_exactly_n_requests() {
+    let cert = TestCert::new();
+    let server = tls_server(&cert);
+    let line = server.line_tls_addr().to_string();
+    let frame = server.frame_tls_addr().to_string();
+    let cases: &[(&str, &str, &str, &[&str])] = &[
+        (&line, "line", "ping", &[]),
+        (&line, "line", "echo", &["--size", "3000"]),
+        (&frame, "frame", "message", &[]),
+        (&frame, "frame", "heartbeat", &["--size", "20000"]),
+    ];
+    const N: u64 = 3000;
+    for &(addr, protocol, workload, extra) in cases {
+        let before = server.stats()["requests"];
+        let mut args = vec![
+            "--addr",
+            addr,
+            "--protocol",
+            protocol,
+            "--workload",
+            workload,
+            "--requests",
+            "3000",
+            "--connections",
+            "5",
+            "--pipeline",
+            "8",
+            "--threads",
+            "2",
+            "--json",
+            "--tls",
+            "--ca",
+            cert.cert_arg(),
+        ];
+        args.extend_from_slice(extra);
+        let run = tcp_load(&args);
+        let context = format!("TLS {protocol}/{workload}");
+        assert_eq!(run.code, 0, "{context}: stderr:\n{}", run.stderr);
+        let json = run.json();
+        assert_eq!(json["requests"], N, "{context}: {json}");
+        assert_no_errors(&json, &context);
+        assert_eq!(json["connections"], 5, "{context}");
+        let tls = &json["tls"];
+        assert_eq!(tls["handshakes"], 5, "{context}: {json}");
+        let p50 = tls["handshake_us"]["p50"].as_f64().unwrap();
+        let p99 = tls["handshake_us"]["p99"].as_f64().unwrap();
+        assert!(p50 > 0.0 && p99 >= p50, "{context}: {tls}");
+        assert_eq!(tls["failures"], serde_json::json!({}), "{context}");
+        assert_eq!(json["settings"]["tls"], true, "{context}");
+        assert_eq!(json["settings"]["server_name"], "127.0.0.1", "{context}");
+        // One STATS request between the two snapshots, plus exactly N from tcp-load.
+        let after = server.stats()["requests"];
+        assert_eq!(after - before, N + 1, "{context}: the server executed");
+    }
+}
+
+#[test]
+fn tls_text_summary_adds_the_handshakes() {
+    let cert = TestCert::new();
+    let server = tls_server(&cert);
+    let run = tcp_load(&[
+        "--addr",
+        &server.line_tls_addr().to_string(),
+        "--protocol",
+        "line",
+        "--workload",
+        "ping",
+        "--requests",
+        "500",
+        "--connections",
+        "2",
+        "--pipeline",
+        "4",
+        "--tls",
+        "--ca",
+        cert.cert_arg(),
+    ]);
+    assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
+    for needle in [
+        "requests     500 in",
+        "connect 0 reset 0 eof 0 timeout 0 mismatch 0",
+        "2 of 2 established",
+        "\n  tls          handshakes 2  p50 ",
+    ] {
+        assert!(
+            run.stdout.contains(needle),
+            "{needle:?} not in\n{}",
+            run.stdout
+        );
+    }
+    assert!(!run.stdout.contains("tls failed"), "{}", run.stdout);
+}
+
+#[test]
+fn tls_certificate_from_another_ca_is_a_connect_error_with_its_reason() {
+    let cert = TestCert::new();
+    let stranger = TestCert::new();
+    let server = tls_server(&cert);
+    let addr = server.frame_tls_addr().to_string();
+    let args = [
+        "--addr",
+        &addr,
+        "--protocol",
+        "frame",
+        "--workload",
+        "heartbeat",
+        "--requests",
+        "100",
+        "--connections",
+        "3",
+        "--tls",
+        "--ca",
+        stranger.cert_arg(),
+    ];
+    let run = tcp_load(&[&args[..], &["--json"]].concat());
+    assert_eq!(run.code, 1, "stderr:\n{}", run.stderr);
+    let json = run.json();
+    assert_eq!(json["errors"]["connect"], 3, "{json}");
+    assert_eq!(json["requests"], 0, "{json}");
+    assert_eq!(json["connections"], 0, "{json}");
+    assert_eq!(json["tls"]["handshakes"], 0, "{json}");
+    let failures = json["tls"]["failures"].as_object().unwrap();
+    assert_eq!(failures.len(), 1, "{json}");
+    let (reason, count) = failures.iter().next().unwrap();
+    assert!(reason.starts_with("invalid peer certificate: "), "{reason}");
+    assert_eq!(count, 3);
+    assert!(
+        run.stderr.contains("connect error") && run.stderr.contains(reason.as_str()),
+        "{}",
+        run.stderr
+    );
+    // The text summary names the reason too.
+    let text = tcp_load(&args);
+    assert_eq!(text.code, 1);
+    assert!(
+        text.stdout
+            .contains(&format!("\n  tls failed   3 x {reason}\n")),
+        "{}",
+        text.stdout
+    );
+}
+
+#[test]
+fn tls_insecure_accepts_the_certificate_and_warns() {
+    let cert = TestCert::new();
+    let server = tls_server(&cert);
+    let run = tcp_load(&[
+        "--addr",
+        &server.line_tls_addr().to_string(),
+        "--protocol",
+        "line",
+        "--workload",
+        "echo",
+        "--requests",
+        "200",
+        "--connections",
+        "2",
+        "--json",
+        "--tls",
+        "--insecure",
+        "--server-name",
+        "not-the-server.test",
+    ]);
+    assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
+    let json = run.json();
+    assert_eq!(json["requests"], 200);
+    assert_no_errors(&json, "--insecure");
+    assert_eq!(json["tls"]["handshakes"], 2);
+    assert_eq!(
+        run.stderr.lines().next(),
+        Some(
+            "tcp-load: warning: --insecure: the server's certificate is not verified; anyone \
+             on the path can pose as the server"
+        ),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn tls_usage_errors_exit_2() {
+    let base = [
+        "--addr",
+        "127.0.0.1:1",
+        "--protocol",
+        "line",
+        "--workload",
+        "ping",
+    ];
+    let cases: &[(&[&str], &str)] = &[
+        (&["--tls"], "pass --ca FILE"),
+        (&["--ca", "ca.pem"], "--ca only applies with --tls"),
+        (&["--insecure"], "--insecure only applies with --tls"),
+        (
+            &["--server-name", "h"],
+            "--server-name only applies with --tls",
+        ),
+        (
+            &["--tls", "--insecure", "--ca", "ca.pem"],
+            "cannot be used together",
+        ),
+    ];
+    for (extra, needle) in cases {
+        let run = tcp_load(&[&base[..], extra].concat());
+        assert_eq!(run.code, 2, "{extra:?}: {}", run.stderr);
+        assert!(run.stdout.is_empty(), "{extra:?}");
+        assert!(run.stderr.contains(needle), "{extra:?}: {}", run.stderr);
+    }
+    let help = tcp_load(&["--help"]);
+    assert_eq!(help.code, 0);
+    for needle in ["--tls", "--ca <FILE>", "--insecure", "--server-name <NAME>"] {
+        assert!(help.stdout.contains(needle), "--help lacks {needle:?}");
+    }
+    // A CA file that cannot be read is named (a setup failure: exit 1).
+    let run = tcp_load(&[&base[..], &["--tls", "--ca", "/nonexistent/ca.pem"]].concat());
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("cannot read the CA file /nonexistent/ca.pem"),
+        "{}",
+        run.stderr
+    );
 }
