@@ -19,7 +19,7 @@
 //! - Session resumption is off: every connection makes a full handshake. tcp-load times the
 //!   handshakes, and a mix of full and resumed ones would make those figures depend on how
 //!   many tickets happened to be stored when each connection started.
-//! - `--insecure` replaces only the certificate check ([`AnyCertificate`]): the signatures
+//! - `--insecure` replaces only the certificate check (`AnyCertificate`): the signatures
 //!   that prove the server holds the certificate's key are verified with the provider's own
 //!   functions, so the handshake is a real one, against whoever answers.
 //!
