@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{IO_TIMEOUT, TestServer, after, connect, send};
+use common::{IO_TIMEOUT, TestServer, UsersFile, after, connect, send};
 use std::ffi::OsStr;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener};
@@ -216,9 +216,10 @@ fn frame_message_prints_server_says() {
 
 #[test]
 fn frame_login_prints_login_ack() {
-    let server = TestServer::start(&[]);
+    let users = UsersFile::new();
+    let server = TestServer::start(&["--users", users.arg()]);
     let addr = server.frame_addr().to_string();
-    let out = run(&["frame", "login", "ann", "secret", "--addr", &addr], b"");
+    let out = run(&["frame", "login", "user", "pass", "--addr", &addr], b"");
     assert_run(&out, 0, "LoginAck OK\n", "");
 }
 
