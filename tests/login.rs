@@ -225,3 +225,21 @@ fn a_malformed_users_file_stops_the_server_naming_the_line() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("line 2"), "{stderr}");
 }
+
+#[test]
+fn verified_logins_leave_no_memory_resident() {
+    // Each verification allocates argon2's 19 MiB and frees it. glibc used to keep such
+    // blocks resident (160 MiB after 20 logins); the server pins its mmap threshold so they
+    // go back to the system.
+    let users = UsersFile::new();
+    let server = TestServer::start(&["--users", users.arg()]);
+    let before = server.rss_kib();
+    let mut stream = server.connect_line();
+    stream.write_all(&b"LOGIN user pass\n".repeat(20)).unwrap();
+    expect_bytes(&mut stream, &b"OK\n".repeat(20));
+    let after = server.rss_kib();
+    assert!(
+        after < before + 8 * 1024,
+        "RSS {before} KiB before 20 logins, {after} KiB after"
+    );
+}
