@@ -4,19 +4,24 @@
 #
 #   scripts/soak.sh DURATION_SECONDS
 #
-# Starts target/release/tcp-reactor on free ports with
+# Starts target/release/tcp-reactor on free ports, with a line-over-TLS listener (a
+# self-signed certificate made with openssl) and a users file (made with `tcp-reactor
+# passwd`), and
 #   --max-connections 200 --request-timeout 2s --idle-timeout 5s
 # records its open fds and RSS, then for DURATION seconds runs
-#   - tcp-load line/ping (--rate 2000 --connections 20) and frame/heartbeat (--rate 1000
-#     --connections 10), open loop, every reply checked byte for byte;
+#   - tcp-load line/ping (--rate 2000 --connections 20), frame/heartbeat (--rate 1000
+#     --connections 10) and frame/login (--rate 5 --connections 2, argon2id verified for
+#     real), open loop, every reply checked byte for byte;
 #   - abusive python3 clients: random garbage and HTTP requests, resets (SO_LINGER 0) mid-frame
 #     and mid-line, half-closes, slowloris (one byte per 200 ms), never-readers (PINGs until
-#     the server pushes back, never read), and floods of 300 connections held for 1 s (beyond
-#     --max-connections).
+#     the server pushes back, never read), floods of 300 connections held for 1 s (beyond
+#     --max-connections), password guessers (three wrong LOGINs, then the close), and on the
+#     TLS port: garbage instead of a ClientHello, and handshakes stalled halfway.
 # After the abusive clients stop and the server settles, it checks: 0 tcp-load errors, open
 # fds back to baseline +/- 2, RSS within 4 MiB of baseline, STATS active == 1 (the STATS
-# client itself) and accepted == closed + active, and that every abusive client got only
-# replies the protocol allows. Prints each figure with PASS/FAIL; exits 1 if any check fails.
+# client itself) and accepted == closed + active, logins at least tcp-load's login count and
+# login_failures at least three per guesser, and that every abusive client got only replies
+# the protocol allows. Prints each figure with PASS/FAIL; exits 1 if any check fails.
 # Everything it starts is killed on exit.
 set -uo pipefail
 
@@ -48,27 +53,38 @@ trap 'exit 130' INT TERM
 echo "== building"
 (cd "$ROOT" && cargo build --release --bins --quiet) || { echo "build failed" >&2; exit 1; }
 
+command -v openssl >/dev/null || { echo "openssl is required (for the TLS listener's certificate)" >&2; exit 1; }
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
+    -keyout "$WORK/key.pem" -out "$WORK/cert.pem" 2>/dev/null \
+    || { echo "openssl could not make a certificate" >&2; exit 1; }
+printf 'pass\n' | "$BIN/tcp-reactor" passwd user >"$WORK/users.txt" \
+    || { echo "tcp-reactor passwd failed" >&2; exit 1; }
+
 echo "== starting tcp-reactor"
 RUST_LOG=info "$BIN/tcp-reactor" --line-addr 127.0.0.1:0 --frame-addr 127.0.0.1:0 \
+    --line-tls-addr 127.0.0.1:0 --tls-cert "$WORK/cert.pem" --tls-key "$WORK/key.pem" \
+    --users "$WORK/users.txt" \
     --max-connections 200 --request-timeout 2s --idle-timeout 5s \
     </dev/null >/dev/null 2>"$WORK/server.log" &
 SERVER=$!
 PIDS+=("$SERVER")
 
-LINE_ADDR= FRAME_ADDR=
+LINE_ADDR= FRAME_ADDR= TLS_ADDR=
 for _ in $(seq 100); do
     LINE_ADDR=$(grep -o 'line listener on [0-9.:]*' "$WORK/server.log" | head -n1 | awk '{print $4}')
     FRAME_ADDR=$(grep -o 'frame listener on [0-9.:]*' "$WORK/server.log" | head -n1 | awk '{print $4}')
-    [[ -n $LINE_ADDR && -n $FRAME_ADDR ]] && break
+    TLS_ADDR=$(grep -o 'line TLS listener on [0-9.:]*' "$WORK/server.log" | head -n1 | awk '{print $5}')
+    [[ -n $LINE_ADDR && -n $FRAME_ADDR && -n $TLS_ADDR ]] && break
     kill -0 "$SERVER" 2>/dev/null || break
     sleep 0.1
 done
-if [[ -z $LINE_ADDR || -z $FRAME_ADDR ]]; then
+if [[ -z $LINE_ADDR || -z $FRAME_ADDR || -z $TLS_ADDR ]]; then
     echo "server did not log its listeners; log:" >&2
     cat "$WORK/server.log" >&2
     exit 1
 fi
-echo "line $LINE_ADDR, frame $FRAME_ADDR, pid $SERVER"
+echo "line $LINE_ADDR, frame $FRAME_ADDR, line over TLS $TLS_ADDR, pid $SERVER"
 
 fds() { ls "/proc/$SERVER/fd" 2>/dev/null | wc -l; }
 cpu_seconds() { awk -v hz="$(getconf CLK_TCK)" '{sub(/.*\) /, ""); printf "%.2f", ($12 + $13) / hz}' "/proc/$SERVER/stat" 2>/dev/null; }
@@ -104,11 +120,11 @@ protocol allows (docs/PROTOCOL.md); anything else is counted in `unexpected` wit
 """
 import json, random, socket, struct, sys, threading, time
 
-line_addr, frame_addr, duration = sys.argv[1], sys.argv[2], float(sys.argv[3])
+line_addr, frame_addr, tls_addr, duration = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
 def parse(a):
     h, p = a.rsplit(":", 1)
     return (h, int(p))
-LINE, FRAME = parse(line_addr), parse(frame_addr)
+LINE, FRAME, TLS = parse(line_addr), parse(frame_addr), parse(tls_addr)
 DEADLINE = time.monotonic() + duration
 rng = random.Random(0x50AC)
 lock = threading.Lock()
@@ -278,6 +294,42 @@ def never_reader():
     rst(s)
     count("never_reader_conns")
 
+INVALID = b"ERR invalid credentials\n"
+def guesser():
+    s = connect(LINE)
+    s.sendall(b"LOGIN user guess1\nLOGIN nobody guess2\nLOGIN user guess3\nPING\n")
+    buf, end = read_all(s)
+    s.close()
+    if (buf, end) == (INVALID * 3, "eof"):
+        count("guesser_ok")
+    elif (buf, end) == (FULL_LINE, "eof"):
+        count("guesser_full")
+    else:
+        odd(f"password guesser ({end})", buf)
+    time.sleep(0.2)
+
+def tls_garbage():
+    s = connect(TLS)
+    s.sendall(rng.choice((HTTP, b"PING\n", bytes(rng.getrandbits(8) for _ in range(300)))))
+    buf, end = read_all(s)
+    s.close()
+    # Nothing, or a TLS alert record (content type 21), then the close.
+    if end in ("eof", "reset") and (buf == b"" or buf[:1] == b"\x15"):
+        count("tls_garbage_ok")
+    else:
+        odd(f"garbage to the TLS port ({end})", buf)
+    time.sleep(0.02)
+
+def tls_stall():
+    s = connect(TLS)
+    s.sendall(b"\x16\x03\x01\x00\xc8\x01\x00\x00\xc4\x03")  # half a ClientHello
+    buf, end = read_all(s)  # closed at --request-timeout (2 s)
+    s.close()
+    if end in ("eof", "reset") and (buf == b"" or buf[:1] == b"\x15"):
+        count("tls_stall_ok")
+    else:
+        odd(f"stalled TLS handshake ({end})", buf)
+
 def flood():
     socks = []
     for _ in range(300):
@@ -303,6 +355,9 @@ threads = [
     guarded("never_reader", never_reader),
     guarded("never_reader2", never_reader),
     guarded("flood", flood),
+    guarded("guesser", guesser),
+    guarded("tls_garbage", tls_garbage),
+    guarded("tls_stall", tls_stall),
 ]
 for t in threads:
     t.join(timeout=max(0, DEADLINE - time.monotonic()) + 15)
@@ -318,14 +373,19 @@ PIDS+=("$LOAD_LINE")
     --rate 1000 --connections 10 --duration "${DURATION}s" --json >"$WORK/frame.json" 2>"$WORK/frame.err" &
 LOAD_FRAME=$!
 PIDS+=("$LOAD_FRAME")
+"$BIN/tcp-load" --addr "$FRAME_ADDR" --protocol frame --workload login \
+    --rate 5 --connections 2 --duration "${DURATION}s" --timeout 10s --json >"$WORK/login.json" 2>"$WORK/login.err" &
+LOAD_LOGIN=$!
+PIDS+=("$LOAD_LOGIN")
 # Let tcp-load connect before the floods fill --max-connections (its 1 s warmup covers this).
 sleep 0.5
-python3 "$WORK/abuse.py" "$LINE_ADDR" "$FRAME_ADDR" "$DURATION" >"$WORK/abuse.json" 2>"$WORK/abuse.err" &
+python3 "$WORK/abuse.py" "$LINE_ADDR" "$FRAME_ADDR" "$TLS_ADDR" "$DURATION" >"$WORK/abuse.json" 2>"$WORK/abuse.err" &
 ABUSE=$!
 PIDS+=("$ABUSE")
 
 wait "$LOAD_LINE"; LINE_RC=$?
 wait "$LOAD_FRAME"; FRAME_RC=$?
+wait "$LOAD_LOGIN"; LOGIN_RC=$?
 wait "$ABUSE"; ABUSE_RC=$?
 SOAK_CPU=$(cpu_seconds)
 
@@ -353,7 +413,7 @@ done
 echo "settled after $(( SECONDS - SETTLE_START ))s"
 
 echo "== results"
-for kind in line frame; do
+for kind in line frame login; do
     json=$WORK/$kind.json
     rc_var=${kind^^}_RC
     summary=$(python3 - "$json" <<'PY'
@@ -395,6 +455,13 @@ ACCEPTED=$(stat_field "$S" accepted); ACTIVE=$(stat_field "$S" active); CLOSED=$
 check "stats active" $(( ${ACTIVE:--1} == 1 )) "active=${ACTIVE:-?} (the STATS client itself)"
 check "stats accepted" $(( ${ACCEPTED:--1} == ${CLOSED:--2} + ${ACTIVE:--2} )) \
     "accepted=${ACCEPTED:-?} closed=${CLOSED:-?} active=${ACTIVE:-?}"
+LOGINS=$(stat_field "$S" logins); LOGIN_FAILURES=$(stat_field "$S" login_failures)
+LOGIN_REQUESTS=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["requests"])' "$WORK/login.json" 2>/dev/null || echo -1)
+GUESSERS=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["counts"].get("guesser_ok", 0))' "$ABUSE_SUMMARY" 2>/dev/null || echo -1)
+check "stats logins" $(( ${LOGINS:--1} >= LOGIN_REQUESTS && LOGIN_REQUESTS > 0 )) \
+    "logins=${LOGINS:-?}, tcp-load login requests answered $LOGIN_REQUESTS"
+check "stats login_failures" $(( ${LOGIN_FAILURES:--1} >= 3 * GUESSERS && GUESSERS > 0 )) \
+    "login_failures=${LOGIN_FAILURES:-?}, guessers turned away $GUESSERS (3 failures each)"
 echo "    $S"
 
 if (( FAILED )); then

@@ -365,6 +365,28 @@ pub struct VerifierPool {
     workers: Vec<JoinHandle<()>>,
 }
 
+/// How much nicer than the loop the workers run (`nice` +10): when cores are short the
+/// scheduler gives the loop its time first, so a burst of logins slows logins, not the
+/// other clients.
+const WORKER_NICENESS: libc::c_int = 10;
+
+/// Lowers the calling thread's scheduling priority. On Linux `setpriority(PRIO_PROCESS,
+/// tid)` applies to one thread. Best effort: a failure leaves the thread at the loop's
+/// priority, which is only slower for the others under load.
+fn lower_priority() {
+    // SAFETY: gettid and setpriority take plain integers and touch no memory of ours.
+    let rc = unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, WORKER_NICENESS)
+    };
+    if rc != 0 {
+        debug!(
+            "could not lower a login worker's priority: {}",
+            io::Error::last_os_error()
+        );
+    }
+}
+
 impl VerifierPool {
     /// Starts `threads` workers, named `argon2-0`, `argon2-1`, ...; at least one is needed.
     pub fn new(
@@ -402,7 +424,10 @@ impl VerifierPool {
             // On failure `pool` is dropped here, which stops and joins the workers started.
             let handle = thread::Builder::new()
                 .name(format!("argon2-{n}"))
-                .spawn(move || worker.run())?;
+                .spawn(move || {
+                    lower_priority();
+                    worker.run()
+                })?;
             pool.workers.push(handle);
         }
         debug!("login verifier pool: {threads} threads");

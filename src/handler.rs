@@ -13,6 +13,10 @@
 //! - Nothing is executed after a request that closes the connection: `QUIT\nPING\n` answers
 //!   `BYE` only.
 //! - PING, echo and Heartbeat allocate nothing: replies are copied into the warm output buffer.
+//! - A login is never verified here: verifying a password hash takes tens of milliseconds.
+//!   Processing stops at a LOGIN with [`Outcome::Login`] and the credentials in
+//!   [`Logins::pending`]; the reactor has them verified off the loop and calls
+//!   [`finish_login`] with the verdict. Requests after the LOGIN wait, in order.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -41,6 +45,12 @@ pub struct Session {
     pub id: SessionId,
     /// Set by `HELLO <name>`; the name is held in the [`Room`] while the session lives.
     name: Option<Box<str>>,
+    /// Set by a successful login: the user this session acts as.
+    user: Option<Box<str>>,
+    /// The user of the login being verified.
+    pending_user: Option<Box<str>>,
+    /// Failed logins on this connection; the `MAX_FAILED_LOGINS`th closes it.
+    failed_logins: u8,
 }
 
 impl Session {
@@ -49,12 +59,49 @@ impl Session {
             protocol,
             id,
             name: None,
+            user: None,
+            pending_user: None,
+            failed_logins: 0,
         }
     }
 
     pub fn name(&self) -> Option<&str> {
         self.name.as_deref()
     }
+
+    /// The user this session logged in as.
+    pub fn user(&self) -> Option<&str> {
+        self.user.as_deref()
+    }
+}
+
+/// Failed logins after which a connection is closed: guessing passwords costs a reconnect
+/// (and a handshake over TLS) every few tries.
+pub const MAX_FAILED_LOGINS: u8 = 3;
+
+/// A user name and password to verify. `Debug` never shows the password.
+pub struct Credentials {
+    pub user: Vec<u8>,
+    pub password: Vec<u8>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("user", &String::from_utf8_lossy(&self.user))
+            .field("password", &"<hidden>")
+            .finish()
+    }
+}
+
+/// The login rules, and the hand-off of a LOGIN to the reactor.
+#[derive(Debug, Default)]
+pub struct Logins {
+    /// `--require-login`: before a login only PING, LOGIN and QUIT (Heartbeat and Login
+    /// frames) are served.
+    pub required: bool,
+    /// The credentials of the LOGIN that ended the last `process` with [`Outcome::Login`].
+    pub pending: Option<Credentials>,
 }
 
 /// Limits the codecs enforce, from the command line.
@@ -109,6 +156,11 @@ pub enum Outcome {
     /// Flush the output (it ends with the error reply), then close: the client broke the
     /// protocol.
     ProtocolError,
+    /// A LOGIN: verify `Logins::pending`, then call [`finish_login`]; execute nothing of
+    /// this session until then.
+    Login,
+    /// Flush the output, then close: too many failed logins.
+    LoginFailures,
 }
 
 /// The result of one `process` call.
@@ -124,6 +176,7 @@ pub struct Context<'a> {
     pub limits: Limits,
     pub room: &'a mut Room,
     pub stats: &'a mut Stats,
+    pub logins: &'a mut Logins,
 }
 
 /// Decodes and executes complete requests from the front of `input`, appending replies to
@@ -151,7 +204,7 @@ pub fn process(
             Protocol::Frame => match frame::decode(rest, cx.limits.max_frame_bytes) {
                 Ok(Decoded::Complete { request, consumed }) => {
                     let raw = &rest[..consumed];
-                    Ok((execute_frame(request, raw, out, cx), consumed))
+                    Ok((execute_frame(session, request, raw, out, cx), consumed))
                 }
                 Ok(Decoded::Incomplete) => break,
                 Err(error) => Err(error),
@@ -201,6 +254,57 @@ impl Notice {
     }
 }
 
+/// What a session that has not logged in may do under `--require-login`.
+const LOGIN_REQUIRED: &[u8] = b"login required";
+const INVALID_CREDENTIALS: &[u8] = b"invalid credentials";
+
+/// Hands a LOGIN to the reactor: the session waits for [`finish_login`].
+fn begin_login(session: &mut Session, user: &[u8], password: &[u8], cx: &mut Context<'_>) {
+    session.pending_user = Some(String::from_utf8_lossy(user).into());
+    cx.logins.pending = Some(Credentials {
+        user: user.to_vec(),
+        password: password.to_vec(),
+    });
+}
+
+/// Answers a LOGIN that cannot be verified now (too many logins in flight): `ERR server
+/// busy, try again` or an Error frame. Not a failed login; the connection stays open.
+pub fn abandon_login(session: &mut Session, out: &mut Buffer) {
+    session.pending_user = None;
+    write_error(session.protocol, b"server busy, try again", out);
+}
+
+/// Answers a LOGIN once its password has been verified (`ok`), in the session's protocol:
+/// `OK` or `ERR invalid credentials`, a LoginAck `OK` or an Error frame. The same answer for
+/// an unknown user as for a wrong password. A session already logged in that logs in again
+/// becomes the new user on success and stays the old one on failure. Returns
+/// [`Outcome::LoginFailures`] when this was the session's `MAX_FAILED_LOGINS`th failure.
+pub fn finish_login(
+    session: &mut Session,
+    ok: bool,
+    out: &mut Buffer,
+    stats: &mut Stats,
+) -> Outcome {
+    let user = session.pending_user.take();
+    if ok && user.is_some() {
+        stats.logins += 1;
+        session.user = user;
+        match session.protocol {
+            Protocol::Line => out.extend_from_slice(b"OK\n"),
+            Protocol::Frame => write_frame(out, frame::Command::LoginAck, &[b"OK"]),
+        }
+        return Outcome::Continue;
+    }
+    stats.login_failures += 1;
+    write_error(session.protocol, INVALID_CREDENTIALS, out);
+    session.failed_logins = session.failed_logins.saturating_add(1);
+    if session.failed_logins >= MAX_FAILED_LOGINS {
+        Outcome::LoginFailures
+    } else {
+        Outcome::Continue
+    }
+}
+
 /// Writes the protocol's way of saying `notice` before a close: `ERR <text>\n` or an Error
 /// frame.
 pub fn write_notice(protocol: Protocol, notice: Notice, out: &mut Buffer) {
@@ -216,7 +320,18 @@ fn execute_line(
     out: &mut Buffer,
     cx: &mut Context<'_>,
 ) -> Outcome {
-    match line::parse(line) {
+    let command = line::parse(line);
+    if cx.logins.required && session.user.is_none() {
+        let allowed = matches!(
+            command,
+            Command::Ping { .. } | Command::Quit | Command::Login { .. }
+        ) || command == Command::Invalid(line::USAGE_LOGIN);
+        if !allowed {
+            write_error(Protocol::Line, LOGIN_REQUIRED, out);
+            return Outcome::Continue;
+        }
+    }
+    match command {
         Command::Ping { suffix: [] } => out.extend_from_slice(b"PONG\n"),
         Command::Ping { suffix } => write_line(out, &[b"PONG", suffix]),
         Command::Echo(_) if raw.len() == line.len() + 1 => out.extend_from_slice(raw),
@@ -244,6 +359,10 @@ fn execute_line(
                 return Outcome::Broadcast;
             }
         },
+        Command::Login { user, password } => {
+            begin_login(session, user, password, cx);
+            return Outcome::Login;
+        }
         Command::Invalid(reason) => write_line(out, &[b"ERR ", reason.as_bytes()]),
     }
     Outcome::Continue
@@ -272,12 +391,17 @@ fn hello(session: &mut Session, name: &[u8], out: &mut Buffer, room: &mut Room) 
 /// Executes one frame. `raw` is the frame as received, header included: a Heartbeat's reply
 /// is exactly those bytes.
 fn execute_frame(
+    session: &mut Session,
     request: Frame<'_>,
     raw: &[u8],
     out: &mut Buffer,
     cx: &mut Context<'_>,
 ) -> Outcome {
     const SERVER_SAYS: &[u8] = b"Server says: ";
+    if cx.logins.required && session.user.is_none() && request.command == frame::Command::Message {
+        write_error(Protocol::Frame, LOGIN_REQUIRED, out);
+        return Outcome::Continue;
+    }
     match request.command {
         frame::Command::Heartbeat => out.extend_from_slice(raw),
         frame::Command::Message => {
@@ -290,7 +414,13 @@ fn execute_frame(
             }
             write_frame(out, frame::Command::Message, &[SERVER_SAYS, request.body]);
         }
-        frame::Command::Login => write_frame(out, frame::Command::LoginAck, &[b"OK"]),
+        frame::Command::Login => match crate::auth::split_login_body(request.body) {
+            Some((user, password)) => {
+                begin_login(session, user, password, cx);
+                return Outcome::Login;
+            }
+            None => write_error(Protocol::Frame, b"usage: Login body is user:password", out),
+        },
         command @ (frame::Command::LoginAck | frame::Command::Error) => {
             cx.stats.protocol_errors += 1;
             let reason = format!("unexpected command {} ({})", command as u8, command.name());
@@ -338,6 +468,7 @@ mod tests {
     struct Fixture {
         room: Room,
         stats: Stats,
+        logins: Logins,
     }
 
     impl Fixture {
@@ -345,6 +476,7 @@ mod tests {
             Fixture {
                 room: Room::default(),
                 stats: Stats::default(),
+                logins: Logins::default(),
             }
         }
 
@@ -357,6 +489,7 @@ mod tests {
                 },
                 room: &mut self.room,
                 stats: &mut self.stats,
+                logins: &mut self.logins,
             };
             let processed = process(session, input, &mut out, usize::MAX, &mut cx);
             (out.data().to_vec(), processed)
@@ -436,6 +569,7 @@ mod tests {
             },
             room: &mut fixture.room,
             stats: &mut fixture.stats,
+            logins: &mut fixture.logins,
         };
         let processed = process(&mut line(1), b"PING\nPING\nPING\n", &mut out, 6, &mut cx);
         assert_eq!(out.data(), b"PONG\nPONG\n");
@@ -492,7 +626,6 @@ mod tests {
                 frame_bytes(1, b"Hello TCP World!"),
                 frame_bytes(1, b"Server says: Hello TCP World!"),
             ),
-            (frame_bytes(2, b"user:pass"), frame_bytes(3, b"OK")),
         ];
         for (input, expected) in table {
             let mut fixture = Fixture::new();
@@ -501,6 +634,61 @@ mod tests {
             assert_eq!(&out, expected);
             assert_eq!(processed.outcome, Outcome::Continue);
         }
+    }
+
+    #[test]
+    fn a_login_stops_processing_and_hands_the_credentials_over() {
+        let mut fixture = Fixture::new();
+        let mut session = Session::new(Protocol::Frame, SessionId(1));
+        let mut input = frame_bytes(2, b"ann:pw:x");
+        input.extend(frame_bytes(0, b""));
+        let (out, processed) = fixture.run(&mut session, &input);
+        assert_eq!(out, b"");
+        assert_eq!(processed.outcome, Outcome::Login);
+        assert_eq!(processed.consumed, 16, "stops right after the Login frame");
+        let credentials = fixture
+            .logins
+            .pending
+            .take()
+            .expect("credentials handed over");
+        assert_eq!(
+            (&credentials.user[..], &credentials.password[..]),
+            (&b"ann"[..], &b"pw:x"[..])
+        );
+        assert_eq!(
+            format!("{credentials:?}"),
+            r#"Credentials { user: "ann", password: "<hidden>" }"#
+        );
+
+        let mut out = Buffer::new();
+        let outcome = finish_login(&mut session, true, &mut out, &mut fixture.stats);
+        assert_eq!(
+            (outcome, out.data()),
+            (Outcome::Continue, &frame_bytes(3, b"OK")[..])
+        );
+        assert_eq!(session.user(), Some("ann"));
+        assert_eq!(fixture.stats.logins, 1);
+    }
+
+    #[test]
+    fn the_third_failed_login_ends_the_session() {
+        let mut fixture = Fixture::new();
+        let mut session = line(1);
+        for attempt in 1..=MAX_FAILED_LOGINS {
+            let (_, processed) = fixture.run(&mut session, b"LOGIN ann nope\n");
+            assert_eq!(processed.outcome, Outcome::Login);
+            let mut out = Buffer::new();
+            let outcome = finish_login(&mut session, false, &mut out, &mut fixture.stats);
+            assert_eq!(out.data(), b"ERR invalid credentials\n");
+            let expected = if attempt == MAX_FAILED_LOGINS {
+                Outcome::LoginFailures
+            } else {
+                Outcome::Continue
+            };
+            assert_eq!(outcome, expected, "attempt {attempt}");
+        }
+        assert_eq!(session.user(), None);
+        assert_eq!(fixture.stats.login_failures, 3);
     }
 
     #[test]

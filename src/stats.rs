@@ -67,6 +67,10 @@ counters! {
     slow_reader_drops,
     /// Times accept failed for lack of file descriptors (EMFILE/ENFILE).
     accept_emfile,
+    /// Successful logins.
+    logins,
+    /// Failed logins (wrong password or unknown user: one count, one answer).
+    login_failures,
 }
 
 #[cfg(test)]
@@ -85,9 +89,9 @@ mod tests {
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with("accepted=3 active=0 closed=0 "), "{text}");
         assert!(
-            text.ends_with(" slow_reader_drops=1 accept_emfile=0"),
+            text.ends_with(" slow_reader_drops=1 accept_emfile=0 logins=0 login_failures=0"),
             "{text}"
         );
-        assert_eq!(text.split(' ').count(), 19);
+        assert_eq!(text.split(' ').count(), 21);
     }
 }

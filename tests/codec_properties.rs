@@ -22,7 +22,9 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 
 use tcp_reactor::buffer::Buffer;
-use tcp_reactor::handler::{Context, Limits, Outcome, Protocol, Room, Session, SessionId, process};
+use tcp_reactor::handler::{
+    Context, Limits, Logins, Outcome, Protocol, Room, Session, SessionId, finish_login, process,
+};
 use tcp_reactor::protocol::frame::{self, Command as FrameCommand, HEADER_LEN, MAGIC};
 use tcp_reactor::protocol::line::{self, Command};
 use tcp_reactor::protocol::{Decoded, ProtocolError};
@@ -686,6 +688,7 @@ struct Transcript {
 fn serve_line_session(chunks: &[&[u8]], out_limit: usize) -> Transcript {
     let mut room = Room::default();
     let mut stats = Stats::default();
+    let mut logins = Logins::default();
     let mut session = Session::new(Protocol::Line, SessionId(1));
     let mut carry = Vec::new();
     let mut out = Buffer::new();
@@ -699,6 +702,7 @@ fn serve_line_session(chunks: &[&[u8]], out_limit: usize) -> Transcript {
                 limits: HANDLER_LIMITS,
                 room: &mut room,
                 stats: &mut stats,
+                logins: &mut logins,
             };
             let processed = process(&mut session, &carry, &mut out, out_limit, &mut cx);
             carry.drain(..processed.consumed);
@@ -709,7 +713,17 @@ fn serve_line_session(chunks: &[&[u8]], out_limit: usize) -> Transcript {
                 Outcome::Continue if over_limit => {}
                 Outcome::Continue => break,
                 Outcome::Broadcast => pushes.push(room.message.clone()),
-                ended @ (Outcome::Quit | Outcome::ProtocolError) => {
+                // As the reactor does once the workers answer; here every login fails.
+                Outcome::Login => {
+                    if finish_login(&mut session, false, &mut out, &mut stats)
+                        == Outcome::LoginFailures
+                    {
+                        replies.extend_from_slice(out.data());
+                        ended_by = Some(Outcome::LoginFailures);
+                        break 'reads;
+                    }
+                }
+                ended @ (Outcome::Quit | Outcome::ProtocolError | Outcome::LoginFailures) => {
                     ended_by = Some(ended);
                     break 'reads;
                 }

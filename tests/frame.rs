@@ -3,7 +3,7 @@
 mod common;
 
 use common::{
-    DEFAULT_MAX_FRAME, ERROR, HEARTBEAT, LOGIN, LOGIN_ACK, MESSAGE, TestServer,
+    DEFAULT_MAX_FRAME, ERROR, HEARTBEAT, LOGIN, LOGIN_ACK, MESSAGE, TestServer, UsersFile,
     expect_error_frame_then_eof, frame, header, read_frame, send, show,
 };
 use std::io::{Read, Write};
@@ -70,13 +70,21 @@ fn message_with_empty_and_binary_bodies() {
 }
 
 #[test]
-fn login_gets_login_ack_ok() {
-    let server = TestServer::start(&[]);
+fn login_gets_login_ack_ok_or_an_error_frame() {
+    let users = UsersFile::new();
+    let server = TestServer::start(&["--users", users.arg()]);
     let mut s = server.connect_frame();
+    send(&mut s, &frame(LOGIN, b"user:pass"));
+    assert_eq!(read_frame(&mut s), (LOGIN_ACK, b"OK".to_vec()));
     send(&mut s, &frame(LOGIN, b"alice:secret"));
-    assert_eq!(read_frame(&mut s), (LOGIN_ACK, b"OK".to_vec()));
+    assert_eq!(read_frame(&mut s), (ERROR, b"invalid credentials".to_vec()));
     send(&mut s, &frame(LOGIN, b""));
-    assert_eq!(read_frame(&mut s), (LOGIN_ACK, b"OK".to_vec()));
+    assert_eq!(
+        read_frame(&mut s),
+        (ERROR, b"usage: Login body is user:password".to_vec())
+    );
+    send(&mut s, &frame(HEARTBEAT, b""));
+    assert_eq!(read_frame(&mut s), (HEARTBEAT, Vec::new()));
 }
 
 #[test]
@@ -99,8 +107,8 @@ fn many_frames_in_one_write_are_answered_in_order() {
                 expected.push((MESSAGE, want));
             }
             _ => {
-                bytes.extend(frame(LOGIN, &body));
-                expected.push((LOGIN_ACK, b"OK".to_vec()));
+                bytes.extend(frame(HEARTBEAT, b""));
+                expected.push((HEARTBEAT, Vec::new()));
             }
         }
     }
@@ -214,8 +222,10 @@ fn max_frame_flag_accepts_max_and_refuses_max_plus_one() {
     let body16 = b"0123456789abcdef";
     send(&mut s, &frame(HEARTBEAT, body16));
     assert_eq!(read_frame(&mut s), (HEARTBEAT, body16.to_vec()));
-    send(&mut s, &frame(LOGIN, body16));
-    assert_eq!(read_frame(&mut s), (LOGIN_ACK, b"OK".to_vec()));
+    send(&mut s, &frame(MESSAGE, body16));
+    let mut reply = b"Server says: ".to_vec();
+    reply.extend_from_slice(body16);
+    assert_eq!(read_frame(&mut s), (MESSAGE, reply));
 
     let mut s = server.connect_frame();
     // Header and body both sent: the unread body must not turn the close into a reset.

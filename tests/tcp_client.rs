@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{IO_TIMEOUT, TestCert, TestServer, after, connect, send};
+use common::{IO_TIMEOUT, TestCert, TestServer, UsersFile, after, connect, send};
 use std::ffi::OsStr;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener};
@@ -216,9 +216,10 @@ fn frame_message_prints_server_says() {
 
 #[test]
 fn frame_login_prints_login_ack() {
-    let server = TestServer::start(&[]);
+    let users = UsersFile::new();
+    let server = TestServer::start(&["--users", users.arg()]);
     let addr = server.frame_addr().to_string();
-    let out = run(&["frame", "login", "ann", "secret", "--addr", &addr], b"");
+    let out = run(&["frame", "login", "user", "pass", "--addr", &addr], b"");
     assert_run(&out, 0, "LoginAck OK\n", "");
 }
 
@@ -453,7 +454,12 @@ fn line_connection_reset_exits_1() {
 
 /// The real server with TLS listeners for both protocols, certified by `cert`.
 fn tls_server(cert: &TestCert) -> TestServer {
-    TestServer::start(&[
+    tls_server_with(cert, &[])
+}
+
+/// [`tls_server`] with more server arguments.
+fn tls_server_with(cert: &TestCert, extra: &[&str]) -> TestServer {
+    let mut args = vec![
         "--line-tls-addr",
         "127.0.0.1:0",
         "--frame-tls-addr",
@@ -462,7 +468,9 @@ fn tls_server(cert: &TestCert) -> TestServer {
         cert.cert_arg(),
         "--tls-key",
         cert.key_arg(),
-    ])
+    ];
+    args.extend_from_slice(extra);
+    TestServer::start(&args)
 }
 
 /// The one line `--insecure` prints on stderr.
@@ -492,7 +500,8 @@ fn tls_line_session_prints_every_reply() {
 #[test]
 fn tls_frame_exchanges_print_as_without_tls() {
     let cert = TestCert::new();
-    let server = tls_server(&cert);
+    let users = UsersFile::new();
+    let server = tls_server_with(&cert, &["--users", users.arg()]);
     let addr = server.frame_tls_addr().to_string();
     let cases: &[(&[&str], &str)] = &[
         (&["frame", "heartbeat"], "Heartbeat\n"),
@@ -500,7 +509,7 @@ fn tls_frame_exchanges_print_as_without_tls() {
             &["frame", "message", "hello there"],
             "Message Server says: hello there\n",
         ),
-        (&["frame", "login", "ann", "secret"], "LoginAck OK\n"),
+        (&["frame", "login", "user", "pass"], "LoginAck OK\n"),
     ];
     for (request, stdout) in cases {
         let mut args = request.to_vec();

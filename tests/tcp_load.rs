@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{TestCert, TestServer};
+use common::{TestCert, TestServer, UsersFile};
 use serde_json::Value;
 
 /// How long one tcp-load run may take before the test fails.
@@ -99,7 +99,6 @@ fn every_workload_completes_exactly_n_requests() {
         (&line, "line", "raw", &["--request", "PING"]),
         (&frame, "frame", "heartbeat", &["--size", "16"]),
         (&frame, "frame", "message", &[]),
-        (&frame, "frame", "login", &[]),
     ];
     const N: u64 = 3000;
     for &(addr, protocol, workload, extra) in cases {
@@ -140,6 +139,34 @@ fn every_workload_completes_exactly_n_requests() {
         let after = server.stats()["requests"];
         assert_eq!(after - before, N + 1, "{context}: the server executed");
     }
+}
+
+/// Logins are verified for real (argon2id, tens of milliseconds each), so fewer of them: the
+/// `login` workload's `user:pass` is in the users file, and every Login gets its LoginAck.
+#[test]
+fn the_login_workload_is_verified_against_the_users_file() {
+    let users = UsersFile::new();
+    let server = TestServer::start(&["--users", users.arg()]);
+    let run = tcp_load(&[
+        "--addr",
+        &server.frame_addr().to_string(),
+        "--protocol",
+        "frame",
+        "--workload",
+        "login",
+        "--requests",
+        "40",
+        "--connections",
+        "4",
+        "--pipeline",
+        "2",
+        "--json",
+    ]);
+    assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
+    let json = run.json();
+    assert_eq!(json["requests"], 40, "{json}");
+    assert_no_errors(&json, "frame/login");
+    assert_eq!(server.stats()["logins"], 40);
 }
 
 #[test]

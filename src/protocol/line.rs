@@ -120,6 +120,9 @@ pub enum Command<'a> {
     Hello(&'a [u8]),
     /// `SAY <text>` with non-empty text, verbatim (may contain spaces and any bytes).
     Say(&'a [u8]),
+    /// `LOGIN <user> <password>`: the user is the first word, the password everything after
+    /// the space that ends it (it may contain spaces); neither is empty.
+    Login { user: &'a [u8], password: &'a [u8] },
     /// A known verb used wrongly. Holds the reason without the `ERR ` prefix;
     /// the connection stays open.
     Invalid(&'static str),
@@ -131,6 +134,8 @@ const USAGE_QUIT: &str = "usage: QUIT";
 const USAGE_STATS: &str = "usage: STATS";
 const USAGE_HELLO: &str = "usage: HELLO <name>";
 const USAGE_SAY: &str = "usage: SAY <text>";
+/// Public: a session that must log in first may still be told how to.
+pub const USAGE_LOGIN: &str = "usage: LOGIN <user> <password>";
 const INVALID_NAME: &str = "invalid name: use 1-32 of A-Z a-z 0-9 _ -";
 
 /// Names the command in one line (as returned by [`decode`]). Never fails: a line that is
@@ -166,6 +171,15 @@ pub fn parse(line: &[u8]) -> Command<'_> {
             None | Some([]) => Command::Invalid(USAGE_SAY),
             Some(text) => Command::Say(text),
         },
+        LOGIN => match args.and_then(|args| {
+            let space = args.iter().position(|&b| b == b' ')?;
+            Some((&args[..space], &args[space + 1..]))
+        }) {
+            Some((user, password)) if !user.is_empty() && !password.is_empty() => {
+                Command::Login { user, password }
+            }
+            _ => Command::Invalid(USAGE_LOGIN),
+        },
         _ => Command::Echo(line),
     }
 }
@@ -194,6 +208,7 @@ const QUIT: u64 = fold(b"QUIT");
 const STATS: u64 = fold(b"STATS");
 const HELLO: u64 = fold(b"HELLO");
 const SAY: u64 = fold(b"SAY");
+const LOGIN: u64 = fold(b"LOGIN");
 
 /// A name is 1..=32 bytes of `A-Z a-z 0-9 _ -`: printable in any reply, never containing the
 /// space that separates a `MSG <name> <text>` line's fields.
@@ -464,6 +479,32 @@ mod tests {
             (b"say hi there", Command::Say(b"hi there")),
             (b"SaY  padded ", Command::Say(b" padded ")),
             (b"SAY \xff\x00", Command::Say(b"\xff\x00")),
+            (
+                b"LOGIN ann s3cret",
+                Command::Login {
+                    user: b"ann",
+                    password: b"s3cret",
+                },
+            ),
+            (
+                b"login ann correct horse battery",
+                Command::Login {
+                    user: b"ann",
+                    password: b"correct horse battery",
+                },
+            ),
+            (
+                b"LoGiN ann  x",
+                Command::Login {
+                    user: b"ann",
+                    password: b" x",
+                },
+            ),
+            (b"LOGIN", Command::Invalid(USAGE_LOGIN)),
+            (b"LOGIN ann", Command::Invalid(USAGE_LOGIN)),
+            (b"LOGIN ann ", Command::Invalid(USAGE_LOGIN)),
+            (b"LOGIN  ann pw", Command::Invalid(USAGE_LOGIN)),
+            (b"LOGINS ann pw", Command::Echo(b"LOGINS ann pw")),
         ];
         for &(line, expected) in cases {
             assert_eq!(parse(line), expected, "{:?}", String::from_utf8_lossy(line));

@@ -6,8 +6,10 @@
 //!   Open  ----------------------->  Paused
 //!    |    <-----------------------    |
 //!    |       output < LOW_WATER       |
+//!    |  LOGIN           result
+//!    +--------> Verifying ------> Open    (a password is being checked off the loop)
 //!    |                                |    QUIT, protocol error, peer EOF, idle timeout,
-//!    +----------------+---------------+    server full, shutdown
+//!    +----------------+---------------+    server full, shutdown, failed logins
 //!                     v
 //!              Draining(reason)   flush every reply owed; input is read and discarded
 //!                     |  output empty: shutdown(Write) sends our FIN
@@ -72,6 +74,8 @@ pub enum CloseReason {
     IdleTimeout,
     /// A request took longer than `--request-timeout` to arrive.
     RequestTimeout,
+    /// Too many failed logins on this connection.
+    LoginFailures,
     /// Over `--max-connections`.
     ServerFull,
     /// The server is shutting down.
@@ -85,6 +89,9 @@ pub enum State {
     /// Replies are piling up unread: no reading or executing until they drain below
     /// `LOW_WATER`.
     Paused,
+    /// A LOGIN is being verified on the worker pool: no reading or executing until the
+    /// verdict comes back; the requests after the LOGIN wait in `input`, in order.
+    Verifying,
     /// No more requests: flush what is owed, then send our FIN.
     Draining(CloseReason),
     /// Our FIN is sent: discard input until the peer's EOF, then close.
@@ -216,7 +223,7 @@ impl Connection {
     /// deadline, the moment its buffers may be given back, or its linger deadline.
     pub fn deadline(&self, timeouts: Timeouts) -> Option<Instant> {
         match self.state {
-            State::Open | State::Paused => {
+            State::Open | State::Paused | State::Verifying => {
                 let idle = timeouts.idle.map(|timeout| self.last_activity + timeout);
                 let quiet = self.holds_idle_memory().then(|| self.last_activity + QUIET);
                 [idle, quiet, self.request_deadline(timeouts)]

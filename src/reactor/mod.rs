@@ -44,6 +44,7 @@ pub mod token;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use log::{Level, debug, info, log_enabled, trace};
@@ -52,9 +53,10 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
+use crate::auth::{LoginJob, LoginResult, Users, VerifierPool};
 use crate::buffer::{Buffer, HIGH_WATER, LOW_WATER, PUSH_CAP};
 use crate::config::Config;
-use crate::handler::{self, Context, Limits, Notice, Outcome, Room};
+use crate::handler::{self, Context, Limits, Logins, Notice, Outcome, Room};
 use crate::stats::Stats;
 use crate::timer_wheel::{TimerId, TimerWheel};
 use connection::{CloseReason, Connection, QUIET, State, Timeouts, read_some};
@@ -107,14 +109,33 @@ enum Timer {
     ResumeAccept,
 }
 
+/// Logins being verified at once, all connections together. Past this a LOGIN is answered
+/// `ERR server busy, try again` at once: a flood of logins must not queue minutes of hashing
+/// (each takes tens of milliseconds of a worker's CPU).
+const MAX_LOGINS_IN_FLIGHT: usize = 256;
+
 /// Asks a running [`Server`] (on another thread) to shut down gracefully, as SIGTERM does.
 #[derive(Clone)]
-pub struct ShutdownHandle(Arc<Waker>);
+pub struct ShutdownHandle {
+    waker: Arc<Waker>,
+    requested: Arc<AtomicBool>,
+}
 
 impl ShutdownHandle {
     pub fn shutdown(&self) -> io::Result<()> {
-        self.0.wake()
+        // The waker is shared with the login workers: the flag says which of them woke us.
+        self.requested.store(true, Ordering::SeqCst);
+        self.waker.wake()
     }
+}
+
+/// Worker threads for password hashing: all cores but the loop's, at least one, at most
+/// four. They run at a lower priority than the loop (`auth`), so logins slow down before
+/// the other clients do.
+fn login_threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get().saturating_sub(1))
+        .clamp(1, 4)
 }
 
 /// One reactor: its poll, listeners, connections, timers and counters.
@@ -127,7 +148,16 @@ pub struct Server {
     /// The certificate and settings of the TLS listeners, if any.
     tls_config: Option<Arc<rustls::ServerConfig>>,
     signals: Signals,
+    /// Woken by a [`ShutdownHandle`] (which sets `shutdown_requested`) and by the login
+    /// workers (which leave a result in their channel).
     waker: Arc<Waker>,
+    shutdown_requested: Arc<AtomicBool>,
+    /// Verifies passwords off the loop; see docs/ARCHITECTURE.md, "Blocking work".
+    verifier: VerifierPool,
+    /// Jobs given to `verifier` whose result has not come back yet.
+    logins_in_flight: usize,
+    /// `--require-login`, and the credentials of a LOGIN on their way to `verifier`.
+    logins: Logins,
     connections: Slab<Connection>,
     /// The generation given to the last connection accepted.
     generation: u32,
@@ -173,6 +203,18 @@ impl Server {
         let mut signals = Signals::new([SIGINT, SIGTERM])?;
         registry.register(&mut signals, token::SIGNALS, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(registry, token::WAKER)?);
+        let users = match &config.users {
+            Some(path) => {
+                let users =
+                    Users::load(path).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                info!("{} user(s) from {}", users.len(), path.display());
+                users
+            }
+            // No users: every login is refused, after the same work as a wrong password.
+            None => Users::parse("").map_err(|e| io::Error::other(e.to_string()))?,
+        };
+        let verifier = VerifierPool::new(Arc::new(users), login_threads(), Arc::clone(&waker))?;
+        let require_login = config.require_login;
         let now = Instant::now();
         Ok(Server {
             limits: Limits {
@@ -186,6 +228,13 @@ impl Server {
             tls_config,
             signals,
             waker,
+            shutdown_requested: Arc::new(AtomicBool::new(false)),
+            verifier,
+            logins_in_flight: 0,
+            logins: Logins {
+                required: require_login,
+                pending: None,
+            },
             connections: Slab::new(),
             generation: 0,
             rejecting: 0,
@@ -225,7 +274,10 @@ impl Server {
     }
 
     pub fn shutdown_handle(&self) -> ShutdownHandle {
-        ShutdownHandle(Arc::clone(&self.waker))
+        ShutdownHandle {
+            waker: Arc::clone(&self.waker),
+            requested: Arc::clone(&self.shutdown_requested),
+        }
     }
 
     /// Serves until a shutdown has completed; returns the final counters.
@@ -326,7 +378,7 @@ impl Server {
         for event in events.iter() {
             match event.token() {
                 token::SIGNALS => self.on_signals(),
-                token::WAKER => self.begin_shutdown("shutdown requested"),
+                token::WAKER => self.on_wake(),
                 listener if let Some(id) = ListenerId::of_token(listener) => self.accept_ready(id),
                 conn => {
                     let readiness = if event.is_read_closed() || event.is_error() {
@@ -415,7 +467,7 @@ impl Server {
             let conn = &mut self.connections[key];
             match conn.state() {
                 State::Open => {}
-                State::Paused => return,
+                State::Paused | State::Verifying => return,
                 State::Draining(_) | State::Lingering(_) => return self.discard_input(key),
             }
             match conn.receive(&mut self.scratch_in) {
@@ -490,6 +542,7 @@ impl Server {
                 limits: self.limits,
                 room: &mut self.room,
                 stats: &mut self.stats,
+                logins: &mut self.logins,
             };
             let processed = handler::process(&mut conn.session, input, out, out_limit, &mut cx);
             let over_limit = out.len() >= out_limit;
@@ -511,6 +564,8 @@ impl Server {
                 Outcome::Broadcast => self.broadcast(key),
                 Outcome::Quit => self.drain(key, CloseReason::Quit),
                 Outcome::ProtocolError => self.drain(key, CloseReason::ProtocolError),
+                Outcome::Login => self.start_login(key),
+                Outcome::LoginFailures => self.drain(key, CloseReason::LoginFailures),
             }
         }
         let conn = &mut self.connections[key];
@@ -796,7 +851,7 @@ impl Server {
         let conn = &mut self.connections[key];
         let token = conn.token;
         match conn.state() {
-            State::Open | State::Paused => {
+            State::Open | State::Paused | State::Verifying => {
                 let idle = timeouts
                     .idle
                     .is_some_and(|timeout| now >= conn.last_activity + timeout);
@@ -880,25 +935,124 @@ impl Server {
             let Some(key) = self.key_of(token) else {
                 continue;
             };
-            if self.connections[key].state() == State::Paused {
-                self.connections[key].set_state(State::Open);
-            }
-            if self.connections[key].may_execute() {
-                // What arrived before the signal is answered: execute held-back requests,
-                // then read what the socket holds.
-                self.execute(key, 0);
-                self.read_ready(key, usize::MAX, true);
-            }
-            let Some(key) = self.key_of(token) else {
+            if self.connections[key].state() == State::Verifying {
+                // Its LOGIN is answered first: `finish_login` closes it.
                 continue;
+            }
+            self.shut_down_connection(key);
+        }
+    }
+
+    /// A connection's part of a shutdown: answer what it sent before the signal, then close.
+    fn shut_down_connection(&mut self, key: usize) {
+        let token = self.connections[key].token;
+        if self.connections[key].state() == State::Paused {
+            self.connections[key].set_state(State::Open);
+        }
+        if self.connections[key].may_execute() {
+            // What arrived before the signal is answered: execute held-back requests,
+            // then read what the socket holds.
+            self.execute(key, 0);
+            self.read_ready(key, usize::MAX, true);
+        }
+        let Some(key) = self.key_of(token) else {
+            return;
+        };
+        if self.connections[key].state() == State::Verifying {
+            return; // a LOGIN among the requests just read: `finish_login` comes back here
+        }
+        if !self.connections[key].is_closing() {
+            self.drain(key, CloseReason::Shutdown);
+        }
+        self.flush(key);
+        if self.key_of(token).is_some() {
+            self.arm_timer(key);
+        }
+    }
+
+    /// The waker fired: a shutdown was requested, or login results are waiting (or both).
+    fn on_wake(&mut self) {
+        if self.shutdown_requested.swap(false, Ordering::SeqCst) {
+            self.begin_shutdown("shutdown requested");
+        }
+        while let Some(result) = self.verifier.try_recv() {
+            self.logins_in_flight = self.logins_in_flight.saturating_sub(1);
+            self.finish_login(result);
+        }
+    }
+
+    /// Hands the LOGIN that stopped `execute` to the workers; the connection waits in
+    /// `Verifying`. Over `MAX_LOGINS_IN_FLIGHT` it is answered "busy" at once instead.
+    fn start_login(&mut self, key: usize) {
+        let Some(credentials) = self.logins.pending.take() else {
+            return;
+        };
+        let conn = &mut self.connections[key];
+        if self.logins_in_flight >= MAX_LOGINS_IN_FLIGHT {
+            drop(credentials);
+            let out = if conn.output.is_empty() {
+                &mut self.scratch_out
+            } else {
+                &mut conn.output
             };
-            if !self.connections[key].is_closing() {
-                self.drain(key, CloseReason::Shutdown);
-            }
-            self.flush(key);
-            if self.key_of(token).is_some() {
-                self.arm_timer(key);
-            }
+            handler::abandon_login(&mut conn.session, out);
+            return;
+        }
+        trace!(
+            "conn={} login for {:?} sent to the workers",
+            token::show(conn.token),
+            String::from_utf8_lossy(&credentials.user)
+        );
+        self.verifier.submit(LoginJob {
+            ticket: conn.token.0 as u64,
+            user: credentials.user,
+            password: credentials.password,
+        });
+        self.logins_in_flight += 1;
+        conn.set_state(State::Verifying);
+    }
+
+    /// A verdict from the workers: answer the LOGIN, then go on with the requests that
+    /// waited behind it. A verdict for a connection that has gone, or has begun closing
+    /// meanwhile (idle timeout, shutdown timeout), is dropped.
+    fn finish_login(&mut self, result: LoginResult) {
+        let token = Token(result.ticket as usize);
+        let Some(key) = self.key_of(token) else {
+            trace!(
+                "conn={} login result for a closed connection",
+                token::show(token)
+            );
+            return;
+        };
+        let conn = &mut self.connections[key];
+        if conn.state() != State::Verifying {
+            return;
+        }
+        debug!(
+            "conn={} login {}",
+            token::show(token),
+            if result.ok { "accepted" } else { "refused" }
+        );
+        let outcome = handler::finish_login(
+            &mut conn.session,
+            result.ok,
+            &mut conn.output,
+            &mut self.stats,
+        );
+        conn.set_state(State::Open);
+        if outcome == Outcome::LoginFailures {
+            conn.input.clear();
+            self.drain(key, CloseReason::LoginFailures);
+        } else if self.shutdown_deadline.is_some() {
+            self.shut_down_connection(key);
+            return;
+        } else {
+            // The requests held behind the LOGIN, then whatever the socket holds.
+            self.revisit.push(token);
+        }
+        self.flush(key);
+        if self.key_of(token).is_some() {
+            self.arm_timer(key);
         }
     }
 

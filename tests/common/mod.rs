@@ -44,7 +44,7 @@ pub const ERROR: u8 = 4;
 pub const DEFAULT_MAX_FRAME: u32 = 10 * 1024 * 1024;
 
 /// Every key of the STATS line, in the order the spec lists them.
-pub const STATS_KEYS: [&str; 19] = [
+pub const STATS_KEYS: [&str; 21] = [
     "accepted",
     "active",
     "closed",
@@ -64,6 +64,8 @@ pub const STATS_KEYS: [&str; 19] = [
     "backpressure_pauses",
     "slow_reader_drops",
     "accept_emfile",
+    "logins",
+    "login_failures",
 ];
 
 /// A running `tcp-reactor` child process.
@@ -81,21 +83,27 @@ impl TestServer {
     /// Spawns the binary on two port-0 listeners plus `args`, and waits until it has logged
     /// both bound addresses.
     pub fn start(args: &[&str]) -> TestServer {
-        Self::spawn(args, None)
+        Self::spawn(args, None, "info")
+    }
+
+    /// Like `start`, logging at `RUST_LOG=level` (`trace` shows every read, write and
+    /// state change).
+    pub fn start_logging(args: &[&str], level: &str) -> TestServer {
+        Self::spawn(args, None, level)
     }
 
     /// Like `start`, with RLIMIT_NOFILE (soft and hard) set to `limit` in the child, so the
     /// server runs out of descriptors at a known point.
     pub fn start_with_fd_limit(args: &[&str], limit: u64) -> TestServer {
-        Self::spawn(args, Some(limit))
+        Self::spawn(args, Some(limit), "info")
     }
 
-    fn spawn(args: &[&str], fd_limit: Option<u64>) -> TestServer {
+    fn spawn(args: &[&str], fd_limit: Option<u64>, log_level: &str) -> TestServer {
         let mut command = Command::new(env!("CARGO_BIN_EXE_tcp-reactor"));
         command
             .args(["--line-addr", "127.0.0.1:0", "--frame-addr", "127.0.0.1:0"])
             .args(args)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", log_level)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -706,5 +714,44 @@ impl TestCert {
 impl Drop for TestCert {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A users file (`--users`) made at run time, removed on drop: `ann` with password
+/// `correct horse`, `bob` with `hunter2-Xyzzy`, and `user` with `pass` (what tcp-load's
+/// `login` workload and tcp-client's examples send).
+pub struct UsersFile {
+    pub path: std::path::PathBuf,
+}
+
+impl UsersFile {
+    pub fn new() -> UsersFile {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("tcp-reactor-users-{}-{n}", std::process::id()));
+        let mut text = String::from("# name:argon2id hash\n");
+        for (name, password) in [
+            ("ann", "correct horse"),
+            ("bob", "hunter2-Xyzzy"),
+            ("user", "pass"),
+        ] {
+            let line = tcp_reactor::auth::hash_line(name, password.as_bytes()).expect("hash");
+            text.push_str(&line);
+            text.push('\n');
+        }
+        std::fs::write(&path, text).expect("write the users file");
+        UsersFile { path }
+    }
+
+    /// The path as a `&str`, for command lines.
+    pub fn arg(&self) -> &str {
+        self.path.to_str().expect("temp paths are UTF-8")
+    }
+}
+
+impl Drop for UsersFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
     }
 }
