@@ -56,6 +56,7 @@ echo "== building"
 command -v openssl >/dev/null || { echo "openssl is required (for the TLS listener's certificate)" >&2; exit 1; }
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
     -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
+    -addext basicConstraints=critical,CA:FALSE \
     -keyout "$WORK/key.pem" -out "$WORK/cert.pem" 2>/dev/null \
     || { echo "openssl could not make a certificate" >&2; exit 1; }
 printf 'pass\n' | "$BIN/tcp-reactor" passwd user >"$WORK/users.txt" \

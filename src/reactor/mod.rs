@@ -737,7 +737,10 @@ impl Server {
                 }
                 Ok(Some(n)) => {
                     trace!("conn={} discarded {n} bytes", token::show(token));
-                    self.stats.bytes_in += n as u64;
+                    // Over TLS these are records, not protocol bytes: not counted.
+                    if conn.tls.is_none() {
+                        self.stats.bytes_in += n as u64;
+                    }
                 }
                 Ok(None) => {
                     self.stats.read_would_block += 1;
