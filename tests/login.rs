@@ -243,3 +243,35 @@ fn verified_logins_leave_no_memory_resident() {
         "RSS {before} KiB before 20 logins, {after} KiB after"
     );
 }
+
+#[test]
+fn past_256_logins_in_flight_the_next_is_told_to_try_again() {
+    let users = UsersFile::new();
+    let server = TestServer::start(&["--users", users.arg()]);
+    // 300 connections, one LOGIN each, sent before any verdict can be back for most of them:
+    // each verification takes tens of milliseconds, so 256 are queued and the rest refused.
+    let mut streams: Vec<TcpStream> = (0..300).map(|_| server.connect_line()).collect();
+    for stream in &mut streams {
+        stream.write_all(b"LOGIN user wrong\n").unwrap();
+    }
+    let (mut busy, mut verified) = (0, 0);
+    for stream in &mut streams {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut reply = [0u8; 64];
+        let n = std::io::Read::read(stream, &mut reply).unwrap();
+        match &reply[..n] {
+            b"ERR server busy, try again\n" => busy += 1,
+            b"ERR invalid credentials\n" => verified += 1,
+            other => panic!("unexpected reply {}", show(other)),
+        }
+    }
+    assert!(busy >= 1, "none refused: {verified} verified");
+    assert!(verified >= 256, "only {verified} verified, {busy} refused");
+    // A refusal is not a failed login, and the connection stays usable.
+    let stats = server.stats();
+    assert_eq!(stats["login_failures"], verified, "{stats:?}");
+    streams[0].write_all(b"PING\n").unwrap();
+    expect_bytes(&mut streams[0], b"PONG\n");
+}
