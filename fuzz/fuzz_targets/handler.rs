@@ -15,7 +15,10 @@
 //! - when it stops for more input, what is left is an incomplete request (never a whole one
 //!   left behind), held within one maximal request;
 //! - when it stops at the output limit, the output is at the limit;
-//! - a push is `MSG <this session's name> <text>\n`, after an `OK`.
+//! - a push is `MSG <this session's name> <text>\n`, after an `OK`;
+//! - a LOGIN stops processing with its credentials handed over; the verdict (`user`/`pass`
+//!   is right, anything else wrong) is answered as the reactor would, and the third failure
+//!   ends the session.
 //!
 //! On the transcript (replies, pushes, counters, how the session ended):
 //! - line: one reply line per request, plus one `ERR` for a refused line;
@@ -29,7 +32,9 @@
 
 use libfuzzer_sys::fuzz_target;
 use tcp_reactor::buffer::Buffer;
-use tcp_reactor::handler::{Context, Limits, Outcome, Protocol, Room, Session, SessionId, process};
+use tcp_reactor::handler::{
+    Context, Limits, Logins, Outcome, Protocol, Room, Session, SessionId, finish_login, process,
+};
 use tcp_reactor::protocol::frame::{self, Command};
 use tcp_reactor::protocol::{Decoded, line};
 use tcp_reactor::stats::Stats;
@@ -76,6 +81,7 @@ struct Transcript {
 fn serve(protocol: Protocol, limits: Limits, reads: &[&[u8]], out_limit: usize) -> Transcript {
     let mut room = Room::default();
     let mut stats = Stats::default();
+    let mut logins = Logins::default();
     let mut out = Buffer::new();
 
     // The peer joins under the server's default limits: the fuzzed ones may be too small.
@@ -87,6 +93,7 @@ fn serve(protocol: Protocol, limits: Limits, reads: &[&[u8]], out_limit: usize) 
         },
         room: &mut room,
         stats: &mut stats,
+        logins: &mut logins,
     };
     process(&mut peer, b"HELLO peer\n", &mut out, usize::MAX, &mut cx);
     assert_eq!(out.data(), b"WELCOME peer\n");
@@ -105,6 +112,7 @@ fn serve(protocol: Protocol, limits: Limits, reads: &[&[u8]], out_limit: usize) 
                 limits,
                 room: &mut room,
                 stats: &mut stats,
+                logins: &mut logins,
             };
             let processed = process(&mut session, &carry, &mut out, out_limit, &mut cx);
             let consumed = processed.consumed;
@@ -139,7 +147,18 @@ fn serve(protocol: Protocol, limits: Limits, reads: &[&[u8]], out_limit: usize) 
                     assert!(replies.ends_with(b"OK\n"), "SAY not answered OK");
                     pushes.push(room.message.clone());
                 }
-                ended @ (Outcome::Quit | Outcome::ProtocolError) => {
+                Outcome::Login => {
+                    let credentials = logins.pending.take().expect("a LOGIN hands over");
+                    let ok = credentials.user == b"user" && credentials.password == b"pass";
+                    let verdict = finish_login(&mut session, ok, &mut out, &mut stats);
+                    replies.extend_from_slice(out.data());
+                    out.clear();
+                    if verdict == Outcome::LoginFailures {
+                        ended_by = Some(verdict);
+                        break 'reads;
+                    }
+                }
+                ended @ (Outcome::Quit | Outcome::ProtocolError | Outcome::LoginFailures) => {
                     ended_by = Some(ended);
                     break 'reads;
                 }
@@ -206,6 +225,13 @@ fn check_transcript(protocol: Protocol, transcript: &Transcript) {
                 frames += 1;
                 match request.command {
                     Command::Heartbeat | Command::Message | Command::LoginAck => {}
+                    // Login errors leave the session open; any other Error frame ends it.
+                    Command::Error
+                        if [
+                            &b"invalid credentials"[..],
+                            b"usage: Login body is user:password",
+                        ]
+                        .contains(&request.body) => {}
                     Command::Error => {
                         assert!(refused, "an Error frame, yet the session goes on");
                         assert!(rest.is_empty(), "replies after an Error frame");

@@ -125,6 +125,18 @@ fn spec_parse(line: &[u8]) -> Command<'_> {
             None | Some([]) => Command::Invalid("usage: SAY <text>"),
             Some(text) => Command::Say(text),
         }
+    } else if is(b"LOGIN") {
+        // The user is the first word of the arguments, the password the rest; both non-empty.
+        let split = args.and_then(|args| {
+            let space = args.iter().position(|&b| b == b' ')?;
+            Some((&args[..space], &args[space + 1..]))
+        });
+        match split {
+            Some((user, password)) if !user.is_empty() && !password.is_empty() => {
+                Command::Login { user, password }
+            }
+            _ => Command::Invalid("usage: LOGIN <user> <password>"),
+        }
     } else {
         Command::Echo(line)
     }
