@@ -190,13 +190,18 @@ pub fn process(
     cx: &mut Context<'_>,
 ) -> Processed {
     let mut consumed = 0;
+    // Looked up once: a session's login changes only between calls (a LOGIN ends the call).
+    let gated = cx.logins.required && session.user.is_none();
     while consumed < input.len() && out.len() < out_limit {
         let rest = &input[consumed..];
         let step = match session.protocol {
             Protocol::Line => match line::decode(rest, cx.limits.max_line_bytes) {
                 Ok(Decoded::Complete { request, consumed }) => {
                     let raw = &rest[..consumed];
-                    Ok((execute_line(session, request, raw, out, cx), consumed))
+                    Ok((
+                        execute_line(session, request, raw, gated, out, cx),
+                        consumed,
+                    ))
                 }
                 Ok(Decoded::Incomplete) => break,
                 Err(error) => Err(error),
@@ -204,7 +209,10 @@ pub fn process(
             Protocol::Frame => match frame::decode(rest, cx.limits.max_frame_bytes) {
                 Ok(Decoded::Complete { request, consumed }) => {
                     let raw = &rest[..consumed];
-                    Ok((execute_frame(session, request, raw, out, cx), consumed))
+                    Ok((
+                        execute_frame(session, request, raw, gated, out, cx),
+                        consumed,
+                    ))
                 }
                 Ok(Decoded::Incomplete) => break,
                 Err(error) => Err(error),
@@ -317,29 +325,28 @@ fn execute_line(
     session: &mut Session,
     line: &[u8],
     raw: &[u8],
+    gated: bool,
     out: &mut Buffer,
     cx: &mut Context<'_>,
 ) -> Outcome {
-    let command = line::parse(line);
-    if cx.logins.required && session.user.is_none() {
-        let allowed = matches!(
-            command,
-            Command::Ping { .. } | Command::Quit | Command::Login { .. }
-        ) || command == Command::Invalid(line::USAGE_LOGIN);
-        if !allowed {
-            write_error(Protocol::Line, LOGIN_REQUIRED, out);
-            return Outcome::Continue;
-        }
-    }
-    match command {
+    match line::parse(line) {
+        // PING, QUIT and LOGIN come before the gate, so they pay nothing for it.
         Command::Ping { suffix: [] } => out.extend_from_slice(b"PONG\n"),
         Command::Ping { suffix } => write_line(out, &[b"PONG", suffix]),
-        Command::Echo(_) if raw.len() == line.len() + 1 => out.extend_from_slice(raw),
-        Command::Echo(bytes) => write_line(out, &[bytes]),
         Command::Quit => {
             out.extend_from_slice(b"BYE\n");
             return Outcome::Quit;
         }
+        Command::Login { user, password } => {
+            begin_login(session, user, password, cx);
+            return Outcome::Login;
+        }
+        Command::Invalid(line::USAGE_LOGIN) => {
+            write_error(Protocol::Line, line::USAGE_LOGIN.as_bytes(), out)
+        }
+        _ if gated => write_error(Protocol::Line, LOGIN_REQUIRED, out),
+        Command::Echo(_) if raw.len() == line.len() + 1 => out.extend_from_slice(raw),
+        Command::Echo(bytes) => write_line(out, &[bytes]),
         Command::Stats => {
             out.extend_from_slice(b"STATS ");
             // Writing into a Buffer cannot fail.
@@ -359,10 +366,6 @@ fn execute_line(
                 return Outcome::Broadcast;
             }
         },
-        Command::Login { user, password } => {
-            begin_login(session, user, password, cx);
-            return Outcome::Login;
-        }
         Command::Invalid(reason) => write_line(out, &[b"ERR ", reason.as_bytes()]),
     }
     Outcome::Continue
@@ -394,16 +397,14 @@ fn execute_frame(
     session: &mut Session,
     request: Frame<'_>,
     raw: &[u8],
+    gated: bool,
     out: &mut Buffer,
     cx: &mut Context<'_>,
 ) -> Outcome {
     const SERVER_SAYS: &[u8] = b"Server says: ";
-    if cx.logins.required && session.user.is_none() && request.command == frame::Command::Message {
-        write_error(Protocol::Frame, LOGIN_REQUIRED, out);
-        return Outcome::Continue;
-    }
     match request.command {
         frame::Command::Heartbeat => out.extend_from_slice(raw),
+        frame::Command::Message if gated => write_error(Protocol::Frame, LOGIN_REQUIRED, out),
         frame::Command::Message => {
             let body_len = SERVER_SAYS.len() + request.body.len();
             if u32::try_from(body_len).is_err() {

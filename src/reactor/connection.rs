@@ -146,6 +146,7 @@ impl Connection {
 
     /// Request bytes from the peer: `Ok(Some(n))`, `Ok(Some(0))` at the end of the stream,
     /// `Ok(None)` when there are none for now. Plaintext from rustls over TLS.
+    #[inline]
     pub fn receive(&mut self, into: &mut [u8]) -> io::Result<Option<usize>> {
         match &mut self.tls {
             None => read_some(&mut self.socket, into),
@@ -155,6 +156,7 @@ impl Connection {
 
     /// Writes `bytes` (replies): `Ok(Some(n))` bytes taken, `Ok(None)` the socket is full.
     /// Taking fewer than offered means the socket is full and a writable edge will follow.
+    #[inline]
     pub fn send(&mut self, bytes: &[u8]) -> io::Result<Option<usize>> {
         match &mut self.tls {
             None => write_some(&mut self.socket, bytes),
@@ -163,6 +165,7 @@ impl Connection {
     }
 
     /// Writes the connection's pending output, as [`Connection::send`].
+    #[inline]
     pub fn send_output(&mut self) -> io::Result<Option<usize>> {
         let bytes = self.output.data();
         match &mut self.tls {
@@ -173,6 +176,7 @@ impl Connection {
 
     /// Something is owed to the socket: replies, or records rustls made on its own
     /// (handshake messages, alerts).
+    #[inline]
     pub fn has_output(&self) -> bool {
         !self.output.is_empty() || self.tls.as_ref().is_some_and(|tls| tls.wants_write())
     }

@@ -47,7 +47,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use log::{Level, debug, info, log_enabled, trace};
+use log::{Level, debug, info, log_enabled, trace, warn};
 use mio::{Events, Interest, Poll, Token, Waker};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
@@ -152,8 +152,11 @@ pub struct Server {
     /// workers (which leave a result in their channel).
     waker: Arc<Waker>,
     shutdown_requested: Arc<AtomicBool>,
-    /// Verifies passwords off the loop; see docs/ARCHITECTURE.md, "Blocking work".
-    verifier: VerifierPool,
+    /// Verifies passwords off the loop; see docs/ARCHITECTURE.md, "Blocking work". Started
+    /// at the first LOGIN: a server nobody logs in to runs one thread, and its socket calls
+    /// skip the cancellation-point bookkeeping glibc adds once a process has threads.
+    verifier: Option<VerifierPool>,
+    users: Arc<Users>,
     /// Jobs given to `verifier` whose result has not come back yet.
     logins_in_flight: usize,
     /// `--require-login`, and the credentials of a LOGIN on their way to `verifier`.
@@ -213,7 +216,6 @@ impl Server {
             // No users: every login is refused, after the same work as a wrong password.
             None => Users::parse("").map_err(|e| io::Error::other(e.to_string()))?,
         };
-        let verifier = VerifierPool::new(Arc::new(users), login_threads(), Arc::clone(&waker))?;
         let require_login = config.require_login;
         let now = Instant::now();
         Ok(Server {
@@ -229,7 +231,8 @@ impl Server {
             signals,
             waker,
             shutdown_requested: Arc::new(AtomicBool::new(false)),
-            verifier,
+            verifier: None,
+            users: Arc::new(users),
             logins_in_flight: 0,
             logins: Logins {
                 required: require_login,
@@ -978,7 +981,7 @@ impl Server {
         if self.shutdown_requested.swap(false, Ordering::SeqCst) {
             self.begin_shutdown("shutdown requested");
         }
-        while let Some(result) = self.verifier.try_recv() {
+        while let Some(result) = self.verifier.as_ref().and_then(VerifierPool::try_recv) {
             self.logins_in_flight = self.logins_in_flight.saturating_sub(1);
             self.finish_login(result);
         }
@@ -990,8 +993,22 @@ impl Server {
         let Some(credentials) = self.logins.pending.take() else {
             return;
         };
+        if self.verifier.is_none() {
+            match VerifierPool::new(
+                Arc::clone(&self.users),
+                login_threads(),
+                Arc::clone(&self.waker),
+            ) {
+                Ok(pool) => self.verifier = Some(pool),
+                Err(e) => warn!("cannot start the login workers: {e}"),
+            }
+        }
         let conn = &mut self.connections[key];
-        if self.logins_in_flight >= MAX_LOGINS_IN_FLIGHT {
+        let Some(verifier) = self
+            .verifier
+            .as_ref()
+            .filter(|_| self.logins_in_flight < MAX_LOGINS_IN_FLIGHT)
+        else {
             drop(credentials);
             let out = if conn.output.is_empty() {
                 &mut self.scratch_out
@@ -1000,13 +1017,13 @@ impl Server {
             };
             handler::abandon_login(&mut conn.session, out);
             return;
-        }
+        };
         trace!(
             "conn={} login for {:?} sent to the workers",
             token::show(conn.token),
             String::from_utf8_lossy(&credentials.user)
         );
-        self.verifier.submit(LoginJob {
+        verifier.submit(LoginJob {
             ticket: conn.token.0 as u64,
             user: credentials.user,
             password: credentials.password,
