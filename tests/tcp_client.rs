@@ -452,27 +452,6 @@ fn line_connection_reset_exits_1() {
 // ---------------------------------------------------------------------------------------
 // over TLS
 
-/// The real server with TLS listeners for both protocols, certified by `cert`.
-fn tls_server(cert: &TestCert) -> TestServer {
-    tls_server_with(cert, &[])
-}
-
-/// [`tls_server`] with more server arguments.
-fn tls_server_with(cert: &TestCert, extra: &[&str]) -> TestServer {
-    let mut args = vec![
-        "--line-tls-addr",
-        "127.0.0.1:0",
-        "--frame-tls-addr",
-        "127.0.0.1:0",
-        "--tls-cert",
-        cert.cert_arg(),
-        "--tls-key",
-        cert.key_arg(),
-    ];
-    args.extend_from_slice(extra);
-    TestServer::start(&args)
-}
-
 /// The one line `--insecure` prints on stderr.
 const INSECURE_WARNING: &str = "tcp-client: warning: --insecure: the server's certificate is \
                                 not verified; anyone on the path can pose as the server\n";
@@ -480,7 +459,7 @@ const INSECURE_WARNING: &str = "tcp-client: warning: --insecure: the server's ce
 #[test]
 fn tls_line_session_prints_every_reply() {
     let cert = TestCert::new();
-    let server = tls_server(&cert);
+    let server = TestServer::start_tls(&cert, &[]);
     let addr = server.line_tls_addr().to_string();
     let out = run(
         &["line", "--addr", &addr, "--tls", "--ca", cert.cert_arg()],
@@ -501,7 +480,7 @@ fn tls_line_session_prints_every_reply() {
 fn tls_frame_exchanges_print_as_without_tls() {
     let cert = TestCert::new();
     let users = UsersFile::new();
-    let server = tls_server_with(&cert, &["--users", users.arg()]);
+    let server = TestServer::start_tls(&cert, &["--users", users.arg()]);
     let addr = server.frame_tls_addr().to_string();
     let cases: &[(&[&str], &str)] = &[
         (&["frame", "heartbeat"], "Heartbeat\n"),
@@ -536,7 +515,7 @@ fn tls_frame_exchanges_print_as_without_tls() {
 #[test]
 fn tls_line_chat_push_arrives_while_the_user_is_silent() {
     let cert = TestCert::new();
-    let server = tls_server(&cert);
+    let server = TestServer::start_tls(&cert, &[]);
     let addr = server.line_tls_addr().to_string();
     let mut bob = Client::spawn(&["line", "--addr", &addr, "--tls", "--ca", cert.cert_arg()]);
     bob.type_in(b"HELLO bob\n");
@@ -558,7 +537,7 @@ fn tls_line_chat_push_arrives_while_the_user_is_silent() {
 #[test]
 fn tls_line_server_closing_first_ends_the_client() {
     let cert = TestCert::new();
-    let server = tls_server(&cert);
+    let server = TestServer::start_tls(&cert, &[]);
     let addr = server.line_tls_addr().to_string();
     let mut client = Client::spawn(&["line", "--addr", &addr, "--tls", "--ca", cert.cert_arg()]);
     client.type_in(b"QUIT\n");
@@ -574,7 +553,7 @@ fn tls_line_server_closing_first_ends_the_client() {
 #[test]
 fn tls_insecure_accepts_any_certificate_and_warns() {
     let cert = TestCert::new();
-    let server = tls_server(&cert);
+    let server = TestServer::start_tls(&cert, &[]);
     let frame = server.frame_tls_addr().to_string();
     let out = run(
         &[
@@ -610,7 +589,7 @@ fn tls_insecure_accepts_any_certificate_and_warns() {
 fn tls_certificate_from_another_ca_fails_verification() {
     let cert = TestCert::new();
     let stranger = TestCert::new();
-    let server = tls_server(&cert);
+    let server = TestServer::start_tls(&cert, &[]);
     for (mode, addr) in [
         ("line", server.line_tls_addr()),
         ("frame", server.frame_tls_addr()),
@@ -634,7 +613,7 @@ fn tls_certificate_from_another_ca_fails_verification() {
 #[test]
 fn tls_name_not_in_the_certificate_fails_verification() {
     let cert = TestCert::new();
-    let server = tls_server(&cert);
+    let server = TestServer::start_tls(&cert, &[]);
     let addr = server.frame_tls_addr().to_string();
     let out = run(
         &[
@@ -664,7 +643,7 @@ fn tls_to_a_plain_listener_fails_the_handshake() {
     // The frame server reads the ClientHello as a frame with a bad magic and answers an
     // Error frame, which is no TLS record.
     let cert = TestCert::new();
-    let server = tls_server(&cert);
+    let server = TestServer::start_tls(&cert, &[]);
     let addr = server.frame_addr().to_string();
     let out = run(
         &[

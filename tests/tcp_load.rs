@@ -565,26 +565,12 @@ fn server_pid_reports_the_servers_cpu_over_the_window() {
 // ---------------------------------------------------------------------------------------
 // over TLS
 
-/// The real server with TLS listeners for both protocols, certified by `cert`.
-fn tls_server(cert: &TestCert) -> TestServer {
-    TestServer::start(&[
-        "--line-tls-addr",
-        "127.0.0.1:0",
-        "--frame-tls-addr",
-        "127.0.0.1:0",
-        "--tls-cert",
-        cert.cert_arg(),
-        "--tls-key",
-        cert.key_arg(),
-    ])
-}
-
 /// Pipelined `--requests N` over TLS on both protocols: exactly N requests recorded and
 /// executed by the server, no errors, one timed handshake per connection.
 #[test]
 fn tls_on_both_protocols_completes_exactly_n_requests() {
     let cert = TestCert::new();
-    let server = tls_server(&cert);
+    let server = TestServer::start_tls(&cert, &[]);
     let line = server.line_tls_addr().to_string();
     let frame = server.frame_tls_addr().to_string();
     let cases: &[(&str, &str, &str, &[&str])] = &[
@@ -641,7 +627,7 @@ fn tls_on_both_protocols_completes_exactly_n_requests() {
 #[test]
 fn tls_text_summary_adds_the_handshakes() {
     let cert = TestCert::new();
-    let server = tls_server(&cert);
+    let server = TestServer::start_tls(&cert, &[]);
     let run = tcp_load(&[
         "--addr",
         &server.line_tls_addr().to_string(),
@@ -679,7 +665,7 @@ fn tls_text_summary_adds_the_handshakes() {
 fn tls_certificate_from_another_ca_is_a_connect_error_with_its_reason() {
     let cert = TestCert::new();
     let stranger = TestCert::new();
-    let server = tls_server(&cert);
+    let server = TestServer::start_tls(&cert, &[]);
     let addr = server.frame_tls_addr().to_string();
     let args = [
         "--addr",
@@ -727,7 +713,7 @@ fn tls_certificate_from_another_ca_is_a_connect_error_with_its_reason() {
 #[test]
 fn tls_insecure_accepts_the_certificate_and_warns() {
     let cert = TestCert::new();
-    let server = tls_server(&cert);
+    let server = TestServer::start_tls(&cert, &[]);
     let run = tcp_load(&[
         "--addr",
         &server.line_tls_addr().to_string(),

@@ -18,21 +18,6 @@ use rustls_pki_types::pem::PemObject;
 
 type TlsStream = StreamOwned<ClientConnection, TcpStream>;
 
-fn start(cert: &TestCert, extra: &[&str]) -> TestServer {
-    let mut args = vec![
-        "--line-tls-addr",
-        "127.0.0.1:0",
-        "--frame-tls-addr",
-        "127.0.0.1:0",
-        "--tls-cert",
-        cert.cert_arg(),
-        "--tls-key",
-        cert.key_arg(),
-    ];
-    args.extend_from_slice(extra);
-    TestServer::start(&args)
-}
-
 fn client_config(cert: &TestCert) -> Arc<ClientConfig> {
     let mut roots = RootCertStore::empty();
     for der in CertificateDer::pem_file_iter(&cert.cert).expect("read cert.pem") {
@@ -89,7 +74,7 @@ fn expect_tls_eof(stream: &mut TlsStream) {
 #[test]
 fn a_line_session_over_tls_is_the_plain_session() {
     let cert = TestCert::new();
-    let server = start(&cert, &[]);
+    let server = TestServer::start_tls(&cert, &[]);
     let mut stream = tls_connect(server.line_tls_addr(), &cert);
     stream
         .write_all(b"PING\nsome words over tls\nHELLO ada\nQUIT\n")
@@ -104,7 +89,7 @@ fn a_line_session_over_tls_is_the_plain_session() {
 #[test]
 fn a_frame_session_over_tls_is_the_plain_session() {
     let cert = TestCert::new();
-    let server = start(&cert, &[]);
+    let server = TestServer::start_tls(&cert, &[]);
     let mut stream = tls_connect(server.frame_tls_addr(), &cert);
     let mut request = frame(HEARTBEAT, b"");
     request.extend(frame(MESSAGE, b"over tls"));
@@ -136,7 +121,7 @@ fn a_frame_session_over_tls_is_the_plain_session() {
 #[test]
 fn replies_piling_up_behind_a_client_that_does_not_read_all_arrive_in_order() {
     let cert = TestCert::new();
-    let server = start(&cert, &[]);
+    let server = TestServer::start_tls(&cert, &[]);
     // A small receive buffer, set before connecting so the window stays small: the server's
     // replies back up quickly.
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
@@ -185,7 +170,7 @@ fn replies_piling_up_behind_a_client_that_does_not_read_all_arrive_in_order() {
 #[test]
 fn a_client_that_stalls_mid_handshake_is_cut_off_at_the_request_timeout() {
     let cert = TestCert::new();
-    let server = start(
+    let server = TestServer::start_tls(
         &cert,
         &["--request-timeout", "500ms", "--idle-timeout", "60s"],
     );
@@ -223,7 +208,7 @@ fn a_client_that_stalls_mid_handshake_is_cut_off_at_the_request_timeout() {
 #[test]
 fn garbage_instead_of_a_client_hello_is_closed_at_once_and_others_are_served() {
     let cert = TestCert::new();
-    let server = start(&cert, &[]);
+    let server = TestServer::start_tls(&cert, &[]);
     let inputs: [&[u8]; 3] = [
         b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n",
         b"PING\n",
@@ -260,7 +245,7 @@ fn garbage_instead_of_a_client_hello_is_closed_at_once_and_others_are_served() {
 #[test]
 fn sigterm_flushes_tls_clients_then_closes_them_cleanly() {
     let cert = TestCert::new();
-    let mut server = start(&cert, &[]);
+    let mut server = TestServer::start_tls(&cert, &[]);
     let mut line = tls_connect(server.line_tls_addr(), &cert);
     let mut frames = tls_connect(server.frame_tls_addr(), &cert);
     // A client mid-handshake when the signal comes.

@@ -86,6 +86,23 @@ impl TestServer {
         Self::spawn(args, None, "info")
     }
 
+    /// Like `start`, plus TLS listeners for both protocols on port 0 certified by `cert`
+    /// (addresses in `line_tls_addr()` / `frame_tls_addr()`).
+    pub fn start_tls(cert: &TestCert, extra: &[&str]) -> TestServer {
+        let mut args = vec![
+            "--line-tls-addr",
+            "127.0.0.1:0",
+            "--frame-tls-addr",
+            "127.0.0.1:0",
+            "--tls-cert",
+            cert.cert_arg(),
+            "--tls-key",
+            cert.key_arg(),
+        ];
+        args.extend_from_slice(extra);
+        Self::start(&args)
+    }
+
     /// Like `start`, logging at `RUST_LOG=level` (`trace` shows every read, write and
     /// state change).
     pub fn start_logging(args: &[&str], level: &str) -> TestServer {
