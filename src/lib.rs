@@ -9,6 +9,8 @@
 //!   - `reactor::listener`: accepting, the per-wakeup cap, surviving EMFILE.
 //!   - `reactor::connection`: one connection's socket, buffers and state machine.
 //!   - `reactor::tls`: TLS on a non-blocking socket, rustls driven by readiness.
+//! - [`net`]: socket helpers shared by the server and the tools: `read_some`, `write_some`,
+//!   the listening socket, the open-files limit.
 //! - [`buffer`]: the input/output byte buffers and the backpressure marks.
 //! - [`timer_wheel`]: the hashed timer wheel behind idle timeouts and close deadlines.
 //! - [`protocol`]: the pure codecs: [`protocol::line`] and [`protocol::frame`].
@@ -27,6 +29,7 @@ pub mod client;
 pub mod config;
 pub mod handler;
 pub mod load;
+pub mod net;
 pub mod protocol;
 pub mod reactor;
 pub mod stats;

@@ -8,7 +8,7 @@ use clap::Parser;
 use log::{error, info, warn};
 use tcp_reactor::auth::{check_name, hash_line, wipe};
 use tcp_reactor::config::Command;
-use tcp_reactor::reactor::listener::raise_fd_limit;
+use tcp_reactor::net::raise_fd_limit;
 use tcp_reactor::{Config, Server};
 
 /// Exit status for a bad NAME or an empty password: clap's own status for bad usage.

@@ -74,7 +74,7 @@ use serde_json::{Map, Value, json};
 
 use crate::client::tls::TlsArgs;
 use crate::config::parse_duration;
-use crate::reactor::listener::raise_fd_limit;
+use crate::net::raise_fd_limit;
 use report::{Errors, Report, TlsSummary, new_histogram};
 use worker::{Message, Plan, Shared, UNKNOWN, Worker, WorkerReport, clock_ns};
 use workload::{MAX_SIZE, Protocol, Workload};

@@ -113,7 +113,7 @@ use socket2::{Domain, Socket, Type};
 use super::report::{ErrorKind, Errors, new_histogram};
 use super::workload::{Exchange, Periodic, Verifier};
 use crate::client::tls::TlsConfig;
-use crate::reactor::connection::{read_some, write_some};
+use crate::net::{read_some, write_some};
 
 /// Wakes a worker when the main thread has set the measured window.
 const WAKER: Token = Token(usize::MAX);

@@ -29,7 +29,7 @@
 //!
 //! `set_state` is the only writer of `state`, so every transition is traced in one place.
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::time::{Duration, Instant};
 
 use log::trace;
@@ -40,6 +40,7 @@ use super::tls::TlsSession;
 use super::token;
 use crate::buffer::Buffer;
 use crate::handler::Session;
+use crate::net::{read_some, write_some};
 use crate::timer_wheel::TimerId;
 
 /// How long a closing connection may go without progress before it is cut off: while
@@ -267,35 +268,5 @@ impl Connection {
     pub fn release_buffers(&mut self) {
         self.input.release();
         self.output.release();
-    }
-}
-
-/// One `read`, retried on EINTR. `Ok(None)` is WouldBlock: the socket is drained.
-pub fn read_some(socket: &mut TcpStream, into: &mut [u8]) -> io::Result<Option<usize>> {
-    loop {
-        match socket.read(into) {
-            Ok(n) => return Ok(Some(n)),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-/// One `write`, retried on EINTR. `Ok(None)` is WouldBlock: the socket buffer is full.
-pub fn write_some(socket: &mut TcpStream, bytes: &[u8]) -> io::Result<Option<usize>> {
-    loop {
-        match socket.write(bytes) {
-            Ok(0) if !bytes.is_empty() => {
-                return Err(io::Error::new(
-                    io::ErrorKind::WriteZero,
-                    "socket took no bytes",
-                ));
-            }
-            Ok(n) => return Ok(Some(n)),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        }
     }
 }

@@ -22,11 +22,12 @@ use log::{debug, info, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Token};
 
-use super::connection::{Connection, State, write_some};
+use super::connection::{Connection, State};
 use super::tls::TlsSession;
 use super::{Server, Timer, token};
 use crate::config::Config;
 use crate::handler::{self, Notice, Protocol, Session, SessionId};
+use crate::net::{listen, write_some};
 
 /// One of the listeners: the protocol it serves and whether over TLS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,46 +107,6 @@ const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 /// Connections accepted over `--max-connections` are told so and given `LINGER` to read it;
 /// past this many of them at once, new ones are closed without the courtesy.
 const MAX_REJECTING: usize = 1024;
-
-/// Raises the soft limit on open files to the hard limit, so `--max-connections` is not capped
-/// by a conservative default. Returns the (soft, hard) limits found before raising.
-pub fn raise_fd_limit() -> io::Result<(u64, u64)> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes one rlimit through a valid pointer to a local.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let before = (limit.rlim_cur, limit.rlim_max);
-    if limit.rlim_cur < limit.rlim_max {
-        limit.rlim_cur = limit.rlim_max;
-        // SAFETY: setrlimit reads one rlimit through a valid pointer to a local.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(before)
-}
-
-/// Connections the kernel may queue for a listener before `accept` takes them. mio's default
-/// is 1024; a load test that opens thousands of connections at once overflows that while the
-/// loop serves a wakeup, and the overflowing connects then wait for a SYN retransmit (1 s, then
-/// 3 s). The kernel caps it at `net.core.somaxconn` (4096 on current kernels).
-const LISTEN_BACKLOG: i32 = 4096;
-
-/// A non-blocking listener on `addr` with `SO_REUSEADDR` (a restart does not wait out
-/// TIME_WAIT) and a backlog of `LISTEN_BACKLOG`.
-fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
-    use socket2::{Domain, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    socket.set_reuse_address(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(LISTEN_BACKLOG)?;
-    socket.set_nonblocking(true)?;
-    Ok(TcpListener::from_std(socket.into()))
-}
 
 /// The listening sockets, each optional: TLS ones only when configured, and shutdown closes
 /// them all.

@@ -57,9 +57,10 @@ use crate::auth::{LoginJob, LoginResult, Users, VerifierPool};
 use crate::buffer::{Buffer, HIGH_WATER, LOW_WATER, PUSH_CAP};
 use crate::config::Config;
 use crate::handler::{self, Context, Limits, Logins, Notice, Outcome, Room};
+use crate::net::read_some;
 use crate::stats::Stats;
 use crate::timer_wheel::{TimerId, TimerWheel};
-use connection::{CloseReason, Connection, QUIET, State, Timeouts, read_some};
+use connection::{CloseReason, Connection, QUIET, State, Timeouts};
 use listener::{ListenerId, Listeners};
 
 /// The timer wheel's slot width. Idle timeouts are whole seconds in practice; 10 ms keeps the

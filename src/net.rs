@@ -1,0 +1,81 @@
+//! Socket helpers shared by the server and the tools: the one module both sides import.
+//!
+//! What lives here is plain socket plumbing with no policy of its own: a `read` or `write`
+//! that reports WouldBlock as an outcome rather than an error, the listening socket's options,
+//! and the open-files limit. Everything that decides *when* to read or write stays with the
+//! caller (the reactor, tcp-load's worker loops, tcp-client).
+
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+
+use mio::net::{TcpListener, TcpStream};
+use socket2::{Domain, Socket, Type};
+
+/// One `read`, retried on EINTR. `Ok(None)` is WouldBlock: the socket is drained.
+pub fn read_some(socket: &mut TcpStream, into: &mut [u8]) -> io::Result<Option<usize>> {
+    loop {
+        match socket.read(into) {
+            Ok(n) => return Ok(Some(n)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// One `write`, retried on EINTR. `Ok(None)` is WouldBlock: the socket buffer is full.
+pub fn write_some(socket: &mut TcpStream, bytes: &[u8]) -> io::Result<Option<usize>> {
+    loop {
+        match socket.write(bytes) {
+            Ok(0) if !bytes.is_empty() => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "socket took no bytes",
+                ));
+            }
+            Ok(n) => return Ok(Some(n)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit, so `--max-connections` is not capped
+/// by a conservative default. Returns the (soft, hard) limits found before raising.
+pub fn raise_fd_limit() -> io::Result<(u64, u64)> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit through a valid pointer to a local.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let before = (limit.rlim_cur, limit.rlim_max);
+    if limit.rlim_cur < limit.rlim_max {
+        limit.rlim_cur = limit.rlim_max;
+        // SAFETY: setrlimit reads one rlimit through a valid pointer to a local.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(before)
+}
+
+/// Connections the kernel may queue for a listener before `accept` takes them. mio's default
+/// is 1024; a load test that opens thousands of connections at once overflows that while the
+/// loop serves a wakeup, and the overflowing connects then wait for a SYN retransmit (1 s, then
+/// 3 s). The kernel caps it at `net.core.somaxconn` (4096 on current kernels).
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// A non-blocking listener on `addr` with `SO_REUSEADDR` (a restart does not wait out
+/// TIME_WAIT) and a backlog of `LISTEN_BACKLOG`.
+pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    Ok(TcpListener::from_std(socket.into()))
+}
