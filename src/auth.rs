@@ -1,12 +1,10 @@
-//! Logins: the users file, argon2id verification, and the thread pool that keeps it off the loop.
+//! Logins: the users file and argon2id verification. The thread pool that keeps verification
+//! off the loop is the reactor's (`reactor::logins`).
 //!
 //! Verifying one argon2id hash takes tens of milliseconds and about 19 MiB of memory with the
 //! default parameters; that is deliberate, it is what makes a stolen users file expensive to
 //! crack. On the reactor's single thread it would stall every connection for as long, so the
-//! loop never verifies anything itself: it hands a [`LoginJob`] to a [`VerifierPool`], whose
-//! worker threads run [`Users::verify`] and send a [`LoginResult`] back through a channel,
-//! then call [`mio::Waker::wake`] so the loop wakes up and collects it with
-//! [`VerifierPool::try_recv`].
+//! loop never calls [`Users::verify`] itself: its worker threads do.
 //!
 //! The users file holds one `name:hash` per line, made by `tcp-reactor passwd NAME`:
 //!
@@ -20,10 +18,7 @@
 //!   parameters, salt, output) when the file is read, so a verification can fail only by the
 //!   password being wrong.
 //! - [`Users::verify`] does the same work whether or not the user exists (see there).
-//! - Every job submitted to a [`VerifierPool`] gets exactly one [`LoginResult`], even if a
-//!   worker panics or every worker is gone; a caller waiting for a ticket is never stranded.
-//! - A job's password is overwritten with zeros as soon as it has been verified, or when an
-//!   unprocessed job is dropped; no `Debug` output ever shows it.
+//! - No `Debug` output shows a password; [`wipe`] overwrites one in place.
 //!
 //! What it refuses to do: it keeps no per-user state (no lockout, no rate limit) and never logs
 //! a password. It wipes only its own copy of a password; copies elsewhere (the connection's
@@ -32,17 +27,11 @@
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::fmt;
-use std::io;
-use std::panic::{self, AssertUnwindSafe};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::{self, JoinHandle};
 
 use argon2::password_hash::phc::{Output, ParamsString, Salt};
 use argon2::{Algorithm, Argon2, Params, PasswordHash, PasswordHasher, PasswordVerifier, Version};
-use log::{debug, error};
+
 use zeroize::Zeroize;
 
 /// Longest user name in bytes. Names travel in `LOGIN` lines and Login frames and are shown
@@ -215,7 +204,7 @@ impl Users {
     }
 
     /// Whether `password` is right for `name`. Blocks for one argon2id computation (tens of
-    /// milliseconds): call it from a [`VerifierPool`] worker, never from the event loop.
+    /// milliseconds): call it from a login worker thread, never from the event loop.
     ///
     /// An unknown name, or one that is not UTF-8, is verified against a dummy hash with the
     /// same parameters as the file's (those of its first entry), and the answer is `false`
@@ -312,233 +301,26 @@ pub fn wipe(buf: &mut Vec<u8>) {
     buf.spare_capacity_mut().zeroize();
 }
 
-/// One login to verify. `ticket` is the caller's; it comes back in the [`LoginResult`].
-pub struct LoginJob {
-    pub ticket: u64,
-    pub user: Vec<u8>,
-    pub password: Vec<u8>,
+/// The cheapest parameters argon2 accepts: 8 KiB, one pass. Tests verify dozens of hashes;
+/// the default 19 MiB and two passes would make them slow for nothing.
+#[cfg(test)]
+fn cheap() -> Argon2<'static> {
+    let params = Params::new(Params::MIN_M_COST, 1, 1, None).expect("minimum parameters");
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
 }
 
-impl fmt::Debug for LoginJob {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LoginJob")
-            .field("ticket", &self.ticket)
-            .field("user", &String::from_utf8_lossy(&self.user))
-            .field("password", &"<hidden>")
-            .finish()
-    }
-}
-
-impl Drop for LoginJob {
-    /// A job dropped unprocessed (the pool shutting down) still leaves no password behind.
-    fn drop(&mut self) {
-        wipe(&mut self.password);
-    }
-}
-
-/// The answer to one [`LoginJob`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LoginResult {
-    pub ticket: u64,
-    pub ok: bool,
-}
-
-/// Worker threads verifying logins off the event loop.
-///
-/// The job queue is unbounded, but the caller allows at most one job in flight per
-/// connection, so it never holds more than `--max-connections` jobs: a client cannot queue
-/// a second login behind its first. Results come back on an unbounded channel of the same
-/// bound; after sending each one the worker calls `waker.wake()`, and the loop drains them
-/// all with [`VerifierPool::try_recv`].
-///
-/// Dropping the pool closes the job queue, abandons the jobs still queued (their passwords
-/// are wiped as they are dropped), and joins the threads, which waits for at most one
-/// verification per thread.
-pub struct VerifierPool {
-    /// `None` only inside `drop`, to close the queue before joining.
-    jobs: Option<Sender<LoginJob>>,
-    /// The loop's own handle on the result channel, to answer a job no worker can take.
-    results_tx: Sender<LoginResult>,
-    results: Receiver<LoginResult>,
-    stopping: Arc<AtomicBool>,
-    waker: Arc<mio::Waker>,
-    workers: Vec<JoinHandle<()>>,
-}
-
-/// How much nicer than the loop the workers run (`nice` +10): when cores are short the
-/// scheduler gives the loop its time first, so a burst of logins slows logins, not the
-/// other clients.
-const WORKER_NICENESS: libc::c_int = 10;
-
-/// Lowers the calling thread's scheduling priority. On Linux `setpriority(PRIO_PROCESS,
-/// tid)` applies to one thread. Best effort: a failure leaves the thread at the loop's
-/// priority, which is only slower for the others under load.
-fn lower_priority() {
-    // SAFETY: gettid and setpriority take plain integers and touch no memory of ours.
-    let rc = unsafe {
-        let tid = libc::gettid();
-        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, WORKER_NICENESS)
-    };
-    if rc != 0 {
-        debug!(
-            "could not lower a login worker's priority: {}",
-            io::Error::last_os_error()
-        );
-    }
-}
-
-impl VerifierPool {
-    /// Starts `threads` workers, named `argon2-0`, `argon2-1`, ...; at least one is needed.
-    pub fn new(
-        users: Arc<Users>,
-        threads: usize,
-        waker: Arc<mio::Waker>,
-    ) -> io::Result<VerifierPool> {
-        if threads == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "the login verifier pool needs at least one thread",
-            ));
-        }
-        let (jobs, job_rx) = mpsc::channel::<LoginJob>();
-        // std's receiver has one owner; the workers take turns at it through the mutex, and
-        // only while waiting for a job, never while verifying one.
-        let job_rx = Arc::new(Mutex::new(job_rx));
-        let (results_tx, results) = mpsc::channel();
-        let mut pool = VerifierPool {
-            jobs: Some(jobs),
-            results_tx,
-            results,
-            stopping: Arc::new(AtomicBool::new(false)),
-            waker,
-            workers: Vec::with_capacity(threads),
-        };
-        for n in 0..threads {
-            let worker = Worker {
-                jobs: Arc::clone(&job_rx),
-                results: pool.results_tx.clone(),
-                users: Arc::clone(&users),
-                stopping: Arc::clone(&pool.stopping),
-                waker: Arc::clone(&pool.waker),
-            };
-            // On failure `pool` is dropped here, which stops and joins the workers started.
-            let handle = thread::Builder::new()
-                .name(format!("argon2-{n}"))
-                .spawn(move || {
-                    lower_priority();
-                    worker.run()
-                })?;
-            pool.workers.push(handle);
-        }
-        debug!("login verifier pool: {threads} threads");
-        Ok(pool)
-    }
-
-    /// Queues a job; its result arrives later through [`VerifierPool::try_recv`].
-    pub fn submit(&self, job: LoginJob) {
-        let ticket = job.ticket;
-        let sent = match &self.jobs {
-            Some(jobs) => jobs.send(job).is_ok(),
-            None => false,
-        };
-        if !sent {
-            // Every worker is gone (each would have had to panic outside a verification).
-            // Refuse the login rather than leave the caller waiting for ever.
-            error!("login verifier pool has no threads left: refusing ticket {ticket}");
-            self.answer(LoginResult { ticket, ok: false });
-        }
-    }
-
-    /// The next finished result, if any; never blocks.
-    pub fn try_recv(&self) -> Option<LoginResult> {
-        self.results.try_recv().ok()
-    }
-
-    fn answer(&self, result: LoginResult) {
-        // The receiver is `self.results`, alive as long as `self`: the send cannot fail.
-        let _ = self.results_tx.send(result);
-        if let Err(e) = self.waker.wake() {
-            error!("login verifier pool: wake failed: {e}");
-        }
-    }
-}
-
-impl Drop for VerifierPool {
-    fn drop(&mut self) {
-        self.stopping.store(true, Ordering::Release);
-        self.jobs = None;
-        for handle in self.workers.drain(..) {
-            if handle.join().is_err() {
-                error!("a login verifier thread panicked");
-            }
-        }
-    }
-}
-
-/// What one worker thread owns.
-struct Worker {
-    jobs: Arc<Mutex<Receiver<LoginJob>>>,
-    results: Sender<LoginResult>,
-    users: Arc<Users>,
-    stopping: Arc<AtomicBool>,
-    waker: Arc<mio::Waker>,
-}
-
-impl Worker {
-    fn run(self) {
-        loop {
-            // The guard is a temporary: the lock is released before the job is verified.
-            let next = self
-                .jobs
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .recv();
-            let Ok(mut job) = next else {
-                return; // the pool closed the queue
-            };
-            if self.stopping.load(Ordering::Acquire) {
-                return; // `job` and the rest of the queue are dropped, and so wiped
-            }
-            let verified = panic::catch_unwind(AssertUnwindSafe(|| {
-                self.users.verify(&job.user, &job.password)
-            }));
-            wipe(&mut job.password);
-            let ok = verified.unwrap_or_else(|_| {
-                error!("login verification panicked: ticket {} refused", job.ticket);
-                false
-            });
-            let result = LoginResult {
-                ticket: job.ticket,
-                ok,
-            };
-            if self.results.send(result).is_err() {
-                return; // the pool is gone
-            }
-            if let Err(e) = self.waker.wake() {
-                error!("login verifier: wake failed: {e}");
-            }
-        }
-    }
+/// A users file line hashed with [`cheap`] parameters, for tests.
+#[cfg(test)]
+pub(crate) fn cheap_line(name: &str, password: &[u8]) -> String {
+    let hash = cheap()
+        .hash_password_with_salt(password, b"saltsaltsaltsalt")
+        .expect("hash");
+    format!("{name}:{hash}")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::{Duration, Instant};
-
-    /// The cheapest parameters argon2 accepts: 8 KiB, one pass. Tests verify dozens of
-    /// hashes; the default 19 MiB and two passes would make them slow for nothing.
-    fn cheap() -> Argon2<'static> {
-        let params = Params::new(Params::MIN_M_COST, 1, 1, None).expect("minimum parameters");
-        Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
-    }
-
-    fn cheap_line(name: &str, password: &[u8]) -> String {
-        let hash = cheap()
-            .hash_password_with_salt(password, b"saltsaltsaltsalt")
-            .expect("hash");
-        format!("{name}:{hash}")
-    }
 
     #[test]
     fn malformed_files_name_the_line_and_the_fault() {
@@ -780,95 +562,5 @@ mod tests {
         wipe(&mut buf);
         assert_eq!(buf, [0; 7]);
         assert_eq!(buf.capacity(), 64);
-    }
-
-    #[test]
-    fn a_job_never_shows_its_password() {
-        let job = LoginJob {
-            ticket: 7,
-            user: b"alice".to_vec(),
-            password: b"hunter2".to_vec(),
-        };
-        assert_eq!(
-            format!("{job:?}"),
-            r#"LoginJob { ticket: 7, user: "alice", password: "<hidden>" }"#
-        );
-        assert!(!format!("{job:#?}").contains("hunter2"));
-    }
-
-    #[test]
-    fn the_pool_answers_every_ticket_and_wakes_the_loop() {
-        const WAKE: mio::Token = mio::Token(1);
-        let text = format!(
-            "{}\n{}",
-            cheap_line("alice", b"a-pw"),
-            cheap_line("bob", b"b-pw")
-        );
-        let users = Arc::new(Users::parse(&text).expect("parse"));
-        let mut poll = mio::Poll::new().expect("poll");
-        let waker = Arc::new(mio::Waker::new(poll.registry(), WAKE).expect("waker"));
-        let pool = VerifierPool::new(users, 2, waker).expect("pool");
-
-        let jobs: [(u64, &[u8], &[u8], bool); 6] = [
-            (1, b"alice", b"a-pw", true),
-            (2, b"alice", b"b-pw", false),
-            (3, b"bob", b"b-pw", true),
-            (4, b"mallory", b"a-pw", false),
-            (5, b"\xff", b"a-pw", false),
-            (6, b"bob", b"", false),
-        ];
-        for (ticket, user, password, _) in jobs {
-            pool.submit(LoginJob {
-                ticket,
-                user: user.to_vec(),
-                password: password.to_vec(),
-            });
-        }
-
-        let mut results = HashMap::new();
-        let mut events = mio::Events::with_capacity(8);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while results.len() < jobs.len() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            assert!(!left.is_zero(), "results so far: {results:?}");
-            poll.poll(&mut events, Some(left)).expect("poll");
-            if events.iter().any(|e| e.token() == WAKE) {
-                while let Some(result) = pool.try_recv() {
-                    assert!(results.insert(result.ticket, result.ok).is_none());
-                }
-            }
-        }
-        for (ticket, user, _, ok) in jobs {
-            assert_eq!(results.get(&ticket), Some(&ok), "ticket {ticket} {user:?}");
-        }
-        assert_eq!(pool.try_recv(), None);
-    }
-
-    #[test]
-    fn a_pool_needs_a_thread_and_drops_cleanly_with_work_queued() {
-        let users = Arc::new(Users::parse(&cheap_line("alice", b"pw")).expect("parse"));
-        let poll = mio::Poll::new().expect("poll");
-        let waker = Arc::new(mio::Waker::new(poll.registry(), mio::Token(0)).expect("waker"));
-        let none = VerifierPool::new(Arc::clone(&users), 0, Arc::clone(&waker));
-        assert_eq!(
-            none.err().map(|e| e.kind()),
-            Some(io::ErrorKind::InvalidInput)
-        );
-
-        let pool = VerifierPool::new(users, 1, waker).expect("pool");
-        let names: Vec<String> = pool
-            .workers
-            .iter()
-            .filter_map(|w| w.thread().name().map(String::from))
-            .collect();
-        assert_eq!(names, ["argon2-0"]);
-        for ticket in 0..50 {
-            pool.submit(LoginJob {
-                ticket,
-                user: b"alice".to_vec(),
-                password: b"pw".to_vec(),
-            });
-        }
-        drop(pool); // joins; the jobs still queued are abandoned, and wiped as they drop
     }
 }

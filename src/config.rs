@@ -21,7 +21,7 @@ use clap::{ArgGroup, Parser, Subcommand};
     version,
     about = "A single-threaded mio reactor serving a line protocol and a binary frame protocol.",
     long_about = "A single-threaded mio reactor serving a newline text protocol (echo, PING, \
-                  HELLO, SAY, STATS, QUIT) and a length-prefixed binary frame protocol \
+                  HELLO, SAY, LOGIN, STATS, QUIT) and a length-prefixed binary frame protocol \
                   (Heartbeat, Message, Login). See docs/PROTOCOL.md.\n\n\
                   DUR values are seconds (`30`, `0.5`) or a number with a unit: `500ms`, `2s`, `1m`.\n\n\
                   `tcp-reactor passwd NAME` prints a line for the --users file instead of serving.",
@@ -87,12 +87,13 @@ pub struct Config {
 
     /// The users who may log in: one `name:argon2id-hash` line each, made with
     /// `tcp-reactor passwd NAME`; blank lines and lines starting with `#` are ignored. Without
-    /// it every LOGIN fails with `ERR invalid credentials`.
+    /// it logins are not checked: every LOGIN is answered `OK` (a Login frame LoginAck `OK`),
+    /// as in the original protocol.
     #[arg(long, value_name = "FILE")]
     pub users: Option<PathBuf>,
 
     /// Until a session has logged in, serve only PING, LOGIN and QUIT on the line protocol
-    /// and Heartbeat and Login frames on the frame protocol.
+    /// and Heartbeat and Login frames on the frame protocol. Needs --users.
     #[arg(long)]
     pub require_login: bool,
 

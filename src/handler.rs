@@ -2,9 +2,10 @@
 //!
 //! The handler sees bytes the reactor has buffered, decodes them with the pure codecs in
 //! [`crate::protocol`], and appends replies to an output [`Buffer`]. It knows nothing of
-//! sockets, tokens or readiness; the reactor knows nothing of verbs. The only thing the handler
-//! asks of the reactor is carried in its [`Outcome`]: "deliver `room.message` to the other
-//! sessions" (a chat push) or "close this connection after flushing" (QUIT, a protocol error).
+//! sockets, tokens or readiness; the reactor knows nothing of verbs. What the handler asks of
+//! the reactor is carried in its [`Outcome`], with the data it needs: "deliver this message to
+//! the other sessions" (a chat push), "verify these credentials" (a LOGIN), or "close this
+//! connection after flushing" (QUIT, a protocol error, too many failed logins).
 //!
 //! Invariants:
 //! - Processing stops as soon as the output passes the caller's limit, so a batch of cheap
@@ -14,9 +15,11 @@
 //!   `BYE` only.
 //! - PING, echo and Heartbeat allocate nothing: replies are copied into the warm output buffer.
 //! - A login is never verified here: verifying a password hash takes tens of milliseconds.
-//!   Processing stops at a LOGIN with [`Outcome::Login`] and the credentials in
-//!   [`Logins::pending`]; the reactor has them verified off the loop and calls
-//!   [`finish_login`] with the verdict. Requests after the LOGIN wait, in order.
+//!   Processing stops at a LOGIN with [`Outcome::Login`] carrying the credentials; the
+//!   reactor has them verified off the loop and calls [`finish_login`] with the verdict.
+//!   Requests after the LOGIN wait, in order. Without a users file there are no accounts to
+//!   check ([`LoginRules::checked`] is false): a LOGIN is answered `OK` (a Login frame
+//!   LoginAck `OK`) at once, as the original protocol does.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -79,10 +82,18 @@ impl Session {
 /// (and a handshake over TLS) every few tries.
 pub const MAX_FAILED_LOGINS: u8 = 3;
 
-/// A user name and password to verify. `Debug` never shows the password.
+/// A user name and password to verify. `Debug` never shows the password, and dropping the
+/// value overwrites it with zeros.
+#[derive(PartialEq, Eq)]
 pub struct Credentials {
     pub user: Vec<u8>,
     pub password: Vec<u8>,
+}
+
+impl Drop for Credentials {
+    fn drop(&mut self) {
+        crate::auth::wipe(&mut self.password);
+    }
 }
 
 impl std::fmt::Debug for Credentials {
@@ -94,14 +105,15 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
-/// The login rules, and the hand-off of a LOGIN to the reactor.
-#[derive(Debug, Default)]
-pub struct Logins {
+/// The login rules, from the command line.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct LoginRules {
     /// `--require-login`: before a login only PING, LOGIN and QUIT (Heartbeat and Login
     /// frames) are served.
     pub required: bool,
-    /// The credentials of the LOGIN that ended the last `process` with [`Outcome::Login`].
-    pub pending: Option<Credentials>,
+    /// `--users` was given: logins are verified against it. Without it there are no accounts
+    /// and every LOGIN is answered `OK` at once.
+    pub checked: bool,
 }
 
 /// Limits the codecs enforce, from the command line.
@@ -111,13 +123,10 @@ pub struct Limits {
     pub max_frame_bytes: u32,
 }
 
-/// The chat room: who is identified, and the message being pushed.
+/// The chat room: who is identified.
 #[derive(Debug, Default)]
 pub struct Room {
     members: HashMap<Box<str>, SessionId>,
-    /// The `MSG <name> <text>\n` line of the last `SAY`, for the reactor to deliver to every
-    /// member but the sender. Reused between messages.
-    pub message: Vec<u8>,
 }
 
 impl Room {
@@ -145,26 +154,27 @@ impl Room {
 }
 
 /// Why processing stopped, and what the reactor must do next.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
     /// The input is used up, ends in an incomplete request, or the output is over the limit.
     Continue,
-    /// A `SAY` was answered: deliver `room.message` to every other member, then call again.
-    Broadcast,
+    /// A `SAY` was answered: deliver this `MSG <name> <text>\n` line to every other member,
+    /// then call again.
+    Broadcast(Vec<u8>),
     /// Flush the output, then close: the client said QUIT.
     Quit,
     /// Flush the output (it ends with the error reply), then close: the client broke the
     /// protocol.
     ProtocolError,
-    /// A LOGIN: verify `Logins::pending`, then call [`finish_login`]; execute nothing of
+    /// A LOGIN: verify these credentials, then call [`finish_login`]; execute nothing of
     /// this session until then.
-    Login,
+    Login(Credentials),
     /// Flush the output, then close: too many failed logins.
     LoginFailures,
 }
 
 /// The result of one `process` call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct Processed {
     /// Bytes of the input that were decoded and executed.
     pub consumed: usize,
@@ -176,7 +186,7 @@ pub struct Context<'a> {
     pub limits: Limits,
     pub room: &'a mut Room,
     pub stats: &'a mut Stats,
-    pub logins: &'a mut Logins,
+    pub logins: LoginRules,
 }
 
 /// Decodes and executes complete requests from the front of `input`, appending replies to
@@ -190,18 +200,13 @@ pub fn process(
     cx: &mut Context<'_>,
 ) -> Processed {
     let mut consumed = 0;
-    // Looked up once: a session's login changes only between calls (a LOGIN ends the call).
-    let gated = cx.logins.required && session.user.is_none();
     while consumed < input.len() && out.len() < out_limit {
         let rest = &input[consumed..];
         let step = match session.protocol {
             Protocol::Line => match line::decode(rest, cx.limits.max_line_bytes) {
                 Ok(Decoded::Complete { request, consumed }) => {
                     let raw = &rest[..consumed];
-                    Ok((
-                        execute_line(session, request, raw, gated, out, cx),
-                        consumed,
-                    ))
+                    Ok((execute_line(session, request, raw, out, cx), consumed))
                 }
                 Ok(Decoded::Incomplete) => break,
                 Err(error) => Err(error),
@@ -209,10 +214,7 @@ pub fn process(
             Protocol::Frame => match frame::decode(rest, cx.limits.max_frame_bytes) {
                 Ok(Decoded::Complete { request, consumed }) => {
                     let raw = &rest[..consumed];
-                    Ok((
-                        execute_frame(session, request, raw, gated, out, cx),
-                        consumed,
-                    ))
+                    Ok((execute_frame(session, request, raw, out, cx), consumed))
                 }
                 Ok(Decoded::Incomplete) => break,
                 Err(error) => Err(error),
@@ -230,8 +232,8 @@ pub fn process(
                 Outcome::ProtocolError
             }
         };
-        if outcome != Outcome::Continue {
-            if outcome == Outcome::ProtocolError {
+        if !matches!(outcome, Outcome::Continue) {
+            if matches!(outcome, Outcome::ProtocolError) {
                 // Nothing after a violation is trusted or executed.
                 consumed = input.len();
             }
@@ -266,13 +268,41 @@ impl Notice {
 const LOGIN_REQUIRED: &[u8] = b"login required";
 const INVALID_CREDENTIALS: &[u8] = b"invalid credentials";
 
-/// Hands a LOGIN to the reactor: the session waits for [`finish_login`].
-fn begin_login(session: &mut Session, user: &[u8], password: &[u8], cx: &mut Context<'_>) {
-    session.pending_user = Some(String::from_utf8_lossy(user).into());
-    cx.logins.pending = Some(Credentials {
+/// A session that has not logged in, under `--require-login`: only PING, LOGIN and QUIT
+/// (Heartbeat and Login frames) are served. Asked only by the requests behind that gate, so
+/// PING and Heartbeat pay nothing for it.
+fn gated(session: &Session, cx: &Context<'_>) -> bool {
+    cx.logins.required && session.user.is_none()
+}
+
+/// A LOGIN: handed to the reactor to verify (the session waits for [`finish_login`]), or,
+/// without a users file, answered `OK` at once: there are no accounts to check.
+fn begin_login(
+    session: &mut Session,
+    user: &[u8],
+    password: &[u8],
+    out: &mut Buffer,
+    cx: &mut Context<'_>,
+) -> Outcome {
+    let user_name: Box<str> = String::from_utf8_lossy(user).into();
+    if !cx.logins.checked {
+        cx.stats.logins += 1;
+        session.user = Some(user_name);
+        write_login_ack(session.protocol, out);
+        return Outcome::Continue;
+    }
+    session.pending_user = Some(user_name);
+    Outcome::Login(Credentials {
         user: user.to_vec(),
         password: password.to_vec(),
-    });
+    })
+}
+
+fn write_login_ack(protocol: Protocol, out: &mut Buffer) {
+    match protocol {
+        Protocol::Line => out.extend_from_slice(b"OK\n"),
+        Protocol::Frame => write_frame(out, frame::Command::LoginAck, &[b"OK"]),
+    }
 }
 
 /// Answers a LOGIN that cannot be verified now (too many logins in flight): `ERR server
@@ -297,10 +327,7 @@ pub fn finish_login(
     if ok && user.is_some() {
         stats.logins += 1;
         session.user = user;
-        match session.protocol {
-            Protocol::Line => out.extend_from_slice(b"OK\n"),
-            Protocol::Frame => write_frame(out, frame::Command::LoginAck, &[b"OK"]),
-        }
+        write_login_ack(session.protocol, out);
         return Outcome::Continue;
     }
     stats.login_failures += 1;
@@ -325,7 +352,6 @@ fn execute_line(
     session: &mut Session,
     line: &[u8],
     raw: &[u8],
-    gated: bool,
     out: &mut Buffer,
     cx: &mut Context<'_>,
 ) -> Outcome {
@@ -337,14 +363,11 @@ fn execute_line(
             out.extend_from_slice(b"BYE\n");
             return Outcome::Quit;
         }
-        Command::Login { user, password } => {
-            begin_login(session, user, password, cx);
-            return Outcome::Login;
-        }
+        Command::Login { user, password } => return begin_login(session, user, password, out, cx),
         Command::Invalid(line::USAGE_LOGIN) => {
             write_error(Protocol::Line, line::USAGE_LOGIN.as_bytes(), out)
         }
-        _ if gated => write_error(Protocol::Line, LOGIN_REQUIRED, out),
+        _ if gated(session, cx) => write_error(Protocol::Line, LOGIN_REQUIRED, out),
         Command::Echo(_) if raw.len() == line.len() + 1 => out.extend_from_slice(raw),
         Command::Echo(bytes) => write_line(out, &[bytes]),
         Command::Stats => {
@@ -358,12 +381,12 @@ fn execute_line(
             None => write_line(out, &[b"ERR identify first with HELLO <name>"]),
             Some(name) => {
                 out.extend_from_slice(b"OK\n");
-                let message = &mut cx.room.message;
-                message.clear();
-                for part in [b"MSG ", name.as_bytes(), b" ", text, b"\n"] {
+                let parts = [b"MSG ", name.as_bytes(), b" ", text, b"\n"];
+                let mut message = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
+                for part in parts {
                     message.extend_from_slice(part);
                 }
-                return Outcome::Broadcast;
+                return Outcome::Broadcast(message);
             }
         },
         Command::Invalid(reason) => write_line(out, &[b"ERR ", reason.as_bytes()]),
@@ -397,14 +420,15 @@ fn execute_frame(
     session: &mut Session,
     request: Frame<'_>,
     raw: &[u8],
-    gated: bool,
     out: &mut Buffer,
     cx: &mut Context<'_>,
 ) -> Outcome {
     const SERVER_SAYS: &[u8] = b"Server says: ";
     match request.command {
         frame::Command::Heartbeat => out.extend_from_slice(raw),
-        frame::Command::Message if gated => write_error(Protocol::Frame, LOGIN_REQUIRED, out),
+        frame::Command::Message if gated(session, cx) => {
+            write_error(Protocol::Frame, LOGIN_REQUIRED, out)
+        }
         frame::Command::Message => {
             let body_len = SERVER_SAYS.len() + request.body.len();
             if u32::try_from(body_len).is_err() {
@@ -416,9 +440,10 @@ fn execute_frame(
             write_frame(out, frame::Command::Message, &[SERVER_SAYS, request.body]);
         }
         frame::Command::Login => match crate::auth::split_login_body(request.body) {
-            Some((user, password)) => {
-                begin_login(session, user, password, cx);
-                return Outcome::Login;
+            Some((user, password)) => return begin_login(session, user, password, out, cx),
+            // Unchecked, any body will do: the original protocol answers every Login `OK`.
+            None if !cx.logins.checked => {
+                return begin_login(session, request.body, b"", out, cx);
             }
             None => write_error(Protocol::Frame, b"usage: Login body is user:password", out),
         },
@@ -469,15 +494,19 @@ mod tests {
     struct Fixture {
         room: Room,
         stats: Stats,
-        logins: Logins,
+        logins: LoginRules,
     }
 
     impl Fixture {
+        /// Logins checked against a users file, as with `--users`.
         fn new() -> Self {
             Fixture {
                 room: Room::default(),
                 stats: Stats::default(),
-                logins: Logins::default(),
+                logins: LoginRules {
+                    required: false,
+                    checked: true,
+                },
             }
         }
 
@@ -490,7 +519,7 @@ mod tests {
                 },
                 room: &mut self.room,
                 stats: &mut self.stats,
-                logins: &mut self.logins,
+                logins: self.logins,
             };
             let processed = process(session, input, &mut out, usize::MAX, &mut cx);
             (out.data().to_vec(), processed)
@@ -570,7 +599,7 @@ mod tests {
             },
             room: &mut fixture.room,
             stats: &mut fixture.stats,
-            logins: &mut fixture.logins,
+            logins: fixture.logins,
         };
         let processed = process(&mut line(1), b"PING\nPING\nPING\n", &mut out, 6, &mut cx);
         assert_eq!(out.data(), b"PONG\nPONG\n");
@@ -607,12 +636,14 @@ mod tests {
         fixture.run(&mut alice, b"HELLO alice\n");
         let (out, processed) = fixture.run(&mut alice, b"SAY hi  there\nPING\n");
         assert_eq!(out, b"OK\n");
-        assert_eq!(processed.outcome, Outcome::Broadcast);
+        assert_eq!(
+            processed.outcome,
+            Outcome::Broadcast(b"MSG alice hi  there\n".to_vec())
+        );
         assert_eq!(
             processed.consumed, 14,
             "stops after SAY so the push goes first"
         );
-        assert_eq!(fixture.room.message, b"MSG alice hi  there\n");
     }
 
     #[test]
@@ -645,13 +676,10 @@ mod tests {
         input.extend(frame_bytes(0, b""));
         let (out, processed) = fixture.run(&mut session, &input);
         assert_eq!(out, b"");
-        assert_eq!(processed.outcome, Outcome::Login);
         assert_eq!(processed.consumed, 16, "stops right after the Login frame");
-        let credentials = fixture
-            .logins
-            .pending
-            .take()
-            .expect("credentials handed over");
+        let Outcome::Login(credentials) = processed.outcome else {
+            panic!("no credentials handed over: {:?}", processed.outcome);
+        };
         assert_eq!(
             (&credentials.user[..], &credentials.password[..]),
             (&b"ann"[..], &b"pw:x"[..])
@@ -677,7 +705,7 @@ mod tests {
         let mut session = line(1);
         for attempt in 1..=MAX_FAILED_LOGINS {
             let (_, processed) = fixture.run(&mut session, b"LOGIN ann nope\n");
-            assert_eq!(processed.outcome, Outcome::Login);
+            assert!(matches!(processed.outcome, Outcome::Login(_)));
             let mut out = Buffer::new();
             let outcome = finish_login(&mut session, false, &mut out, &mut fixture.stats);
             assert_eq!(out.data(), b"ERR invalid credentials\n");
@@ -690,6 +718,34 @@ mod tests {
         }
         assert_eq!(session.user(), None);
         assert_eq!(fixture.stats.login_failures, 3);
+    }
+
+    #[test]
+    fn without_a_users_file_every_login_is_answered_ok_at_once() {
+        let mut fixture = Fixture::new();
+        fixture.logins.checked = false;
+        let mut session = line(1);
+        let (out, processed) =
+            fixture.run(&mut session, b"LOGIN ann anything at all\nLOGIN\nPING\n");
+        assert_eq!(
+            out,
+            b"OK\nERR usage: LOGIN <user> <password>\nPONG\n",
+            "{}",
+            String::from_utf8_lossy(&out)
+        );
+        assert_eq!(processed.outcome, Outcome::Continue);
+        assert_eq!(session.user(), Some("ann"));
+
+        let mut session = Session::new(Protocol::Frame, SessionId(2));
+        let mut input = frame_bytes(2, b"no colon at all");
+        input.extend(frame_bytes(2, b""));
+        input.extend(frame_bytes(2, b"bob:pw"));
+        let (out, processed) = fixture.run(&mut session, &input);
+        let ok = frame_bytes(3, b"OK");
+        assert_eq!(out, [&ok[..], &ok[..], &ok[..]].concat());
+        assert_eq!(processed.outcome, Outcome::Continue);
+        assert_eq!(fixture.stats.logins, 4);
+        assert_eq!(fixture.stats.login_failures, 0);
     }
 
     #[test]

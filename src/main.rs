@@ -4,7 +4,7 @@
 use std::io::{self, BufRead, IsTerminal, Write};
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use log::{error, info, warn};
 use tcp_reactor::auth::{check_name, hash_line, wipe};
 use tcp_reactor::config::Command;
@@ -16,6 +16,16 @@ const USAGE: u8 = 2;
 
 fn main() -> ExitCode {
     let config = Config::parse();
+    if config.require_login && config.users.is_none() {
+        // Exits 2 with clap's usage line, as for any other bad command line.
+        Config::command()
+            .error(
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "--require-login needs --users FILE: without a users file there are no \
+                 accounts, so nobody could ever log in",
+            )
+            .exit();
+    }
     if let Some(Command::Passwd { name }) = &config.command {
         return passwd(name);
     }

@@ -71,6 +71,9 @@ counters! {
     logins,
     /// Failed logins (wrong password or unknown user: one count, one answer).
     login_failures,
+    /// Sockets whose session has ended (our FIN is sent, counted in `closed`) still reading
+    /// and discarding input until the peer's EOF, for at most the linger deadline.
+    lingering,
 }
 
 #[cfg(test)]
@@ -89,9 +92,11 @@ mod tests {
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with("accepted=3 active=0 closed=0 "), "{text}");
         assert!(
-            text.ends_with(" slow_reader_drops=1 accept_emfile=0 logins=0 login_failures=0"),
+            text.ends_with(
+                " slow_reader_drops=1 accept_emfile=0 logins=0 login_failures=0 lingering=0"
+            ),
             "{text}"
         );
-        assert_eq!(text.split(' ').count(), 21);
+        assert_eq!(text.split(' ').count(), 22);
     }
 }

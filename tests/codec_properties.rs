@@ -23,7 +23,7 @@ use proptest::sample::Index;
 
 use tcp_reactor::buffer::Buffer;
 use tcp_reactor::handler::{
-    Context, Limits, Logins, Outcome, Protocol, Room, Session, SessionId, finish_login, process,
+    Context, Limits, LoginRules, Outcome, Protocol, Room, Session, SessionId, finish_login, process,
 };
 use tcp_reactor::protocol::frame::{self, Command as FrameCommand, HEADER_LEN, MAGIC};
 use tcp_reactor::protocol::line::{self, Command};
@@ -688,7 +688,11 @@ struct Transcript {
 fn serve_line_session(chunks: &[&[u8]], out_limit: usize) -> Transcript {
     let mut room = Room::default();
     let mut stats = Stats::default();
-    let mut logins = Logins::default();
+    // As with --users: every LOGIN goes to the verifier (and here fails).
+    let logins = LoginRules {
+        required: false,
+        checked: true,
+    };
     let mut session = Session::new(Protocol::Line, SessionId(1));
     let mut carry = Vec::new();
     let mut out = Buffer::new();
@@ -702,7 +706,7 @@ fn serve_line_session(chunks: &[&[u8]], out_limit: usize) -> Transcript {
                 limits: HANDLER_LIMITS,
                 room: &mut room,
                 stats: &mut stats,
-                logins: &mut logins,
+                logins,
             };
             let processed = process(&mut session, &carry, &mut out, out_limit, &mut cx);
             carry.drain(..processed.consumed);
@@ -712,9 +716,9 @@ fn serve_line_session(chunks: &[&[u8]], out_limit: usize) -> Transcript {
             match processed.outcome {
                 Outcome::Continue if over_limit => {}
                 Outcome::Continue => break,
-                Outcome::Broadcast => pushes.push(room.message.clone()),
+                Outcome::Broadcast(message) => pushes.push(message),
                 // As the reactor does once the workers answer; here every login fails.
-                Outcome::Login => {
+                Outcome::Login(_) => {
                     if finish_login(&mut session, false, &mut out, &mut stats)
                         == Outcome::LoginFailures
                     {

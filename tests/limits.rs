@@ -267,3 +267,47 @@ fn frame_clients_count_towards_max_connections() {
     let stats = common::parse_stats(&l.request(b"STATS"));
     assert!(stats["rejected_full"] >= 1, "{stats:?}");
 }
+
+/// Once the server has sent its FIN (after `BYE`), the session is over: its slot is free at
+/// once and it counts as `closed`, though its socket lingers (still reading and discarding)
+/// until the client closes too. A client that reads `BYE` and EOF but keeps its socket open
+/// used to hold its slot for the whole linger deadline.
+#[test]
+fn a_slot_frees_when_the_server_sends_its_fin_not_when_the_socket_closes() {
+    let server = TestServer::start(&["--max-connections", "3"]);
+    let mut clients: Vec<LineClient> = (0..3)
+        .map(|i| served_line_client(&server, &i.to_string()))
+        .collect();
+    assert_eq!(clients[0].request(b"QUIT"), b"BYE\n");
+    clients[0].expect_eof();
+    // clients[0] keeps its socket open: the server's side lingers.
+
+    let mut newcomer = server.line_client();
+    assert_eq!(newcomer.request(b"PING new"), b"PONG new\n");
+    let stats = common::parse_stats(&clients[1].request(b"STATS"));
+    assert_eq!(
+        (
+            stats["accepted"],
+            stats["active"],
+            stats["closed"],
+            stats["lingering"]
+        ),
+        (4, 3, 1, 1),
+        "{stats:?}"
+    );
+    assert_eq!(stats["accepted"], stats["closed"] + stats["active"]);
+    // And the server is full again.
+    let mut again = server.connect_frame();
+    expect_error_frame_then_eof(&mut again, "server full");
+
+    // The lingering sockets go once their clients close.
+    drop(again);
+    drop(clients.remove(0));
+    let ok = wait_until(after(Duration::from_secs(5)), || {
+        common::parse_stats(&clients[0].request(b"STATS"))["lingering"] == 0
+    });
+    assert!(
+        ok,
+        "the lingering socket was not closed after the client's EOF"
+    );
+}

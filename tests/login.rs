@@ -102,13 +102,54 @@ fn three_failed_logins_close_the_connection() {
 }
 
 #[test]
-fn without_a_users_file_every_login_fails() {
+fn without_a_users_file_every_login_is_answered_ok_as_in_the_original_protocol() {
     let server = TestServer::start(&[]);
+    assert!(
+        server.logged("logins are not checked"),
+        "{:?}",
+        server.logs()
+    );
     let mut stream = server.connect_line();
     stream
-        .write_all(b"LOGIN ann correct horse\nPING\n")
+        .write_all(b"LOGIN ann correct horse\nLOGIN nobody x\nLOGIN\nPING\n")
         .unwrap();
-    expect_bytes(&mut stream, b"ERR invalid credentials\nPONG\n");
+    expect_bytes(
+        &mut stream,
+        b"OK\nOK\nERR usage: LOGIN <user> <password>\nPONG\n",
+    );
+
+    // The original client's Login, whatever its body: a LoginAck `OK` each.
+    let mut frames = server.connect_frame();
+    let mut requests = frame(LOGIN, b"ann:pw");
+    requests.extend(frame(LOGIN, b"no colon"));
+    requests.extend(frame(LOGIN, b""));
+    requests.extend(frame(HEARTBEAT, b"after"));
+    frames.write_all(&requests).unwrap();
+    for _ in 0..3 {
+        assert_eq!(read_frame(&mut frames), (LOGIN_ACK, b"OK".to_vec()));
+    }
+    assert_eq!(read_frame(&mut frames), (HEARTBEAT, b"after".to_vec()));
+    let stats = server.stats();
+    assert_eq!(
+        (stats["logins"], stats["login_failures"]),
+        (5, 0),
+        "{stats:?}"
+    );
+}
+
+#[test]
+fn require_login_without_a_users_file_is_refused_at_start() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tcp-reactor"))
+        .args(["--line-addr", "127.0.0.1:0", "--frame-addr", "127.0.0.1:0"])
+        .arg("--require-login")
+        .output()
+        .expect("run tcp-reactor");
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--require-login needs --users FILE"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -6,19 +6,29 @@
 //!   Open  ----------------------->  Paused
 //!    |    <-----------------------    |
 //!    |       output < LOW_WATER       |
-//!    |  LOGIN           result
+//!    |  LOGIN           verdict
 //!    +--------> Verifying ------> Open    (a password is being checked off the loop)
-//!    |                                |    QUIT, protocol error, peer EOF, idle timeout,
-//!    +----------------+---------------+    server full, shutdown, failed logins
-//!                     v
-//!              Draining(reason)   flush every reply owed; input is read and discarded
-//!                     |  output empty: shutdown(Write) sends our FIN
-//!                     v
+//!    |              |                 |
+//!    |              | shutdown, 3rd failed login (after the verdict), idle timeout
+//!    |              v                 |    QUIT, protocol error, peer EOF, idle timeout,
+//!    +--------> Draining <------------+    request timeout, server full, shutdown,
+//!                   |                      failed logins
+//!                   |  Draining { reason, peer_done }: flush every reply owed; input is
+//!                   |  read and discarded
+//!                   |  output empty: shutdown(Write) sends our FIN; the session has ended
+//!                   v
 //!              Lingering(reason)  discard input until the peer's EOF (or a deadline)
-//!                     |
-//!                     v
-//!                  closed (removed from the slab)
+//!                   |
+//!                   v
+//!                Closed   deregistered, counted; its slab slot is freed at the end of the
+//!                         wakeup ("reaped")
 //! ```
+//!
+//! Any state goes straight to Closed on a read or write error, a TLS handshake timeout, the
+//! linger deadline, a slow reader dropped at the push cap, or the shutdown deadline. Closed is
+//! final: [`Connection::set_state`] never leaves it, and every operation on a Closed connection
+//! is a no-op (nothing to read, nothing to write, no deadline), so code that still holds its
+//! key during the same wakeup cannot do harm with it (docs/ARCHITECTURE.md, "Liveness").
 //!
 //! Why Lingering exists: on Linux, `close()` on a socket whose receive queue still holds bytes
 //! sends a RST instead of a FIN, and a RST makes the peer's kernel throw away replies it has
@@ -33,14 +43,15 @@ use std::io;
 use std::time::{Duration, Instant};
 
 use log::trace;
-use mio::Token;
 use mio::net::TcpStream;
+use mio::{Registry, Token};
 
 use super::tls::TlsSession;
 use super::token;
 use crate::buffer::Buffer;
-use crate::handler::Session;
+use crate::handler::{self, Context, Notice, Outcome, Processed, Session};
 use crate::net::{read_some, write_some};
+use crate::stats::Stats;
 use crate::timer_wheel::TimerId;
 
 /// How long a closing connection may go without progress before it is cut off: while
@@ -93,42 +104,85 @@ pub enum State {
     /// A LOGIN is being verified on the worker pool: no reading or executing until the
     /// verdict comes back; the requests after the LOGIN wait in `input`, in order.
     Verifying,
-    /// No more requests: flush what is owed, then send our FIN.
-    Draining(CloseReason),
-    /// Our FIN is sent: discard input until the peer's EOF, then close.
+    /// No more requests: flush what is owed, then send our FIN. `peer_done`: the peer's EOF
+    /// has been read, so once the FIN is out nothing is left to wait for.
+    Draining {
+        reason: CloseReason,
+        peer_done: bool,
+    },
+    /// Our FIN is sent and the session is over: discard input until the peer's EOF, then
+    /// close.
     Lingering(CloseReason),
+    /// Deregistered and counted; the slot is freed at the end of the wakeup.
+    Closed,
 }
 
+impl State {
+    /// Draining for `reason`, the peer still sending.
+    pub fn draining(reason: CloseReason) -> State {
+        State::Draining {
+            reason,
+            peer_done: reason == CloseReason::PeerClosed,
+        }
+    }
+}
+
+/// What a write did, for the loop's counters and its "is the socket full" reasoning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    /// Bytes the socket (or rustls) took.
+    pub taken: usize,
+    /// Bytes offered.
+    pub offered: usize,
+}
+
+/// What discarding a closing connection's input found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Discarded {
+    /// The peer's EOF.
+    Eof,
+    /// Bytes thrown away; `protocol_bytes` of them count as `bytes_in` (none over TLS, where
+    /// they are records, not protocol bytes).
+    Dropped { protocol_bytes: usize },
+    /// Nothing more for now.
+    Drained,
+}
+
+/// One client connection. Its fields are private: the loop says what should happen
+/// (receive, execute, send, flush, send the FIN, discard) and the connection does it, TLS or
+/// not.
 pub struct Connection {
-    pub socket: TcpStream,
-    pub token: Token,
+    socket: TcpStream,
+    token: Token,
     state: State,
     /// Bytes received but not yet executed: the start of an incomplete request, or requests
-    /// held back while Paused. Empty (and usually unallocated) between batches.
-    pub input: Buffer,
+    /// held back while Paused or Verifying. Empty (and usually unallocated) between batches.
+    input: Buffer,
     /// Replies not yet accepted by the socket. Empty (and usually unallocated) when the
     /// client keeps up.
-    pub output: Buffer,
-    pub session: Session,
+    output: Buffer,
+    session: Session,
     /// The wakeup time of the last byte read or written: what the idle timeout measures from.
-    pub last_activity: Instant,
+    last_activity: Instant,
     /// The connection's one timer, and the tick it is due at.
-    pub timer: Option<(TimerId, u64)>,
+    timer: Option<(TimerId, u64)>,
     /// When the first bytes of the incomplete request at the end of `input` arrived (`None`
     /// while `input` holds no incomplete request). Restarted whenever a request completes,
     /// so a client that keeps finishing requests is never cut off, however long its stream.
-    pub request_started: Option<Instant>,
-    /// The peer's EOF has been read: nothing more can arrive.
-    pub peer_closed: bool,
-    /// Accepted over `--max-connections` only to be told so; not counted as served.
-    pub rejected: bool,
+    request_started: Option<Instant>,
     /// The TLS session of a connection accepted on a TLS listener: every byte read or
     /// written passes through it. Boxed: a plain connection pays one pointer for it.
-    pub tls: Option<Box<TlsSession>>,
+    tls: Option<Box<TlsSession>>,
 }
 
 impl Connection {
-    pub fn new(socket: TcpStream, token: Token, session: Session, now: Instant) -> Self {
+    pub fn new(
+        socket: TcpStream,
+        token: Token,
+        session: Session,
+        tls: Option<Box<TlsSession>>,
+        now: Instant,
+    ) -> Self {
         Connection {
             socket,
             token,
@@ -139,10 +193,37 @@ impl Connection {
             last_activity: now,
             timer: None,
             request_started: None,
-            peer_closed: false,
-            rejected: false,
-            tls: None,
+            tls,
         }
+    }
+
+    pub fn token(&self) -> Token {
+        self.token
+    }
+
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    pub fn session_mut(&mut self) -> &mut Session {
+        &mut self.session
+    }
+
+    pub fn last_activity(&self) -> Instant {
+        self.last_activity
+    }
+
+    /// Traffic (or a state change that restarts a deadline) happened at `now`.
+    pub fn touch(&mut self, now: Instant) {
+        self.last_activity = now;
+    }
+
+    pub fn timer(&self) -> Option<(TimerId, u64)> {
+        self.timer
+    }
+
+    pub fn set_timer(&mut self, timer: Option<(TimerId, u64)>) {
+        self.timer = timer;
     }
 
     /// Request bytes from the peer: `Ok(Some(n))`, `Ok(Some(0))` at the end of the stream,
@@ -155,31 +236,86 @@ impl Connection {
         }
     }
 
+    /// Whether a read shorter than the buffer proves the socket drained. Over TLS it proves
+    /// nothing: rustls hands out one record at a time.
+    #[inline]
+    pub fn short_read_drains(&self) -> bool {
+        self.tls.is_none()
+    }
+
     /// Writes `bytes` (replies): `Ok(Some(n))` bytes taken, `Ok(None)` the socket is full.
     /// Taking fewer than offered means the socket is full and a writable edge will follow.
     #[inline]
-    pub fn send(&mut self, bytes: &[u8]) -> io::Result<Option<usize>> {
+    fn send(&mut self, bytes: &[u8]) -> io::Result<Option<usize>> {
         match &mut self.tls {
             None => write_some(&mut self.socket, bytes),
             Some(tls) => tls.send(&mut self.socket, bytes),
         }
     }
 
-    /// Writes the connection's pending output, as [`Connection::send`].
-    #[inline]
-    pub fn send_output(&mut self) -> io::Result<Option<usize>> {
-        let bytes = self.output.data();
-        match &mut self.tls {
-            None => write_some(&mut self.socket, bytes),
-            Some(tls) => tls.send(&mut self.socket, bytes),
-        }
+    /// Writes a fresh batch of replies that was built outside the connection (the loop's
+    /// scratch buffer; the connection had nothing pending), keeping what the socket did not
+    /// take. One `write`. `batch` is left empty, whatever happens.
+    pub fn send_batch(&mut self, batch: &mut Buffer) -> io::Result<Written> {
+        debug_assert!(self.output.is_empty(), "a batch overtaking pending output");
+        let offered = batch.len();
+        let result = self.send(batch.data());
+        let taken = match result {
+            Ok(taken) => taken.unwrap_or(0),
+            Err(e) => {
+                batch.clear();
+                return Err(e);
+            }
+        };
+        self.output.extend_from_slice(&batch.data()[taken..]);
+        batch.clear();
+        Ok(Written { taken, offered })
     }
 
-    /// Something is owed to the socket: replies, or records rustls made on its own
-    /// (handshake messages, alerts).
+    /// Writes the pending output (and, over TLS, records rustls made on its own: handshake
+    /// messages, alerts). One `write`: one that does not take everything has filled the
+    /// socket buffer and a writable edge will follow. `Ok(None)`: nothing was owed.
+    pub fn flush(&mut self) -> io::Result<Option<Written>> {
+        if !self.has_output() {
+            return Ok(None);
+        }
+        let offered = self.output.len();
+        let taken = match &mut self.tls {
+            None => write_some(&mut self.socket, self.output.data())?,
+            Some(tls) => tls.send(&mut self.socket, self.output.data())?,
+        }
+        .unwrap_or(0);
+        self.output.consume(taken);
+        Ok(Some(Written { taken, offered }))
+    }
+
+    /// Something is owed to the socket: replies, or records rustls made on its own.
     #[inline]
-    pub fn has_output(&self) -> bool {
-        !self.output.is_empty() || self.tls.as_ref().is_some_and(|tls| tls.wants_write())
+    fn has_output(&self) -> bool {
+        self.state != State::Closed
+            && (!self.output.is_empty() || self.tls.as_ref().is_some_and(|tls| tls.wants_write()))
+    }
+
+    /// Replies not yet taken by the socket, in bytes.
+    pub fn pending_output(&self) -> usize {
+        self.output.len()
+    }
+
+    /// Queues a chat push behind the pending replies, unless that would pass `cap`: then
+    /// `false`, and the caller drops the connection as a slow reader.
+    pub fn push(&mut self, message: &[u8], cap: usize) -> bool {
+        if self.output.len() + message.len() > cap {
+            return false;
+        }
+        self.output.extend_from_slice(message);
+        true
+    }
+
+    /// Forgets the requests not executed yet and queues `notice` as the last reply, before a
+    /// close the client is told about (a timeout, server full).
+    pub fn notify(&mut self, notice: Notice) {
+        self.input.clear();
+        handler::write_notice(self.session.protocol, notice, &mut self.output);
     }
 
     /// A TLS connection whose handshake is not over: it cannot be sent a notice.
@@ -187,31 +323,169 @@ impl Connection {
         self.tls.as_ref().is_some_and(|tls| tls.is_handshaking())
     }
 
-    /// Before the FIN: over TLS, `close_notify` and every record before it must be on the
-    /// socket. `Ok(true)` when the FIN may go now; `Ok(false)` when the socket is full and the
+    /// Our FIN, after the last reply: over TLS, `close_notify` and every record before it go
+    /// first. `Ok(true)` once the FIN is sent; `Ok(false)` when the socket is full and the
     /// writable edge will bring the connection back here.
-    pub fn ready_for_fin(&mut self) -> io::Result<bool> {
-        match &mut self.tls {
-            None => Ok(true),
-            Some(tls) => tls.close(&mut self.socket),
+    pub fn send_fin(&mut self) -> io::Result<bool> {
+        if let Some(tls) = &mut self.tls
+            && !tls.close(&mut self.socket)?
+        {
+            return Ok(false);
         }
+        // An error here (the peer already reset) changes nothing: the close follows anyway.
+        let _ = self.socket.shutdown(std::net::Shutdown::Write);
+        Ok(true)
+    }
+
+    /// Reads and drops input of a closing connection (one read).
+    pub fn discard(&mut self, scratch: &mut [u8]) -> io::Result<Discarded> {
+        Ok(match read_some(&mut self.socket, scratch)? {
+            Some(0) => Discarded::Eof,
+            Some(n) => Discarded::Dropped {
+                protocol_bytes: if self.tls.is_none() { n } else { 0 },
+            },
+            None => Discarded::Drained,
+        })
+    }
+
+    /// The peer's EOF arrived while the connection drains: after our FIN, nothing is left to
+    /// wait for.
+    pub fn note_peer_eof(&mut self) {
+        if let State::Draining { reason, .. } = self.state {
+            self.set_state(State::Draining {
+                reason,
+                peer_done: true,
+            });
+        }
+    }
+
+    /// Stops polling the socket. The descriptor itself is closed when the connection is
+    /// dropped, at the end of the wakeup.
+    pub fn deregister(&mut self, registry: &Registry) {
+        let _ = registry.deregister(&mut self.socket);
+    }
+
+    /// Joins `fresh` bytes to requests held from earlier reads, if there are any: then they
+    /// are executed from the held input. Returns how much of `fresh` that used up.
+    pub fn join_held(&mut self, fresh: &[u8]) -> usize {
+        if self.input.is_empty() {
+            return 0;
+        }
+        self.input.extend_from_slice(fresh);
+        fresh.len()
+    }
+
+    /// Whether requests received earlier wait to be executed (held back by a pause or a
+    /// login).
+    pub fn holds_requests(&self) -> bool {
+        !self.input.is_empty()
+    }
+
+    /// Runs the handler over the requests waiting: the held input if there is any, else
+    /// `fresh[*offset..]` (advancing `offset`). Replies go to the pending output, or to
+    /// `scratch_out` when nothing is pending, so that they leave in one `write`. `None` when
+    /// there is nothing to execute or the connection may not execute. The flag says the
+    /// output reached `out_limit`.
+    pub fn execute_some(
+        &mut self,
+        fresh: &[u8],
+        offset: &mut usize,
+        scratch_out: &mut Buffer,
+        out_limit: usize,
+        cx: &mut Context<'_>,
+    ) -> Option<(Processed, bool)> {
+        if !self.may_execute() {
+            return None;
+        }
+        let from_held = !self.input.is_empty();
+        let input: &[u8] = if from_held {
+            self.input.data()
+        } else {
+            &fresh[*offset..]
+        };
+        if input.is_empty() {
+            return None;
+        }
+        let out = replies_to(&mut self.output, scratch_out);
+        let processed = handler::process(&mut self.session, input, out, out_limit, cx);
+        let over_limit = out.len() >= out_limit;
+        if from_held {
+            self.input.consume(processed.consumed);
+        } else {
+            *offset += processed.consumed;
+        }
+        Some((processed, over_limit))
+    }
+
+    /// After executing: keeps `unexecuted` (the start of an incomplete request, or requests
+    /// held back), and moves the request clock: started by a request's first bytes,
+    /// restarted by every request completed, stopped when nothing incomplete is left.
+    /// `Some(true)` when the read ended a request in the middle (`partial_reads`).
+    pub fn keep_unexecuted(
+        &mut self,
+        unexecuted: &[u8],
+        fresh: bool,
+        executed_any: bool,
+        now: Instant,
+    ) -> bool {
+        if self.is_closing() {
+            self.input.clear();
+            return false;
+        }
+        self.input.extend_from_slice(unexecuted);
+        let partial = fresh && !self.input.is_empty() && self.may_execute();
+        if self.input.is_empty() {
+            self.request_started = None;
+        } else if executed_any || self.request_started.is_none() {
+            self.request_started = Some(now);
+        }
+        partial
+    }
+
+    /// Forgets the requests not executed yet: after the peer's EOF an unfinished one will
+    /// never be complete, and after a closing verdict none is executed.
+    pub fn forget_input(&mut self) {
+        self.input.clear();
+    }
+
+    /// Answers a LOGIN that could not be handed to the workers: "busy, try again".
+    pub fn answer_busy(&mut self, scratch_out: &mut Buffer) {
+        let out = replies_to(&mut self.output, scratch_out);
+        handler::abandon_login(&mut self.session, out);
+    }
+
+    /// Answers the LOGIN being verified with its verdict, and goes back to Open; what the
+    /// handler says next (go on, or close after too many failures).
+    pub fn answer_login(&mut self, ok: bool, stats: &mut Stats) -> Outcome {
+        let outcome = handler::finish_login(&mut self.session, ok, &mut self.output, stats);
+        self.set_state(State::Open);
+        outcome
     }
 
     pub fn state(&self) -> State {
         self.state
     }
 
-    /// The sole writer of `state`.
+    /// The sole writer of `state`. Closed is final.
     pub fn set_state(&mut self, next: State) {
-        if self.state != next {
-            trace!(
-                "conn={} {:?}=>{:?}",
-                token::show(self.token),
-                self.state,
-                next
-            );
-            self.state = next;
+        if self.state == next {
+            return;
         }
+        if self.state == State::Closed {
+            debug_assert!(false, "conn={} leaving Closed", token::show(self.token));
+            log::error!(
+                "conn={} bug: asked to leave Closed for {next:?}",
+                token::show(self.token)
+            );
+            return;
+        }
+        trace!(
+            "conn={} {:?}=>{:?}",
+            token::show(self.token),
+            self.state,
+            next
+        );
+        self.state = next;
     }
 
     /// Requests may be read and executed.
@@ -219,9 +493,27 @@ impl Connection {
         self.state == State::Open
     }
 
-    /// The connection is on its way out: input is discarded, not executed.
+    /// The connection is on its way out (or gone): input is discarded, not executed.
     pub fn is_closing(&self) -> bool {
-        matches!(self.state, State::Draining(_) | State::Lingering(_))
+        matches!(
+            self.state,
+            State::Draining { .. } | State::Lingering(_) | State::Closed
+        )
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.state == State::Closed
+    }
+
+    /// Accepted over `--max-connections` only to be told so, and not yet past our FIN.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self.state,
+            State::Draining {
+                reason: CloseReason::ServerFull,
+                ..
+            }
+        )
     }
 
     /// When the connection's timer should next look at it: its idle deadline, its request
@@ -236,7 +528,8 @@ impl Connection {
                     .flatten()
                     .min()
             }
-            State::Draining(_) | State::Lingering(_) => Some(self.last_activity + LINGER),
+            State::Draining { .. } | State::Lingering(_) => Some(self.last_activity + LINGER),
+            State::Closed => None,
         }
     }
 
@@ -269,4 +562,37 @@ impl Connection {
         self.input.release();
         self.output.release();
     }
+
+    /// Gives back the memory of empty buffers larger than `keep`: a connection that once sent
+    /// a 10 MiB frame must not keep 10 MiB.
+    pub fn release_large_buffers(&mut self, keep: usize) {
+        if self.output.is_empty() {
+            self.output.release_if_larger_than(keep);
+        }
+        if self.input.is_empty() {
+            self.input.release_if_larger_than(keep);
+        }
+    }
+}
+
+/// Where new replies go: behind the pending output if there is any, else into the loop's
+/// scratch buffer, so that a batch leaves in one `write` and only what the socket did not take
+/// is copied into the connection.
+fn replies_to<'a>(output: &'a mut Buffer, scratch_out: &'a mut Buffer) -> &'a mut Buffer {
+    if output.is_empty() {
+        scratch_out
+    } else {
+        output
+    }
+}
+
+/// Counts a write in the loop's counters; `true` when it moved bytes (activity).
+pub fn count_written(written: Written, stats: &mut Stats) -> bool {
+    stats.bytes_out += written.taken as u64;
+    if written.taken == 0 && written.offered > 0 {
+        stats.write_would_block += 1;
+    } else if written.taken < written.offered {
+        stats.partial_writes += 1;
+    }
+    written.taken > 0
 }

@@ -4,13 +4,17 @@
 //!
 //! ```text
 //! poll(timeout = time to the next timer, 0 if work was deferred)
-//!   -> for each event: listener => accept until WouldBlock (at most ACCEPT_BUDGET)
+//!   -> for each event: listener => accept until WouldBlock (at most ACCEPT_BUDGET), admit each
 //!                      signal   => begin a graceful shutdown (a second one: exit now)
+//!                      waker    => a shutdown asked for by a ShutdownHandle, and/or login
+//!                                  verdicts from the workers: answer them
 //!                      conn     => read until drained or READ_BUDGET, execute every complete
 //!                                  request, write the replies with one write
 //!   -> revisit what was deferred last turn (budgets spent, connections un-paused)
 //!   -> flush connections that received chat pushes
-//!   -> advance the timer wheel: idle timeouts, linger deadlines, accept pauses
+//!   -> advance the timer wheel: idle, request and TLS-handshake timeouts, linger deadlines,
+//!      buffers to give back, accept pauses
+//!   -> reap: free the slab slots of the connections closed during this turn
 //! ```
 //!
 //! The readiness rules this relies on (mio's `Poll` documentation, and Linux epoll in
@@ -29,15 +33,24 @@
 //!   triggering a writable edge costs nothing until a write has filled the socket buffer, and
 //!   the loop keeps track itself of which connections have output pending. No `epoll_ctl` per
 //!   request.
-//! - One batch of events can hold an event for a connection that an earlier event in the same
-//!   batch closed; tokens carry a generation so such an event is recognised and dropped
-//!   ([`token`]).
+//!
+//! **Liveness.** Any call that may write may close: a write fails on a reset socket, a
+//! broadcast drops a slow reader. Closing never frees anything the caller may still hold:
+//! [`Server::close`] only marks the connection `Closed` (deregistered, its timer cancelled,
+//! counted) and queues its key; the slab slot is freed by `reap` at the end of the turn. So a
+//! key taken in this turn stays valid for the whole turn, and every operation on a Closed
+//! connection is a no-op (its state allows no read, no write and no deadline). Nothing looks a
+//! key up again to learn whether the connection still exists. Across turns connections are
+//! named by tokens, which carry a generation ([`token`]): a stale token (an event, a revisit,
+//! a login verdict, a timer for a connection since closed, whose slot may hold a newcomer) is
+//! recognised and dropped.
 //!
 //! The whole state of one loop is this one `Server` value: no globals, so several loops can
 //! run side by side, one per core.
 
+pub mod accept;
 pub mod connection;
-pub mod listener;
+pub mod logins;
 pub mod tls;
 pub mod token;
 
@@ -48,20 +61,26 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use log::{Level, debug, info, log_enabled, trace, warn};
+use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
-use crate::auth::{LoginJob, LoginResult, Users, VerifierPool};
+use crate::auth::Users;
 use crate::buffer::{Buffer, HIGH_WATER, LOW_WATER, PUSH_CAP};
 use crate::config::Config;
-use crate::handler::{self, Context, Limits, Logins, Notice, Outcome, Room};
-use crate::net::read_some;
+use crate::handler::{
+    Context, Credentials, Limits, LoginRules, Notice, Outcome, Room, Session, SessionId,
+};
 use crate::stats::Stats;
 use crate::timer_wheel::{TimerId, TimerWheel};
-use connection::{CloseReason, Connection, QUIET, State, Timeouts};
-use listener::{ListenerId, Listeners};
+use accept::{Acceptor, Burst, ListenerId};
+use connection::{
+    CloseReason, Connection, Discarded, QUIET, State, Timeouts, Written, count_written,
+};
+use logins::{LoginBridge, Submitted};
+use tls::TlsSession;
 
 /// The timer wheel's slot width. Idle timeouts are whole seconds in practice; 10 ms keeps the
 /// wheel's own wakeups rare while no deadline is more than 10 ms late because of it.
@@ -90,6 +109,10 @@ const EVENTS_CAPACITY: usize = 1024;
 /// deadline: a connection that once sent a 10 MiB frame must not keep 10 MiB.
 const KEEP_BYTES: usize = 64 * 1024;
 
+/// Connections accepted over `--max-connections` are told so and given `LINGER` to read it;
+/// past this many of them at once, new ones are closed without the courtesy.
+const MAX_REJECTING: usize = 1024;
+
 /// What an event asks of a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Readiness {
@@ -104,16 +127,12 @@ enum Readiness {
 /// What a timer in the wheel is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Timer {
-    /// Look at this connection: idle? quiet enough to free its buffers? past its linger?
+    /// Look at this connection: idle? too slow with its request? quiet enough to free its
+    /// buffers? past its linger?
     Connection(Token),
     /// The pause after running out of descriptors is over.
     ResumeAccept,
 }
-
-/// Logins being verified at once, all connections together. Past this a LOGIN is answered
-/// `ERR server busy, try again` at once: a flood of logins must not queue minutes of hashing
-/// (each takes tens of milliseconds of a worker's CPU).
-const MAX_LOGINS_IN_FLIGHT: usize = 256;
 
 /// Asks a running [`Server`] (on another thread) to shut down gracefully, as SIGTERM does.
 #[derive(Clone)]
@@ -130,43 +149,32 @@ impl ShutdownHandle {
     }
 }
 
-/// Worker threads for password hashing: all cores but the loop's, at least one, at most
-/// four. They run at a lower priority than the loop (`auth`), so logins slow down before
-/// the other clients do.
-fn login_threads() -> usize {
-    std::thread::available_parallelism()
-        .map_or(1, |n| n.get().saturating_sub(1))
-        .clamp(1, 4)
-}
-
 /// One reactor: its poll, listeners, connections, timers and counters.
 pub struct Server {
     config: Config,
     limits: Limits,
+    login_rules: LoginRules,
     poll: Poll,
     events: Events,
-    listeners: Listeners,
+    acceptor: Acceptor,
+    /// The sockets of one accept burst, on their way to `admit`. Reused.
+    accepted: Vec<(TcpStream, SocketAddr)>,
     /// The certificate and settings of the TLS listeners, if any.
     tls_config: Option<Arc<rustls::ServerConfig>>,
     signals: Signals,
     /// Woken by a [`ShutdownHandle`] (which sets `shutdown_requested`) and by the login
-    /// workers (which leave a result in their channel).
+    /// workers (which leave a verdict in their channel).
     waker: Arc<Waker>,
     shutdown_requested: Arc<AtomicBool>,
-    /// Verifies passwords off the loop; see docs/ARCHITECTURE.md, "Blocking work". Started
-    /// at the first LOGIN: a server nobody logs in to runs one thread, and its socket calls
-    /// skip the cancellation-point bookkeeping glibc adds once a process has threads.
-    verifier: Option<VerifierPool>,
-    users: Arc<Users>,
-    /// Jobs given to `verifier` whose result has not come back yet.
-    logins_in_flight: usize,
-    /// `--require-login`, and the credentials of a LOGIN on their way to `verifier`.
-    logins: Logins,
+    /// Verifies passwords off the loop; see [`logins`].
+    logins: LoginBridge,
     connections: Slab<Connection>,
     /// The generation given to the last connection accepted.
     generation: u32,
-    /// Connections in the slab that were refused as over `--max-connections`.
+    /// Refusals (over `--max-connections`) still telling their client so.
     rejecting: usize,
+    /// Keys of the connections closed during this turn, freed at its end.
+    closed: Vec<usize>,
     wheel: TimerWheel<Timer>,
     fired: Vec<(TimerId, Timer)>,
     /// Tick 0 of the wheel.
@@ -186,7 +194,7 @@ pub struct Server {
     /// Connections that received chat pushes during this turn.
     flush_later: Vec<Token>,
     /// Slow readers to disconnect after a broadcast.
-    doomed: Vec<Token>,
+    doomed: Vec<usize>,
     /// Set once a shutdown has begun: when it must be over.
     shutdown_deadline: Option<Instant>,
     /// A second signal: exit now.
@@ -194,16 +202,22 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds both listeners and sets up the loop; nothing is served until [`Server::run`].
+    /// Binds the listeners and sets up the loop; nothing is served until [`Server::run`].
     pub fn bind(config: Config) -> io::Result<Server> {
+        if config.require_login && config.users.is_none() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "--require-login needs --users FILE: without a users file nobody could log in",
+            ));
+        }
         let tls_config = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => Some(tls::load_config(cert, key)?),
             _ => None,
         };
         let poll = Poll::new()?;
-        let mut listeners = Listeners::bind(&config)?;
+        let mut acceptor = Acceptor::bind(&config)?;
         let registry = poll.registry();
-        listeners.register(registry)?;
+        acceptor.register(registry)?;
         let mut signals = Signals::new([SIGINT, SIGTERM])?;
         registry.register(&mut signals, token::SIGNALS, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(registry, token::WAKER)?);
@@ -214,34 +228,36 @@ impl Server {
                 info!("{} user(s) from {}", users.len(), path.display());
                 users
             }
-            // No users: every login is refused, after the same work as a wrong password.
-            None => Users::parse("").map_err(|e| io::Error::other(e.to_string()))?,
+            None => {
+                info!("no --users: logins are not checked, every LOGIN is answered OK");
+                Users::parse("").map_err(|e| io::Error::other(e.to_string()))?
+            }
         };
-        let require_login = config.require_login;
+        let login_rules = LoginRules {
+            required: config.require_login,
+            checked: config.users.is_some(),
+        };
         let now = Instant::now();
         Ok(Server {
             limits: Limits {
                 max_line_bytes: config.max_line_bytes,
                 max_frame_bytes: config.max_frame_bytes,
             },
+            login_rules,
             config,
             poll,
             events: Events::with_capacity(EVENTS_CAPACITY),
-            listeners,
+            acceptor,
+            accepted: Vec::new(),
             tls_config,
             signals,
+            logins: LoginBridge::new(users, Arc::clone(&waker)),
             waker,
             shutdown_requested: Arc::new(AtomicBool::new(false)),
-            verifier: None,
-            users: Arc::new(users),
-            logins_in_flight: 0,
-            logins: Logins {
-                required: require_login,
-                pending: None,
-            },
             connections: Slab::new(),
             generation: 0,
             rejecting: 0,
+            closed: Vec::new(),
             wheel: TimerWheel::new(WHEEL_SLOTS, 0),
             fired: Vec::new(),
             epoch: now,
@@ -270,7 +286,7 @@ impl Server {
 
     /// Where a listener is bound; `None` for a TLS listener that is not configured.
     pub fn addr(&self, id: ListenerId) -> Option<SocketAddr> {
-        self.listeners.addr(id)
+        self.acceptor.addr(id)
     }
 
     pub fn stats(&self) -> &Stats {
@@ -321,21 +337,24 @@ impl Server {
         self.handle_revisits();
         self.flush_pushed();
         self.fire_timers();
-        if let Some(deadline) = self.shutdown_deadline {
-            if self.connections.is_empty() {
-                return Ok(true);
+        self.reap();
+        let Some(deadline) = self.shutdown_deadline else {
+            return Ok(false);
+        };
+        if self.connections.is_empty() {
+            return Ok(true);
+        }
+        if self.now >= deadline {
+            info!(
+                "shutdown timeout: closing {} connection(s) still open",
+                self.connections.len()
+            );
+            let keys: Vec<usize> = self.connections.iter().map(|(key, _)| key).collect();
+            for key in keys {
+                self.close(key, "shutdown timeout");
             }
-            if self.now >= deadline {
-                info!(
-                    "shutdown timeout: closing {} connection(s) still open",
-                    self.connections.len()
-                );
-                let keys: Vec<usize> = self.connections.iter().map(|(key, _)| key).collect();
-                for key in keys {
-                    self.close(key, "shutdown timeout");
-                }
-                return Ok(true);
-            }
+            self.reap();
+            return Ok(true);
         }
         Ok(false)
     }
@@ -361,29 +380,13 @@ impl Server {
         // Taken out so that handling an event may borrow the whole server.
         let events = std::mem::replace(&mut self.events, Events::with_capacity(0));
         if log_enabled!(Level::Trace) {
-            let list: Vec<String> = events
-                .iter()
-                .map(|e| {
-                    format!(
-                        "{}{}{}{}",
-                        token::show(e.token()),
-                        if e.is_readable() { " r" } else { "" },
-                        if e.is_writable() { " w" } else { "" },
-                        if e.is_read_closed() || e.is_error() {
-                            " closed/err"
-                        } else {
-                            ""
-                        }
-                    )
-                })
-                .collect();
-            trace!("wakeup: {} event(s) [{}]", list.len(), list.join(", "));
+            trace_events(&events);
         }
         for event in events.iter() {
             match event.token() {
                 token::SIGNALS => self.on_signals(),
                 token::WAKER => self.on_wake(),
-                listener if let Some(id) = ListenerId::of_token(listener) => self.accept_ready(id),
+                listener if let Some(id) = ListenerId::of_token(listener) => self.on_listener(id),
                 conn => {
                     let readiness = if event.is_read_closed() || event.is_error() {
                         // The peer's FIN (or an error) may sit behind the data: read to the end.
@@ -406,20 +409,21 @@ impl Server {
         }
         let mut pending = std::mem::take(&mut self.revisit);
         for &token in &pending {
-            match token {
-                listener if let Some(id) = ListenerId::of_token(listener) => self.accept_ready(id),
-                conn => {
-                    // Requests held back while the connection was paused come first.
-                    if let Some(key) = self.key_of(conn)
-                        && self.connections[key].may_execute()
-                        && !self.connections[key].input.is_empty()
-                    {
-                        self.execute(key, 0);
-                    }
-                    // Edges that came while it was paused were not acted on: read to the end.
-                    self.connection_ready(conn, Readiness::ReadToEnd);
-                }
+            if let Some(id) = ListenerId::of_token(token) {
+                self.on_listener(id);
+                continue;
             }
+            let Some(key) = self.key_of(token) else {
+                continue;
+            };
+            // Requests held back while the connection was paused or verifying come first.
+            let conn = &self.connections[key];
+            if conn.may_execute() && conn.holds_requests() {
+                self.execute(key, 0);
+            }
+            // Edges that came while it was paused were not acted on: read to the end.
+            self.read_ready(key, READ_BUDGET, true);
+            self.settle(key);
         }
         // Keep the allocation of the longer of the two lists.
         pending.clear();
@@ -428,13 +432,93 @@ impl Server {
         }
     }
 
-    /// The slab key of a live connection token; `None` for a stale one.
+    /// The slab key of a live connection token; `None` for a stale one (its connection has
+    /// closed, and its slot may hold a newer one).
     fn key_of(&self, token: Token) -> Option<usize> {
         let (key, _) = token::split(token);
         self.connections
             .get(key)
-            .filter(|conn| conn.token == token)
+            .filter(|conn| conn.token() == token && !conn.is_closed())
             .map(|_| key)
+    }
+
+    /// One listener is readable (or was left with connections waiting): accept a burst and
+    /// admit each socket.
+    fn on_listener(&mut self, id: ListenerId) {
+        let mut batch = std::mem::take(&mut self.accepted);
+        let burst = self.acceptor.accept_ready(id, self.now, &mut batch);
+        for (socket, peer) in batch.drain(..) {
+            self.admit(socket, peer, id);
+        }
+        self.accepted = batch;
+        match burst {
+            Burst::Drained => {}
+            // More may be waiting, and no new edge will say so.
+            Burst::BudgetSpent => self.revisit.push(id.token()),
+            Burst::Paused(resume) => {
+                self.stats.accept_emfile += 1;
+                let tick = self.tick_at(resume);
+                self.wheel.schedule(tick, Timer::ResumeAccept);
+            }
+        }
+    }
+
+    /// Sets up an accepted socket: a connection in the slab, or a refusal if full.
+    ///
+    /// A refusal is a courtesy that costs a connection slot for up to `LINGER`; a TLS client
+    /// would need a whole handshake before it could read it, so TLS refusals are plain closes.
+    fn admit(&mut self, mut socket: TcpStream, peer: SocketAddr, id: ListenerId) {
+        self.stats.accepted += 1;
+        let served = self.stats.active - self.rejecting as u64;
+        let full = served >= self.config.max_connections as u64;
+        if full {
+            self.stats.rejected_full += 1;
+            if self.rejecting >= MAX_REJECTING || id.is_tls() {
+                debug!("refusing {peer}: server full, closed at once");
+                self.stats.closed += 1;
+                return;
+            }
+        }
+        let entry = self.connections.vacant_entry();
+        let key = entry.key();
+        self.generation = token::next_generation(self.generation);
+        let conn_token = token::connection(key, self.generation);
+        let registry = self.poll.registry();
+        if let Err(e) = registry.register(
+            &mut socket,
+            conn_token,
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            warn!("register {peer}: {e}");
+            self.stats.closed += 1;
+            return;
+        }
+        let tls = match (&self.tls_config, id.is_tls()) {
+            (Some(config), true) => match TlsSession::new(config, self.now) {
+                Ok(session) => Some(Box::new(session)),
+                Err(e) => {
+                    warn!("TLS session for {peer}: {e}");
+                    let _ = registry.deregister(&mut socket);
+                    self.stats.closed += 1;
+                    return;
+                }
+            },
+            _ => None,
+        };
+        let session = Session::new(id.protocol(), SessionId(conn_token.0 as u64));
+        let mut conn = Connection::new(socket, conn_token, session, tls, self.now);
+        self.stats.active += 1;
+        let shown = token::show(conn_token);
+        if full {
+            debug!("conn={shown} from {peer} refused: server full");
+            self.rejecting += 1;
+            conn.notify(Notice::ServerFull);
+            conn.set_state(State::draining(CloseReason::ServerFull));
+        } else {
+            debug!("conn={shown} accepted from {peer} ({})", id.name());
+        }
+        entry.insert(conn);
+        self.settle(key);
     }
 
     /// Readiness for a connection: read (and execute) if readable, then write what is owed.
@@ -449,13 +533,14 @@ impl Server {
         if readiness != Readiness::Writable {
             self.read_ready(key, READ_BUDGET, readiness == Readiness::ReadToEnd);
         }
-        if self.key_of(token).is_none() {
-            return;
-        }
+        self.settle(key);
+    }
+
+    /// After any work on a connection: write what it is owed, then make sure its timer is
+    /// due by its next deadline. Both do nothing for a connection that closed meanwhile.
+    fn settle(&mut self, key: usize) {
         self.flush(key);
-        if self.key_of(token).is_some() {
-            self.arm_timer(key);
-        }
+        self.arm_timer(key);
     }
 
     /// Reads until the socket is drained, `budget` bytes were read, or the connection stops
@@ -463,16 +548,16 @@ impl Server {
     /// unless `to_end`: then only WouldBlock or EOF does, because an EOF that arrived with the
     /// last bytes raises no edge of its own.
     fn read_ready(&mut self, key: usize, budget: usize, to_end: bool) {
-        let token = self.connections[key].token;
-        // Over TLS a short read proves nothing: rustls hands out one record at a time.
-        let to_end = to_end || self.connections[key].tls.is_some();
+        let conn = &self.connections[key];
+        let token = conn.token();
+        let to_end = to_end || !conn.short_read_drains();
         let mut left = budget;
-        while self.key_of(token).is_some() {
+        loop {
             let conn = &mut self.connections[key];
             match conn.state() {
                 State::Open => {}
-                State::Paused | State::Verifying => return,
-                State::Draining(_) | State::Lingering(_) => return self.discard_input(key),
+                State::Paused | State::Verifying | State::Closed => return,
+                State::Draining { .. } | State::Lingering(_) => return self.discard_input(key),
             }
             match conn.receive(&mut self.scratch_in) {
                 Err(e) => {
@@ -486,15 +571,14 @@ impl Server {
                 }
                 Ok(Some(0)) => {
                     trace!("conn={} read: EOF", token::show(token));
-                    conn.peer_closed = true;
                     // Everything complete has been executed; an unfinished request never will be.
-                    conn.input.clear();
+                    conn.forget_input();
                     return self.drain(key, CloseReason::PeerClosed);
                 }
                 Ok(Some(n)) => {
                     trace!("conn={} read: {n} bytes", token::show(token));
                     self.stats.bytes_in += n as u64;
-                    conn.last_activity = self.now;
+                    conn.touch(self.now);
                     self.execute(key, n);
                     if n < self.scratch_in.len() && !to_end {
                         return; // drained: later bytes raise a new edge
@@ -513,82 +597,39 @@ impl Server {
     /// (joined to the connection's unfinished ones, if any), then writes the replies.
     fn execute(&mut self, key: usize, fresh: usize) {
         let out_limit = self.out_limit();
-        let token = self.connections[key].token;
+        let mut offset = self.connections[key].join_held(&self.scratch_in[..fresh]);
         let mut executed_any = false;
-        let mut offset = 0; // how much of scratch_in[..fresh] has been used
-        {
-            let conn = &mut self.connections[key];
-            if !conn.input.is_empty() {
-                conn.input.extend_from_slice(&self.scratch_in[..fresh]);
-                offset = fresh;
-            }
-        }
         loop {
-            let conn = &mut self.connections[key];
-            if !conn.may_execute() {
-                break;
-            }
-            let from_spill = !conn.input.is_empty();
-            let input: &[u8] = if from_spill {
-                conn.input.data()
-            } else {
-                &self.scratch_in[offset..fresh]
-            };
-            if input.is_empty() {
-                break;
-            }
-            let out = if conn.output.is_empty() {
-                &mut self.scratch_out
-            } else {
-                &mut conn.output
-            };
             let mut cx = Context {
                 limits: self.limits,
                 room: &mut self.room,
                 stats: &mut self.stats,
-                logins: &mut self.logins,
+                logins: self.login_rules,
             };
-            let processed = handler::process(&mut conn.session, input, out, out_limit, &mut cx);
-            let over_limit = out.len() >= out_limit;
+            let Some((processed, over_limit)) = self.connections[key].execute_some(
+                &self.scratch_in[..fresh],
+                &mut offset,
+                &mut self.scratch_out,
+                out_limit,
+                &mut cx,
+            ) else {
+                break;
+            };
             executed_any |= processed.consumed > 0;
-            if from_spill {
-                conn.input.consume(processed.consumed);
-            } else {
-                offset += processed.consumed;
-            }
             match processed.outcome {
-                Outcome::Continue if over_limit => {
-                    // Write before executing more: the client may be keeping up after all.
-                    self.write_replies(key);
-                    if self.key_of(token).is_none() {
-                        return;
-                    }
-                }
+                // Write before executing more: the client may be keeping up after all.
+                Outcome::Continue if over_limit => self.write_replies(key),
                 Outcome::Continue => break,
-                Outcome::Broadcast => self.broadcast(key),
+                Outcome::Broadcast(message) => self.broadcast(key, &message),
                 Outcome::Quit => self.drain(key, CloseReason::Quit),
                 Outcome::ProtocolError => self.drain(key, CloseReason::ProtocolError),
-                Outcome::Login => self.start_login(key),
+                Outcome::Login(credentials) => self.start_login(key, credentials),
                 Outcome::LoginFailures => self.drain(key, CloseReason::LoginFailures),
             }
         }
-        let conn = &mut self.connections[key];
-        if offset < fresh && !conn.is_closing() {
-            // The start of an incomplete request, or requests held back by backpressure.
-            conn.input
-                .extend_from_slice(&self.scratch_in[offset..fresh]);
-        }
-        if conn.is_closing() {
-            conn.input.clear();
-        } else if fresh > 0 && !conn.input.is_empty() && conn.may_execute() {
+        let unexecuted = &self.scratch_in[offset..fresh];
+        if self.connections[key].keep_unexecuted(unexecuted, fresh > 0, executed_any, self.now) {
             self.stats.partial_reads += 1;
-        }
-        // The request clock: started by a request's first bytes, restarted by every request
-        // completed, stopped when nothing incomplete is left.
-        if conn.input.is_empty() {
-            conn.request_started = None;
-        } else if executed_any || conn.request_started.is_none() {
-            conn.request_started = Some(self.now);
         }
         self.write_replies(key);
     }
@@ -617,27 +658,17 @@ impl Server {
             return self.flush(key);
         }
         let conn = &mut self.connections[key];
-        debug_assert!(conn.output.is_empty(), "scratch used while output pending");
-        let result = conn.send(self.scratch_out.data());
-        let pending = self.scratch_out.len();
-        match result {
-            Ok(Some(n)) => {
-                self.note_written(key, n, pending);
-                let conn = &mut self.connections[key];
-                conn.output.extend_from_slice(&self.scratch_out.data()[n..]);
-            }
-            Ok(None) => {
-                self.stats.write_would_block += 1;
-                trace!("conn={} write: WouldBlock", token::show(conn.token));
-                conn.output.extend_from_slice(self.scratch_out.data());
-            }
+        if conn.is_closed() {
+            self.scratch_out.clear();
+            return;
+        }
+        match conn.send_batch(&mut self.scratch_out) {
+            Ok(written) => self.note_written(key, written),
             Err(e) => {
-                debug!("conn={} write error: {e}", token::show(conn.token));
-                self.scratch_out.clear();
+                debug!("conn={} write error: {e}", token::show(conn.token()));
                 return self.close(key, "write error");
             }
         }
-        self.scratch_out.clear();
         self.after_write(key);
     }
 
@@ -645,38 +676,34 @@ impl Server {
     /// everything has filled the socket buffer and a writable edge will follow.
     fn flush(&mut self, key: usize) {
         let conn = &mut self.connections[key];
-        if conn.has_output() {
-            let pending = conn.output.len();
-            match conn.send_output() {
-                Ok(Some(n)) => {
-                    conn.output.consume(n);
-                    self.note_written(key, n, pending);
-                }
-                Ok(None) => {
-                    self.stats.write_would_block += 1;
-                    trace!("conn={} write: WouldBlock", token::show(conn.token));
-                }
-                Err(e) => {
-                    debug!("conn={} write error: {e}", token::show(conn.token));
-                    return self.close(key, "write error");
-                }
+        if conn.is_closed() {
+            return;
+        }
+        match conn.flush() {
+            Ok(Some(written)) => self.note_written(key, written),
+            Ok(None) => {}
+            Err(e) => {
+                debug!("conn={} write error: {e}", token::show(conn.token()));
+                return self.close(key, "write error");
             }
         }
         self.after_write(key);
     }
 
-    fn note_written(&mut self, key: usize, n: usize, pending: usize) {
+    fn note_written(&mut self, key: usize, written: Written) {
         let conn = &mut self.connections[key];
-        trace!(
-            "conn={} write: {n} of {pending} bytes",
-            token::show(conn.token)
-        );
-        self.stats.bytes_out += n as u64;
-        if n < pending {
-            self.stats.partial_writes += 1;
+        if written.taken == 0 && written.offered > 0 {
+            trace!("conn={} write: WouldBlock", token::show(conn.token()));
+        } else {
+            trace!(
+                "conn={} write: {} of {} bytes",
+                token::show(conn.token()),
+                written.taken,
+                written.offered
+            );
         }
-        if n > 0 {
-            conn.last_activity = self.now;
+        if count_written(written, &mut self.stats) {
+            conn.touch(self.now);
         }
     }
 
@@ -684,7 +711,7 @@ impl Server {
     fn after_write(&mut self, key: usize) {
         let shutting_down = self.shutdown_deadline.is_some();
         let conn = &mut self.connections[key];
-        let pending = conn.output.len();
+        let pending = conn.pending_output();
         match conn.state() {
             State::Open if pending >= HIGH_WATER && !shutting_down => {
                 conn.set_state(State::Paused);
@@ -693,60 +720,61 @@ impl Server {
             State::Paused if pending < LOW_WATER => {
                 conn.set_state(State::Open);
                 // Held-back requests and unread bytes raise no new edge: come back for them.
-                self.revisit.push(conn.token);
+                self.revisit.push(conn.token());
             }
-            State::Draining(reason) if pending == 0 => {
-                match conn.ready_for_fin() {
-                    Ok(true) => {}
-                    Ok(false) => return, // close_notify waits for the writable edge
-                    Err(e) => {
-                        debug!("conn={} write error: {e}", token::show(conn.token));
-                        return self.close(key, "write error");
-                    }
-                }
-                // Our FIN goes out after the last reply; the peer reads everything, then EOF.
-                let _ = conn.socket.shutdown(std::net::Shutdown::Write);
-                if conn.peer_closed {
-                    return self.close(key, "closed after flushing");
-                }
-                conn.set_state(State::Lingering(reason));
-                conn.last_activity = self.now;
-                self.discard_input(key);
-                return;
+            State::Draining { reason, peer_done } if pending == 0 => {
+                return self.finish_draining(key, reason, peer_done);
             }
+            State::Closed => return,
             _ => {}
         }
-        if pending == 0 {
-            conn.output.release_if_larger_than(KEEP_BYTES);
+        conn.release_large_buffers(KEEP_BYTES);
+    }
+
+    /// Everything owed is written: our FIN goes out after the last reply, so the peer reads
+    /// everything, then EOF. From here the session is over (counted `closed`, its slot free);
+    /// the socket lingers until the peer's EOF, unless that came already.
+    fn finish_draining(&mut self, key: usize, reason: CloseReason, peer_done: bool) {
+        let conn = &mut self.connections[key];
+        match conn.send_fin() {
+            Ok(true) => {}
+            Ok(false) => return, // close_notify waits for the writable edge
+            Err(e) => {
+                debug!("conn={} write error: {e}", token::show(conn.token()));
+                return self.close(key, "write error");
+            }
         }
-        if conn.input.is_empty() {
-            conn.input.release_if_larger_than(KEEP_BYTES);
+        if peer_done {
+            return self.close(key, "closed after flushing");
         }
+        let refusal = conn.is_refusal();
+        conn.set_state(State::Lingering(reason));
+        conn.touch(self.now);
+        self.end_session(refusal);
+        self.stats.lingering += 1;
+        self.discard_input(key);
     }
 
     /// Reads and drops input of a closing connection, so that the final close finds nothing
-    /// unread (which would turn our FIN into a RST); closes once the peer's EOF arrives.
+    /// unread (which would turn our FIN into a RST); closes once the peer's EOF arrives after
+    /// our FIN.
     fn discard_input(&mut self, key: usize) {
-        let token = self.connections[key].token;
+        let token = self.connections[key].token();
         for _ in 0..READ_BUDGET / READ_CHUNK {
             let conn = &mut self.connections[key];
-            match read_some(&mut conn.socket, &mut self.scratch_in) {
-                Ok(Some(0)) => {
+            match conn.discard(&mut self.scratch_in) {
+                Ok(Discarded::Eof) => {
                     trace!("conn={} read while closing: EOF", token::show(token));
-                    conn.peer_closed = true;
                     if matches!(conn.state(), State::Lingering(_)) {
                         return self.close(key, "closed after the peer's EOF");
                     }
-                    return;
+                    return conn.note_peer_eof();
                 }
-                Ok(Some(n)) => {
-                    trace!("conn={} discarded {n} bytes", token::show(token));
-                    // Over TLS these are records, not protocol bytes: not counted.
-                    if conn.tls.is_none() {
-                        self.stats.bytes_in += n as u64;
-                    }
+                Ok(Discarded::Dropped { protocol_bytes }) => {
+                    trace!("conn={} discarded input", token::show(token));
+                    self.stats.bytes_in += protocol_bytes as u64;
                 }
-                Ok(None) => {
+                Ok(Discarded::Drained) => {
                     self.stats.read_would_block += 1;
                     return;
                 }
@@ -759,46 +787,38 @@ impl Server {
         self.revisit.push(token);
     }
 
-    /// Delivers `room.message` to every identified session but the sender; sessions too far
+    /// Delivers `message` to every identified session but the sender; sessions too far
     /// behind are disconnected instead.
-    fn broadcast(&mut self, sender_key: usize) {
-        let sender = self.connections[sender_key].session.id;
-        let message = &self.room.message;
+    fn broadcast(&mut self, sender_key: usize, message: &[u8]) {
+        let sender = self.connections[sender_key].session().id;
         for member in self.room.members() {
             if member == sender {
                 continue;
             }
             let token = Token(member.0 as usize);
             let (key, _) = token::split(token);
-            let Some(conn) = self.connections.get_mut(key).filter(|c| c.token == token) else {
+            let Some(conn) = self.connections.get_mut(key).filter(|c| c.token() == token) else {
                 continue;
             };
             if conn.is_closing() {
                 continue;
             }
-            if conn.output.len() + message.len() > PUSH_CAP {
-                self.doomed.push(token);
-                continue;
+            if conn.push(message, PUSH_CAP) {
+                self.flush_later.push(token);
+            } else {
+                self.doomed.push(key);
             }
-            conn.output.extend_from_slice(message);
-            self.flush_later.push(token);
         }
-        while let Some(token) = self.doomed.pop() {
-            if let Some(key) = self.key_of(token) {
-                self.stats.slow_reader_drops += 1;
-                debug!("conn={} dropped: over the push cap", token::show(token));
-                self.close(key, "slow reader");
-            }
+        while let Some(key) = self.doomed.pop() {
+            self.stats.slow_reader_drops += 1;
+            self.close(key, "slow reader: over the push cap");
         }
     }
 
     fn flush_pushed(&mut self) {
         while let Some(token) = self.flush_later.pop() {
             if let Some(key) = self.key_of(token) {
-                self.flush(key);
-                if self.key_of(token).is_some() {
-                    self.arm_timer(key);
-                }
+                self.settle(key);
             }
         }
     }
@@ -814,8 +834,8 @@ impl Server {
         // Never earlier than the next tick: a deadline that is already past but not acted on
         // would otherwise fire on every wakeup and spin the loop.
         let tick = self.tick_at(deadline).max(self.tick_now() + 1);
-        let conn_token = conn.token;
-        let timer = match conn.timer {
+        let conn_token = conn.token();
+        let timer = match conn.timer() {
             None => Some((
                 self.wheel.schedule(tick, Timer::Connection(conn_token)),
                 tick,
@@ -823,8 +843,8 @@ impl Server {
             Some((id, armed)) if tick < armed && self.wheel.reset(id, tick) => Some((id, tick)),
             Some(_) => None,
         };
-        if let Some(timer) = timer {
-            self.connections[key].timer = Some(timer);
+        if timer.is_some() {
+            self.connections[key].set_timer(timer);
         }
     }
 
@@ -836,14 +856,17 @@ impl Server {
             self.stats.timers_fired += 1;
             trace!("timer fired: {timer:?}");
             match timer {
-                Timer::ResumeAccept => self.resume_accept(),
+                Timer::ResumeAccept => {
+                    let open = self.acceptor.resume().map(ListenerId::token);
+                    self.revisit.extend(open);
+                }
                 Timer::Connection(token) => {
                     let Some(key) = self.key_of(token) else {
                         continue;
                     };
                     let conn = &mut self.connections[key];
-                    if conn.timer.is_some_and(|(armed, _)| armed == id) {
-                        conn.timer = None;
+                    if conn.timer().is_some_and(|(armed, _)| armed == id) {
+                        conn.set_timer(None);
                     }
                     self.on_connection_timer(key);
                 }
@@ -852,57 +875,51 @@ impl Server {
         self.fired = fired;
     }
 
+    /// A connection's timer fired: act on whichever of its deadlines has passed, then arm it
+    /// for the next one.
     fn on_connection_timer(&mut self, key: usize) {
         let now = self.now;
         let timeouts = self.timeouts();
         let conn = &mut self.connections[key];
-        let token = conn.token;
+        let token = token::show(conn.token());
         match conn.state() {
             State::Open | State::Paused | State::Verifying => {
                 let idle = timeouts
                     .idle
-                    .is_some_and(|timeout| now >= conn.last_activity + timeout);
+                    .is_some_and(|timeout| now >= conn.last_activity() + timeout);
                 let slow = conn
                     .request_deadline(timeouts)
                     .is_some_and(|deadline| now >= deadline);
+                if idle {
+                    self.stats.idle_timeouts += 1;
+                } else if slow {
+                    self.stats.request_timeouts += 1;
+                }
                 if (idle || slow) && conn.is_handshaking() {
                     // Nothing can be said to a client that has not finished its handshake.
-                    if idle {
-                        self.stats.idle_timeouts += 1;
-                    } else {
-                        self.stats.request_timeouts += 1;
-                    }
-                    debug!(
-                        "conn={} TLS handshake not finished in time",
-                        token::show(token)
-                    );
+                    debug!("conn={token} TLS handshake not finished in time");
                     return self.close(key, "TLS handshake timeout");
                 } else if idle || slow {
                     let (notice, reason) = if idle {
-                        self.stats.idle_timeouts += 1;
                         (Notice::IdleTimeout, CloseReason::IdleTimeout)
                     } else {
-                        self.stats.request_timeouts += 1;
                         (Notice::RequestTimeout, CloseReason::RequestTimeout)
                     };
-                    debug!("conn={} {reason:?}", token::show(token));
-                    conn.input.clear();
-                    handler::write_notice(conn.session.protocol, notice, &mut conn.output);
+                    debug!("conn={token} {reason:?}");
+                    conn.notify(notice);
                     self.drain(key, reason);
-                    self.flush(key);
-                } else if now >= conn.last_activity + QUIET {
+                } else if now >= conn.last_activity() + QUIET {
                     conn.release_buffers();
                 }
             }
-            State::Draining(_) | State::Lingering(_) => {
-                if now >= conn.last_activity + connection::LINGER {
+            State::Draining { .. } | State::Lingering(_) => {
+                if now >= conn.last_activity() + connection::LINGER {
                     return self.close(key, "linger deadline");
                 }
             }
+            State::Closed => return,
         }
-        if self.key_of(token).is_some() {
-            self.arm_timer(key);
-        }
+        self.settle(key);
     }
 
     fn on_signals(&mut self) {
@@ -931,116 +948,81 @@ impl Server {
             self.connections.len(),
             self.config.shutdown_timeout
         );
-        self.close_listeners();
+        self.acceptor.close_all(self.poll.registry());
         self.shutdown_deadline = Some(self.now + self.config.shutdown_timeout);
-        let tokens: Vec<Token> = self
-            .connections
-            .iter()
-            .map(|(_, conn)| conn.token)
-            .collect();
-        for token in tokens {
-            let Some(key) = self.key_of(token) else {
-                continue;
-            };
-            if self.connections[key].state() == State::Verifying {
-                // Its LOGIN is answered first: `finish_login` closes it.
-                continue;
+        // Keys stay valid for the rest of this turn, whatever closes meanwhile.
+        let keys: Vec<usize> = self.connections.iter().map(|(key, _)| key).collect();
+        for key in keys {
+            // A LOGIN being verified is answered first: `finish_login` comes back here.
+            if !matches!(
+                self.connections[key].state(),
+                State::Verifying | State::Closed
+            ) {
+                self.shut_down_connection(key);
             }
-            self.shut_down_connection(key);
         }
     }
 
     /// A connection's part of a shutdown: answer what it sent before the signal, then close.
     fn shut_down_connection(&mut self, key: usize) {
-        let token = self.connections[key].token;
-        if self.connections[key].state() == State::Paused {
-            self.connections[key].set_state(State::Open);
+        let conn = &mut self.connections[key];
+        if conn.state() == State::Paused {
+            conn.set_state(State::Open);
         }
-        if self.connections[key].may_execute() {
+        if conn.may_execute() {
             // What arrived before the signal is answered: execute held-back requests,
             // then read what the socket holds.
             self.execute(key, 0);
             self.read_ready(key, usize::MAX, true);
         }
-        let Some(key) = self.key_of(token) else {
-            return;
-        };
-        if self.connections[key].state() == State::Verifying {
+        let conn = &self.connections[key];
+        if conn.state() == State::Verifying {
             return; // a LOGIN among the requests just read: `finish_login` comes back here
         }
-        if !self.connections[key].is_closing() {
+        if !conn.is_closing() {
             self.drain(key, CloseReason::Shutdown);
         }
-        self.flush(key);
-        if self.key_of(token).is_some() {
-            self.arm_timer(key);
-        }
+        self.settle(key);
     }
 
-    /// The waker fired: a shutdown was requested, or login results are waiting (or both).
+    /// The waker fired: a shutdown was requested, or login verdicts are waiting (or both).
     fn on_wake(&mut self) {
         if self.shutdown_requested.swap(false, Ordering::SeqCst) {
             self.begin_shutdown("shutdown requested");
         }
-        while let Some(result) = self.verifier.as_ref().and_then(VerifierPool::try_recv) {
-            self.logins_in_flight = self.logins_in_flight.saturating_sub(1);
-            self.finish_login(result);
+        while let Some((token, ok)) = self.logins.next_verdict() {
+            self.finish_login(token, ok);
         }
     }
 
     /// Hands the LOGIN that stopped `execute` to the workers; the connection waits in
-    /// `Verifying`. Over `MAX_LOGINS_IN_FLIGHT` it is answered "busy" at once instead.
-    fn start_login(&mut self, key: usize) {
-        let Some(credentials) = self.logins.pending.take() else {
-            return;
-        };
-        if self.verifier.is_none() {
-            match VerifierPool::new(
-                Arc::clone(&self.users),
-                login_threads(),
-                Arc::clone(&self.waker),
-            ) {
-                Ok(pool) => self.verifier = Some(pool),
-                Err(e) => warn!("cannot start the login workers: {e}"),
-            }
-        }
+    /// `Verifying`. When too many are in flight it is answered "busy" at once instead.
+    fn start_login(&mut self, key: usize, credentials: Credentials) {
         let conn = &mut self.connections[key];
-        let Some(verifier) = self
-            .verifier
-            .as_ref()
-            .filter(|_| self.logins_in_flight < MAX_LOGINS_IN_FLIGHT)
-        else {
-            drop(credentials);
-            let out = if conn.output.is_empty() {
-                &mut self.scratch_out
-            } else {
-                &mut conn.output
-            };
-            handler::abandon_login(&mut conn.session, out);
-            return;
-        };
-        trace!(
-            "conn={} login for {:?} sent to the workers",
-            token::show(conn.token),
-            String::from_utf8_lossy(&credentials.user)
-        );
-        verifier.submit(LoginJob {
-            ticket: conn.token.0 as u64,
-            user: credentials.user,
-            password: credentials.password,
-        });
-        self.logins_in_flight += 1;
-        conn.set_state(State::Verifying);
+        let token = conn.token();
+        let user = log_enabled!(Level::Trace)
+            .then(|| String::from_utf8_lossy(&credentials.user).into_owned());
+        match self.logins.submit(token, credentials) {
+            Submitted::Verifying => {
+                if let Some(user) = user {
+                    trace!(
+                        "conn={} login for {user:?} sent to the workers",
+                        token::show(token)
+                    );
+                }
+                conn.set_state(State::Verifying);
+            }
+            Submitted::Busy => conn.answer_busy(&mut self.scratch_out),
+        }
     }
 
     /// A verdict from the workers: answer the LOGIN, then go on with the requests that
     /// waited behind it. A verdict for a connection that has gone, or has begun closing
     /// meanwhile (idle timeout, shutdown timeout), is dropped.
-    fn finish_login(&mut self, result: LoginResult) {
-        let token = Token(result.ticket as usize);
+    fn finish_login(&mut self, token: Token, ok: bool) {
         let Some(key) = self.key_of(token) else {
             trace!(
-                "conn={} login result for a closed connection",
+                "conn={} login verdict for a closed connection",
                 token::show(token)
             );
             return;
@@ -1049,57 +1031,71 @@ impl Server {
         if conn.state() != State::Verifying {
             return;
         }
-        debug!(
-            "conn={} login {}",
-            token::show(token),
-            if result.ok { "accepted" } else { "refused" }
-        );
-        let outcome = handler::finish_login(
-            &mut conn.session,
-            result.ok,
-            &mut conn.output,
-            &mut self.stats,
-        );
-        conn.set_state(State::Open);
-        if outcome == Outcome::LoginFailures {
-            conn.input.clear();
+        let verdict = if ok { "accepted" } else { "refused" };
+        debug!("conn={} login {verdict}", token::show(token));
+        if conn.answer_login(ok, &mut self.stats) == Outcome::LoginFailures {
+            conn.forget_input();
             self.drain(key, CloseReason::LoginFailures);
         } else if self.shutdown_deadline.is_some() {
-            self.shut_down_connection(key);
-            return;
+            return self.shut_down_connection(key);
         } else {
             // The requests held behind the LOGIN, then whatever the socket holds.
             self.revisit.push(token);
         }
-        self.flush(key);
-        if self.key_of(token).is_some() {
-            self.arm_timer(key);
-        }
+        self.settle(key);
     }
 
     /// Stops executing a connection's requests; what it is owed is flushed, then it closes.
     /// Its chat name is free from now on: the session is over even if the socket lingers.
     fn drain(&mut self, key: usize, reason: CloseReason) {
         let conn = &mut self.connections[key];
-        conn.set_state(State::Draining(reason));
-        self.room.leave(&conn.session);
+        conn.set_state(State::draining(reason));
+        self.room.leave(conn.session());
     }
 
-    /// Removes a connection for good. Replies still owed are lost, so callers owe none (or
-    /// have given up on delivering them).
-    fn close(&mut self, key: usize, why: &str) {
-        let mut conn = self.connections.remove(key);
-        debug!("conn={} closed: {why}", token::show(conn.token));
-        if let Some((id, _)) = conn.timer {
-            self.wheel.cancel(id);
-        }
-        self.room.leave(&conn.session);
-        let _ = self.poll.registry().deregister(&mut conn.socket);
-        if conn.rejected {
-            self.rejecting -= 1;
-        }
+    /// The session ended (our FIN is out, or the connection closed before that): it counts
+    /// as closed, and its `--max-connections` slot is free.
+    fn end_session(&mut self, refusal: bool) {
         self.stats.active -= 1;
         self.stats.closed += 1;
+        if refusal {
+            self.rejecting -= 1;
+        }
+    }
+
+    /// Closes a connection: deregisters it, cancels its timer, frees its chat name and counts
+    /// it. Replies still owed are lost, so callers owe none (or have given up on delivering
+    /// them). The slab slot is freed at the end of the turn ([`Server::reap`]): until then
+    /// the key stays valid and the connection is a Closed one, on which every operation is a
+    /// no-op. Closing a Closed connection does nothing.
+    fn close(&mut self, key: usize, why: &str) {
+        let conn = &mut self.connections[key];
+        let was = conn.state();
+        if was == State::Closed {
+            return;
+        }
+        debug!("conn={} closed: {why}", token::show(conn.token()));
+        let refusal = conn.is_refusal();
+        conn.set_state(State::Closed);
+        conn.deregister(self.poll.registry());
+        if let Some((id, _)) = conn.timer() {
+            self.wheel.cancel(id);
+            conn.set_timer(None);
+        }
+        self.room.leave(conn.session());
+        if matches!(was, State::Lingering(_)) {
+            self.stats.lingering -= 1;
+        } else {
+            self.end_session(refusal);
+        }
+        self.closed.push(key);
+    }
+
+    /// Frees the slots of the connections closed during this turn (and their descriptors).
+    fn reap(&mut self) {
+        for key in self.closed.drain(..) {
+            self.connections.remove(key);
+        }
     }
 
     /// The tick at or after `instant`: a timer set for it never fires before `instant`.
@@ -1115,6 +1111,27 @@ impl Server {
     fn instant_of(&self, tick: u64) -> Instant {
         self.epoch + TICK * u32::try_from(tick).unwrap_or(u32::MAX)
     }
+}
+
+/// Traces one wakeup's events: `wakeup: 2 event(s) [7.1 r w, line-listener r]`.
+fn trace_events(events: &Events) {
+    let list: Vec<String> = events
+        .iter()
+        .map(|e| {
+            format!(
+                "{}{}{}{}",
+                token::show(e.token()),
+                if e.is_readable() { " r" } else { "" },
+                if e.is_writable() { " w" } else { "" },
+                if e.is_read_closed() || e.is_error() {
+                    " closed/err"
+                } else {
+                    ""
+                }
+            )
+        })
+        .collect();
+    trace!("wakeup: {} event(s) [{}]", list.len(), list.join(", "));
 }
 
 /// Nanoseconds from `epoch` to `instant` (0 if earlier); `u64` lasts 584 years.
@@ -1145,7 +1162,7 @@ mod tests {
 
     fn only_token(server: &Server) -> Token {
         let (_, conn) = server.connections.iter().next().unwrap();
-        conn.token
+        conn.token()
     }
 
     #[test]
@@ -1156,6 +1173,7 @@ mod tests {
         let stale = only_token(&server);
         let (key, _) = token::split(stale);
         server.close(key, "test");
+        server.reap();
 
         let mut second = StdStream::connect(server.line_addr()).unwrap();
         turn_until(&mut server, |s| s.connections.len() == 1);

@@ -44,7 +44,7 @@ pub const ERROR: u8 = 4;
 pub const DEFAULT_MAX_FRAME: u32 = 10 * 1024 * 1024;
 
 /// Every key of the STATS line, in the order the spec lists them.
-pub const STATS_KEYS: [&str; 21] = [
+pub const STATS_KEYS: [&str; 22] = [
     "accepted",
     "active",
     "closed",
@@ -66,6 +66,7 @@ pub const STATS_KEYS: [&str; 21] = [
     "accept_emfile",
     "logins",
     "login_failures",
+    "lingering",
 ];
 
 /// A running `tcp-reactor` child process.

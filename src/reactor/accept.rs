@@ -1,6 +1,10 @@
 //! Accepting connections: until WouldBlock, at most `ACCEPT_BUDGET` per listener per wakeup,
 //! and surviving the moment the process runs out of file descriptors.
 //!
+//! The [`Acceptor`] owns the listening sockets and hands what it accepts to the loop as a
+//! batch of sockets (one burst per listener per wakeup); it knows nothing of connections,
+//! the slab or the limits. The loop decides what becomes of each socket (`Server::admit`).
+//!
 //! Up to four listeners feed the one loop: lines and frames, each in the clear and, when
 //! configured, over TLS ([`ListenerId`]). A TLS connection is an ordinary connection whose
 //! bytes pass through a rustls session (`reactor::tls`); everything past the accept is shared.
@@ -20,13 +24,12 @@ use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 use mio::net::{TcpListener, TcpStream};
-use mio::{Interest, Token};
+use mio::{Interest, Registry, Token};
 
-use super::connection::{Connection, State};
-use super::tls::TlsSession;
-use super::{Server, Timer, token};
+use super::token;
+use crate::buffer::Buffer;
 use crate::config::Config;
-use crate::handler::{self, Notice, Protocol, Session, SessionId};
+use crate::handler::{self, Notice, Protocol};
 use crate::net::{listen, write_some};
 
 /// One of the listeners: the protocol it serves and whether over TLS.
@@ -104,13 +107,9 @@ const ACCEPT_BUDGET: usize = 128;
 /// How long accepting stops after running out of descriptors.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
-/// Connections accepted over `--max-connections` are told so and given `LINGER` to read it;
-/// past this many of them at once, new ones are closed without the courtesy.
-const MAX_REJECTING: usize = 1024;
-
 /// The listening sockets, each optional: TLS ones only when configured, and shutdown closes
 /// them all.
-pub struct Listeners {
+pub struct Acceptor {
     sockets: [Option<TcpListener>; 4],
     addrs: [Option<SocketAddr>; 4],
     /// The spare descriptor given up on EMFILE.
@@ -122,7 +121,20 @@ pub struct Listeners {
     unreported: u64,
 }
 
-impl Listeners {
+/// How an accept burst ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Burst {
+    /// WouldBlock: the backlog is empty (or the listener is closed, or accepting is paused).
+    Drained,
+    /// `ACCEPT_BUDGET` sockets taken; more may be waiting and no new edge will say so: come
+    /// back next turn.
+    BudgetSpent,
+    /// Out of descriptors: the waiting connections were shed and accepting stops until
+    /// the given time; then call [`Acceptor::resume`].
+    Paused(Instant),
+}
+
+impl Acceptor {
     /// Binds every listener the configuration asks for.
     pub fn bind(config: &Config) -> io::Result<Self> {
         let mut sockets = [None, None, None, None];
@@ -142,7 +154,7 @@ impl Listeners {
             sockets[id.index()] = Some(listener);
             addrs[id.index()] = Some(bound);
         }
-        Ok(Listeners {
+        Ok(Acceptor {
             sockets,
             addrs,
             reserve: File::open("/dev/null").ok(),
@@ -153,7 +165,7 @@ impl Listeners {
     }
 
     /// Registers every open listener with the poll.
-    pub fn register(&mut self, registry: &mio::Registry) -> io::Result<()> {
+    pub fn register(&mut self, registry: &Registry) -> io::Result<()> {
         for id in ListenerId::ALL {
             if let Some(listener) = self.sockets[id.index()].as_mut() {
                 registry.register(listener, id.token(), Interest::READABLE)?;
@@ -170,118 +182,49 @@ impl Listeners {
     fn get(&self, id: ListenerId) -> Option<&TcpListener> {
         self.sockets[id.index()].as_ref()
     }
-}
 
-impl Server {
-    /// Accepts from one listener until WouldBlock or the budget; see the module doc.
-    pub(super) fn accept_ready(&mut self, id: ListenerId) {
-        if self.listeners.paused_until.is_some() {
-            return;
+    /// Accepts from one listener until WouldBlock or `ACCEPT_BUDGET`, pushing each socket
+    /// (with `TCP_NODELAY` set) and its peer onto `into`; see the module doc.
+    pub fn accept_ready(
+        &mut self,
+        id: ListenerId,
+        now: Instant,
+        into: &mut Vec<(TcpStream, SocketAddr)>,
+    ) -> Burst {
+        if self.paused_until.is_some() {
+            return Burst::Drained;
         }
         for _ in 0..ACCEPT_BUDGET {
-            let Some(listener) = self.listeners.get(id) else {
-                return;
+            let Some(listener) = self.get(id) else {
+                return Burst::Drained;
             };
             match listener.accept() {
-                Ok((socket, peer)) => self.admit(socket, peer, id),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Ok((socket, peer)) => {
+                    // Replies are written in batches already; Nagle would only delay the last.
+                    if let Err(e) = socket.set_nodelay(true) {
+                        debug!("set_nodelay for {peer}: {e}");
+                    }
+                    into.push((socket, peer));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Burst::Drained,
                 Err(e) if is_transient(&e) => debug!("accept: {e} (ignored)"),
-                Err(e) => {
-                    self.on_accept_exhausted(id, &e);
-                    return;
-                }
+                Err(e) => return Burst::Paused(self.on_exhausted(id, &e, now)),
             }
         }
-        // Budget spent: more may be waiting, and no new edge will say so.
-        self.revisit.push(id.token());
-    }
-
-    /// Sets up an accepted socket: a connection in the slab, or a refusal if full.
-    ///
-    /// A refusal is a courtesy that costs a connection slot for up to `LINGER`; a TLS client
-    /// would need a whole handshake before it could read it, so TLS refusals are plain closes.
-    fn admit(&mut self, socket: TcpStream, peer: SocketAddr, id: ListenerId) {
-        let protocol = id.protocol();
-        self.stats.accepted += 1;
-        // Replies are written in batches already; Nagle would only delay the last one.
-        if let Err(e) = socket.set_nodelay(true) {
-            debug!("set_nodelay for {peer}: {e}");
-        }
-        let served = self.connections.len() - self.rejecting;
-        let full = served >= self.config.max_connections;
-        if full {
-            self.stats.rejected_full += 1;
-            if self.rejecting >= MAX_REJECTING || id.is_tls() {
-                debug!("refusing {peer}: server full, closed at once");
-                self.stats.closed += 1;
-                return;
-            }
-        }
-        let entry = self.connections.vacant_entry();
-        let key = entry.key();
-        self.generation = token::next_generation(self.generation);
-        let conn_token = token::connection(key, self.generation);
-        let mut socket = socket;
-        if let Err(e) = self.poll.registry().register(
-            &mut socket,
-            conn_token,
-            Interest::READABLE | Interest::WRITABLE,
-        ) {
-            warn!("register {peer}: {e}");
-            self.stats.closed += 1;
-            return;
-        }
-        let tls = match (&self.tls_config, id.is_tls()) {
-            (Some(config), true) => match TlsSession::new(config, self.now) {
-                Ok(session) => Some(Box::new(session)),
-                Err(e) => {
-                    warn!("TLS session for {peer}: {e}");
-                    let _ = self.poll.registry().deregister(&mut socket);
-                    self.stats.closed += 1;
-                    return;
-                }
-            },
-            _ => None,
-        };
-        let session = Session::new(protocol, SessionId(conn_token.0 as u64));
-        let mut conn = Connection::new(socket, conn_token, session, self.now);
-        conn.tls = tls;
-        self.stats.active += 1;
-        if full {
-            debug!(
-                "conn={} from {peer} refused: server full",
-                token::show(conn_token)
-            );
-            conn.rejected = true;
-            self.rejecting += 1;
-            handler::write_notice(protocol, Notice::ServerFull, &mut conn.output);
-            conn.set_state(State::Draining(super::connection::CloseReason::ServerFull));
-        } else {
-            debug!(
-                "conn={} accepted from {peer} ({})",
-                token::show(conn_token),
-                id.name()
-            );
-        }
-        entry.insert(conn);
-        self.arm_timer(key);
-        if full {
-            self.flush(key);
-        }
+        Burst::BudgetSpent
     }
 
     /// accept failed with something other than WouldBlock: almost always EMFILE/ENFILE (out of
-    /// descriptors) or ENOBUFS/ENOMEM. See the module doc.
+    /// descriptors) or ENOBUFS/ENOMEM. See the module doc. Returns when to resume.
     /// Over TLS the waiting clients get a plain close: a notice would need a handshake.
-    fn on_accept_exhausted(&mut self, id: ListenerId, error: &io::Error) {
-        self.stats.accept_emfile += 1;
-        self.listeners.reserve = None;
+    fn on_exhausted(&mut self, id: ListenerId, error: &io::Error, now: Instant) -> Instant {
+        self.reserve = None;
         let mut shed = 0;
-        let mut notice = crate::buffer::Buffer::new();
+        let mut notice = Buffer::new();
         if !id.is_tls() {
             handler::write_notice(id.protocol(), Notice::ServerFull, &mut notice);
         }
-        if let Some(listener) = self.listeners.get(id) {
+        if let Some(listener) = self.get(id) {
             // With the spare closed, each accept below has a descriptor to use, and each
             // close gives it back for the next.
             for _ in 0..ACCEPT_BUDGET {
@@ -296,44 +239,40 @@ impl Server {
                 }
             }
         }
-        self.listeners.reserve = File::open("/dev/null").ok();
-        let resume = self.now + ACCEPT_PAUSE;
-        self.listeners.paused_until = Some(resume);
-        let tick = self.tick_at(resume);
-        self.wheel.schedule(tick, Timer::ResumeAccept);
+        self.reserve = File::open("/dev/null").ok();
+        let resume = now + ACCEPT_PAUSE;
+        self.paused_until = Some(resume);
 
-        self.listeners.unreported += 1;
+        self.unreported += 1;
         let due = self
-            .listeners
             .last_warning
-            .is_none_or(|last| self.now.duration_since(last) >= Duration::from_secs(1));
+            .is_none_or(|last| now.duration_since(last) >= Duration::from_secs(1));
         if due {
             warn!(
                 "accept failed: {error} ({} time(s) since the last warning); shed {shed} waiting \
                  connection(s), pausing accepts for {ACCEPT_PAUSE:?}",
-                self.listeners.unreported
+                self.unreported
             );
-            self.listeners.last_warning = Some(self.now);
-            self.listeners.unreported = 0;
+            self.last_warning = Some(now);
+            self.unreported = 0;
         }
+        resume
     }
 
-    /// The accept pause is over: look at every listener again, since the connections that
-    /// waited meanwhile raised no new edge.
-    pub(super) fn resume_accept(&mut self) {
-        self.listeners.paused_until = None;
-        for id in ListenerId::ALL {
-            if self.listeners.get(id).is_some() {
-                self.revisit.push(id.token());
-            }
-        }
+    /// The accept pause is over. Returns the open listeners: the loop must look at each
+    /// again, since the connections that waited meanwhile raised no new edge.
+    pub fn resume(&mut self) -> impl Iterator<Item = ListenerId> + '_ {
+        self.paused_until = None;
+        ListenerId::ALL
+            .into_iter()
+            .filter(|id| self.sockets[id.index()].is_some())
     }
 
     /// Closes every listener: new connects are refused from now on.
-    pub(super) fn close_listeners(&mut self) {
-        for slot in &mut self.listeners.sockets {
+    pub fn close_all(&mut self, registry: &Registry) {
+        for slot in &mut self.sockets {
             if let Some(mut listener) = slot.take() {
-                let _ = self.poll.registry().deregister(&mut listener);
+                let _ = registry.deregister(&mut listener);
             }
         }
     }
