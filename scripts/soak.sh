@@ -21,7 +21,9 @@
 # fds back to baseline +/- 2, RSS within 4 MiB of baseline, STATS active == 1 (the STATS
 # client itself) and accepted == closed + active, logins at least tcp-load's login count and
 # login_failures at least three per guesser, and that every abusive client got only replies
-# the protocol allows. Prints each figure with PASS/FAIL; exits 1 if any check fails.
+# the protocol allows. Then it replays tests/random_shutdown.rs (SIGTERM in the middle of random
+# mixed traffic) with DURATION/10 seeds (at least 3) beyond the ones `cargo test` runs.
+# Prints each figure with PASS/FAIL; exits 1 if any check fails.
 # Everything it starts is killed on exit.
 set -uo pipefail
 
@@ -464,6 +466,16 @@ check "stats logins" $(( ${LOGINS:--1} >= LOGIN_REQUESTS && LOGIN_REQUESTS > 0 )
 check "stats login_failures" $(( ${LOGIN_FAILURES:--1} >= 3 * GUESSERS && GUESSERS > 0 )) \
     "login_failures=${LOGIN_FAILURES:-?}, guessers turned away $GUESSERS (3 failures each)"
 echo "    $S"
+
+# More seeds of the randomized shutdown test than `cargo test` runs (it runs 1-5).
+SEED_COUNT=$(( DURATION / 10 > 3 ? DURATION / 10 : 3 ))
+FIRST_SEED=$(( $(date +%s) % 100000 + 1000 ))
+LAST_SEED=$(( FIRST_SEED + SEED_COUNT - 1 ))
+(cd "$ROOT" && SHUTDOWN_SEEDS="$FIRST_SEED-$LAST_SEED" cargo test --quiet --test random_shutdown) \
+    >"$WORK/random_shutdown.log" 2>&1
+RANDOM_RC=$?
+check "random shutdown seeds" $(( RANDOM_RC == 0 )) "seeds $FIRST_SEED-$LAST_SEED, exit $RANDOM_RC"
+(( RANDOM_RC == 0 )) || grep -E "panicked|seed" "$WORK/random_shutdown.log" | head -n 5 | sed 's/^/    /'
 
 if (( FAILED )); then
     echo "SOAK FAIL"
