@@ -1,0 +1,367 @@
+//! `tcp-client line`: stdin lines to the server, the server's bytes to stdout as they arrive,
+//! over plain TCP ([`run_line`]) or TLS ([`run_line_tls`]).
+//!
+//! # Plain: two threads, one socket
+//!
+//! Chat pushes (`MSG ann hi`) arrive whenever someone else speaks, also while the user is not
+//! typing, so reading the socket cannot wait for stdin. The calling thread reads the socket
+//! and copies its bytes to stdout, verbatim and flushed after every read; a second thread
+//! forwards stdin to a clone of the socket, one line per write. The session's life is the
+//! socket's: at the end of stdin the forwarder half-closes (`shutdown(Write)`), the server
+//! answers what it received and closes, and the calling thread returns at that EOF. When the
+//! server closes first (`QUIT`, idle timeout, shutdown), the session returns at once, and the
+//! forwarder, blocked in a read of stdin that nothing can interrupt, simply ends with the
+//! process.
+//!
+//! # TLS: one thread and a mio loop
+//!
+//! One TLS session cannot be driven from two threads, so the socket's side becomes one
+//! thread and a mio loop over the socket: the stdin thread hands its lines over a bounded
+//! channel and wakes the loop; the loop reads (TLS records in, plaintext to stdout) before it
+//! writes (queued lines in, records out), and takes a new line only once the previous records
+//! have left, so a server that stops reading stops stdin, as the blocked `write` does in
+//! plain mode. At the end of stdin it sends `close_notify` and half-closes; the session ends
+//! when the server closes (with `close_notify`, or a bare TCP close, taken as the same).
+//!
+//! # Invariants, both ways
+//!
+//! - The stdin side behaves the same either way: a last line without a newline gets one, a
+//!   failure to read stdin is its end, and the end of stdin is told to the server as a
+//!   half-close (over TLS after `close_notify`).
+//! - The session ends when the server closes, never at the end of stdin; the stdin thread is
+//!   never joined.
+//! - Connecting (and the handshake) is bounded by [`LINE_CONNECT_TIMEOUT`]; after that
+//!   nothing times out: an interactive session may be silent for as long as the server
+//!   allows.
+//! - The server's bytes are never interpreted, only copied.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use log::{debug, trace, warn};
+use rustls::ClientConnection;
+
+use super::error::{ClientError, io_error};
+use super::tls::TlsConfig;
+use super::transport::{connect, handshake};
+
+/// How long `line` mode waits for the connection to be established (TLS: and the handshake
+/// done).
+pub const LINE_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Over TLS, stdin lines read ahead of the socket at most: past this the stdin thread waits,
+/// as it waits in a blocked `write` without TLS.
+const LINES_QUEUED: usize = 64;
+
+/// A line session: `input`'s lines go to the server (from a second thread), the server's
+/// bytes go to `output` as they arrive. Returns when the server closes the connection.
+///
+/// # Errors
+///
+/// Connecting fails, the connection is reset, or `output` cannot be written.
+pub fn run_line<I, O>(addr: &str, input: I, output: &mut O) -> Result<(), ClientError>
+where
+    I: Read + Send + 'static,
+    O: Write,
+{
+    let stream = connect(addr, Instant::now() + LINE_CONNECT_TIMEOUT)?;
+    // Lines are small and typed one at a time: send each at once instead of waiting for the
+    // previous one's ACK (Nagle).
+    if let Err(e) = stream.set_nodelay(true) {
+        debug!("TCP_NODELAY: {e}");
+    }
+    let to_server = stream.try_clone().map_err(|source| ClientError::Io {
+        doing: "cloning the socket",
+        source,
+    })?;
+    // Not joined: when the server closes first, this thread may be blocked reading stdin
+    // forever, and ends with the process.
+    thread::Builder::new()
+        .name("stdin".into())
+        .spawn(move || forward_lines(BufReader::new(input), to_server))
+        .map_err(|source| ClientError::Io {
+            doing: "starting the stdin thread",
+            source,
+        })?;
+    copy_until_eof(stream, output)
+}
+
+/// Sends each line of `input` as one write, then half-closes so the server knows nothing
+/// more is coming.
+fn forward_lines(input: impl BufRead, mut socket: TcpStream) {
+    let sent_all = each_line(input, |line| match socket.write_all(line) {
+        Ok(()) => true,
+        Err(e) => {
+            // The reading side sees the same failure (EOF or reset) and reports it.
+            debug!("stdin thread: write to server failed: {e}");
+            false
+        }
+    });
+    if !sent_all {
+        return;
+    }
+    debug!("end of stdin: shutting down the write side");
+    if let Err(e) = socket.shutdown(Shutdown::Write) {
+        debug!("shutdown(Write): {e}");
+    }
+}
+
+/// Hands each line of `input` to `send`, adding a `\n` to a last line without one. Returns
+/// `false` if `send` refused a line (then the rest is not read), `true` at the end of input
+/// (a failure to read stdin is taken as its end).
+fn each_line(mut input: impl BufRead, mut send: impl FnMut(&[u8]) -> bool) -> bool {
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match input.read_until(b'\n', &mut line) {
+            Ok(0) => return true,
+            Ok(_) => {
+                if line.last() != Some(&b'\n') {
+                    line.push(b'\n');
+                }
+                if !send(&line) {
+                    return false;
+                }
+            }
+            Err(e) => {
+                warn!("reading stdin failed, ending input: {e}");
+                return true;
+            }
+        }
+    }
+}
+
+/// Copies the server's bytes to `output`, flushing after every read so a push shows at once.
+fn copy_until_eof(mut stream: TcpStream, output: &mut impl Write) -> Result<(), ClientError> {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match stream.read(&mut buf) {
+            Ok(0) => {
+                debug!("server closed the connection");
+                return Ok(());
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(io_error("reading from the server", e)),
+        };
+        output
+            .write_all(&buf[..n])
+            .and_then(|()| output.flush())
+            .map_err(|source| ClientError::Io {
+                doing: "writing to stdout",
+                source,
+            })?;
+    }
+}
+
+/// The socket's token in [`run_line_tls`]'s poll.
+const SERVER: mio::Token = mio::Token(0);
+/// The stdin thread's waker.
+const STDIN: mio::Token = mio::Token(1);
+
+/// A line session over TLS: what [`run_line`] does, driven by one thread (see "TLS" in the
+/// module doc). Returns when the server closes the connection.
+///
+/// # Errors
+///
+/// Connecting or the handshake fails, the connection is reset, a TLS error, or `output`
+/// cannot be written.
+pub fn run_line_tls<I, O>(
+    addr: &str,
+    tls: &TlsConfig,
+    input: I,
+    output: &mut O,
+) -> Result<(), ClientError>
+where
+    I: Read + Send + 'static,
+    O: Write,
+{
+    let deadline = Instant::now() + LINE_CONNECT_TIMEOUT;
+    let mut socket = connect(addr, deadline)?;
+    if let Err(e) = socket.set_nodelay(true) {
+        debug!("TCP_NODELAY: {e}");
+    }
+    let session = handshake(&mut socket, tls, addr, deadline)
+        .map_err(|e| e.or_timeout(LINE_CONNECT_TIMEOUT))?;
+    let setup = |doing| move |source| ClientError::Io { doing, source };
+    socket
+        .set_nonblocking(true)
+        .map_err(setup("making the socket non-blocking"))?;
+    let mut socket = mio::net::TcpStream::from_std(socket);
+    let mut poll = mio::Poll::new().map_err(setup("creating the poll"))?;
+    // Registered once, edge-triggered: each step below runs until WouldBlock.
+    poll.registry()
+        .register(
+            &mut socket,
+            SERVER,
+            mio::Interest::READABLE | mio::Interest::WRITABLE,
+        )
+        .map_err(setup("registering the socket"))?;
+    // Held here too: a waker dropped by the exiting stdin thread would close its eventfd, and
+    // epoll forgets the pending wakeup of a closed descriptor.
+    let waker =
+        Arc::new(mio::Waker::new(poll.registry(), STDIN).map_err(setup("creating a waker"))?);
+    let stdin_waker = Arc::clone(&waker);
+    let (lines, from_stdin) = std::sync::mpsc::sync_channel(LINES_QUEUED);
+    // Not joined, as in `run_line`: it may be blocked reading stdin when the session ends.
+    thread::Builder::new()
+        .name("stdin".into())
+        .spawn(move || {
+            let all_read = each_line(BufReader::new(input), |line| {
+                lines.send(Some(line.to_vec())).is_ok() && stdin_waker.wake().is_ok()
+            });
+            if all_read && lines.send(None).is_ok() {
+                let _ = stdin_waker.wake();
+            }
+        })
+        .map_err(setup("starting the stdin thread"))?;
+
+    let mut line = LineSession {
+        socket,
+        session,
+        from_stdin,
+        plaintext: vec![0u8; 64 * 1024],
+        input_done: false,
+        write_done: false,
+    };
+    let mut events = mio::Events::with_capacity(8);
+    loop {
+        // Read before write; both also run before the first poll, for what the handshake
+        // left behind.
+        if line.read(output)? {
+            line.say_goodbye();
+            return Ok(());
+        }
+        line.write();
+        match poll.poll(&mut events, None) {
+            Ok(()) => trace!("wakeup: {} event(s)", events.iter().count()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(source) => {
+                return Err(ClientError::Io {
+                    doing: "waiting for the socket or stdin",
+                    source,
+                });
+            }
+        }
+    }
+}
+
+/// [`run_line_tls`]'s state: the socket, its TLS session, and how far each direction is.
+struct LineSession {
+    socket: mio::net::TcpStream,
+    session: ClientConnection,
+    /// Lines from the stdin thread; `None` is the end of input.
+    from_stdin: std::sync::mpsc::Receiver<Option<Vec<u8>>>,
+    plaintext: Vec<u8>,
+    /// stdin has ended: `close_notify` is queued.
+    input_done: bool,
+    /// Nothing more will be written: half-closed after `close_notify`, or a write failed.
+    write_done: bool,
+}
+
+impl LineSession {
+    /// Reads the socket until WouldBlock, decrypting as it goes and copying the plaintext to
+    /// `output`. `Ok(true)` once the server has closed (with `close_notify`, or a bare TCP
+    /// close, taken as the same since the server's bytes are printed as they come anyway).
+    fn read(&mut self, output: &mut impl Write) -> Result<bool, ClientError> {
+        loop {
+            let at_eof = match self.session.read_tls(&mut self.socket) {
+                Ok(0) => true,
+                Ok(n) => {
+                    trace!("read {n} TLS bytes");
+                    false
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(io_error("reading from the server", e)),
+            };
+            if let Err(e) = self.session.process_new_packets() {
+                // Tell the server why (the alert rustls queued), best effort.
+                let _ = self.session.write_tls(&mut self.socket);
+                return Err(ClientError::Tls(e));
+            }
+            // Emptied after every read, so rustls's plaintext buffer never fills.
+            loop {
+                match self.session.reader().read(&mut self.plaintext) {
+                    Ok(0) => {
+                        debug!("server sent close_notify");
+                        return Ok(true);
+                    }
+                    Ok(n) => output
+                        .write_all(&self.plaintext[..n])
+                        .and_then(|()| output.flush())
+                        .map_err(|source| ClientError::Io {
+                            doing: "writing to stdout",
+                            source,
+                        })?,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                        debug!("server closed the connection without close_notify");
+                        return Ok(true);
+                    }
+                    Err(e) => return Err(io_error("reading from the server", e)),
+                }
+            }
+            if at_eof {
+                return Ok(true);
+            }
+        }
+    }
+
+    /// Writes the session's records until WouldBlock, taking the next stdin line only once
+    /// everything before it has left. At the end of input: `close_notify`, then a half-close.
+    /// A failed write stops writing; the read side sees the same failure and reports it.
+    fn write(&mut self) {
+        while !self.write_done {
+            while self.session.wants_write() {
+                match self.session.write_tls(&mut self.socket) {
+                    Ok(n) => trace!("wrote {n} TLS bytes"),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        debug!("write to server failed: {e}");
+                        self.write_done = true;
+                        return;
+                    }
+                }
+            }
+            if self.input_done {
+                debug!("end of stdin: close_notify sent, shutting down the write side");
+                if let Err(e) = self.socket.shutdown(Shutdown::Write) {
+                    debug!("shutdown(Write): {e}");
+                }
+                self.write_done = true;
+                return;
+            }
+            match self.from_stdin.try_recv() {
+                Ok(Some(line)) => {
+                    if let Err(e) = self.session.writer().write_all(&line) {
+                        debug!("TLS writer: {e}");
+                        self.write_done = true;
+                    }
+                }
+                // Disconnected without `None`: the stdin thread died; its input has ended.
+                Ok(None) | Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                    self.session.send_close_notify();
+                    self.input_done = true;
+                }
+                Err(std::sync::mpsc::TryRecvError::Empty) => return,
+            }
+        }
+    }
+
+    /// The server has closed: answer with `close_notify` (if not sent yet), best effort.
+    fn say_goodbye(&mut self) {
+        if !self.input_done && !self.write_done {
+            self.session.send_close_notify();
+            self.input_done = true;
+        }
+        while self.session.wants_write() && !self.write_done {
+            if self.session.write_tls(&mut self.socket).is_err() {
+                break;
+            }
+        }
+    }
+}
