@@ -129,17 +129,6 @@ pub(super) fn io_error(doing: &'static str, source: io::Error) -> ClientError {
     }
 }
 
-impl ClientError {
-    /// A handshake timeout as the caller's limit: [`handshake`](super::transport::handshake)
-    /// only knows its deadline.
-    pub(super) fn or_timeout(self, timeout: Duration) -> ClientError {
-        match self {
-            ClientError::HandshakeTimeout { .. } => ClientError::HandshakeTimeout { timeout },
-            other => other,
-        }
-    }
-}
-
 /// A reply as printed: `Heartbeat`, `Message Server says: hi`, `LoginAck OK`.
 #[must_use]
 pub fn show_reply(command: Command, body: &[u8]) -> String {

@@ -4,7 +4,7 @@
 //! # Invariants
 //!
 //! - `--timeout` bounds the whole exchange (connect, handshake, write, read), not each step:
-//!   every blocking call gets the time left.
+//!   every blocking call gets the time left of one [`Deadline`].
 //! - The reply is read until [`frame::decode`] holds a whole frame, so a reply split across
 //!   reads is still one reply; bytes after it are ignored.
 //! - The frame format is [`crate::protocol::frame`]'s, never re-implemented here: the request
@@ -17,7 +17,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use log::debug;
 use rustls::{ClientConnection, StreamOwned};
@@ -28,7 +28,7 @@ use crate::protocol::frame::{self, Command, HEADER_LEN};
 use super::cli::FrameRequest;
 use super::error::{ClientError, io_error};
 use super::tls::TlsConfig;
-use super::transport::{connect, handshake, is_timeout};
+use super::transport::{Deadline, connect, handshake, is_timeout};
 
 impl FrameRequest {
     /// The command byte and body this request is sent as.
@@ -75,47 +75,44 @@ pub fn exchange(
     timeout: Duration,
     tls: Option<&TlsConfig>,
 ) -> Result<(Command, Vec<u8>), ClientError> {
-    let deadline = Instant::now() + timeout;
+    let deadline = Deadline::after(timeout);
     let bytes = request.encode()?;
-    let socket = connect(addr, deadline)?;
-    if let Err(e) = socket.set_nodelay(true) {
-        debug!("TCP_NODELAY: {e}");
+    let mut stream = Stream::open(addr, tls, &deadline)?;
+    send_request(&mut stream, &bytes, &deadline)?;
+    debug!("sent {} bytes to {addr}", bytes.len());
+    read_reply(&mut stream, &deadline)
+}
+
+/// No whole reply frame by `deadline`, with `received` bytes of one.
+fn timed_out(deadline: &Deadline, received: usize) -> ClientError {
+    ClientError::Timeout {
+        timeout: deadline.limit(),
+        received,
     }
-    let mut stream = match tls {
-        None => Stream::Plain(socket),
-        Some(tls) => {
-            let mut socket = socket;
-            let session =
-                handshake(&mut socket, tls, addr, deadline).map_err(|e| e.or_timeout(timeout))?;
-            Stream::Tls(Box::new(StreamOwned::new(session, socket)))
-        }
-    };
+}
 
-    let timed_out = |received| ClientError::Timeout { timeout, received };
-    let left = |received| {
-        deadline
-            .checked_duration_since(Instant::now())
-            .filter(|d| !d.is_zero())
-            .ok_or_else(|| timed_out(received))
-    };
-
+/// Writes the whole request (over TLS: and the records the session still holds).
+fn send_request(stream: &mut Stream, bytes: &[u8], deadline: &Deadline) -> Result<(), ClientError> {
+    let left = deadline.left().ok_or_else(|| timed_out(deadline, 0))?;
     stream
         .socket()
-        .set_write_timeout(Some(left(0)?))
+        .set_write_timeout(Some(left))
         .map_err(|source| io_error("setting the write timeout", source))?;
     // `flush` pushes out the TLS records still held by the session (a no-op on plain TCP).
     stream
-        .write_all(&bytes)
+        .write_all(bytes)
         .and_then(|()| stream.flush())
         .map_err(|e| {
             if is_timeout(&e) {
-                timed_out(0)
+                timed_out(deadline, 0)
             } else {
                 io_error("sending the frame", e)
             }
-        })?;
-    debug!("sent {} bytes to {addr}", bytes.len());
+        })
+}
 
+/// Reads until one whole frame has arrived and returns its command and body.
+fn read_reply(stream: &mut Stream, deadline: &Deadline) -> Result<(Command, Vec<u8>), ClientError> {
     let mut reply = Vec::new();
     let mut chunk = [0u8; 16 * 1024];
     loop {
@@ -129,9 +126,12 @@ pub fn exchange(
             Ok(Decoded::Incomplete) => {}
             Err(e) => return Err(ClientError::BadReply(e)),
         }
+        let left = deadline
+            .left()
+            .ok_or_else(|| timed_out(deadline, reply.len()))?;
         stream
             .socket()
-            .set_read_timeout(Some(left(reply.len())?))
+            .set_read_timeout(Some(left))
             .map_err(|source| io_error("setting the read timeout", source))?;
         match stream.read(&mut chunk) {
             // Over TLS, a TCP close without close_notify is `UnexpectedEof`: still a close.
@@ -147,7 +147,7 @@ pub fn exchange(
             }
             Ok(n) => reply.extend_from_slice(&chunk[..n]),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if is_timeout(&e) => return Err(timed_out(reply.len())),
+            Err(e) if is_timeout(&e) => return Err(timed_out(deadline, reply.len())),
             Err(e) => return Err(io_error("reading the reply", e)),
         }
     }
@@ -160,6 +160,22 @@ enum Stream {
 }
 
 impl Stream {
+    /// Connects to `addr` and, with `tls`, completes the handshake, all before `deadline`.
+    fn open(
+        addr: &str,
+        tls: Option<&TlsConfig>,
+        deadline: &Deadline,
+    ) -> Result<Stream, ClientError> {
+        let mut socket = connect(addr, deadline)?;
+        Ok(match tls {
+            None => Stream::Plain(socket),
+            Some(tls) => {
+                let session = handshake(&mut socket, tls, addr, deadline)?;
+                Stream::Tls(Box::new(StreamOwned::new(session, socket)))
+            }
+        })
+    }
+
     /// The socket underneath, for its timeouts.
     fn socket(&self) -> &TcpStream {
         match self {

@@ -39,14 +39,14 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use log::{debug, trace, warn};
 use rustls::ClientConnection;
 
 use super::error::{ClientError, io_error};
 use super::tls::TlsConfig;
-use super::transport::{connect, handshake};
+use super::transport::{Deadline, connect, handshake};
 
 /// How long `line` mode waits for the connection to be established (TLS: and the handshake
 /// done).
@@ -66,12 +66,7 @@ where
     I: Read + Send + 'static,
     O: Write,
 {
-    let stream = connect(addr, Instant::now() + LINE_CONNECT_TIMEOUT)?;
-    // Lines are small and typed one at a time: send each at once instead of waiting for the
-    // previous one's ACK (Nagle).
-    if let Err(e) = stream.set_nodelay(true) {
-        debug!("TCP_NODELAY: {e}");
-    }
+    let stream = connect(addr, &Deadline::after(LINE_CONNECT_TIMEOUT))?;
     let to_server = stream.try_clone().map_err(|source| ClientError::Io {
         doing: "cloning the socket",
         source,
@@ -178,13 +173,9 @@ where
     I: Read + Send + 'static,
     O: Write,
 {
-    let deadline = Instant::now() + LINE_CONNECT_TIMEOUT;
-    let mut socket = connect(addr, deadline)?;
-    if let Err(e) = socket.set_nodelay(true) {
-        debug!("TCP_NODELAY: {e}");
-    }
-    let session = handshake(&mut socket, tls, addr, deadline)
-        .map_err(|e| e.or_timeout(LINE_CONNECT_TIMEOUT))?;
+    let deadline = Deadline::after(LINE_CONNECT_TIMEOUT);
+    let mut socket = connect(addr, &deadline)?;
+    let session = handshake(&mut socket, tls, addr, &deadline)?;
     let setup = |doing| move |source| ClientError::Io { doing, source };
     socket
         .set_nonblocking(true)
