@@ -25,9 +25,9 @@
 //!
 //! # Invariants, both ways
 //!
-//! - The stdin side behaves the same either way: a last line without a newline gets one, a
-//!   failure to read stdin is its end, and the end of stdin is told to the server as a
-//!   half-close (over TLS after `close_notify`).
+//! - The stdin side is the same thread either way ([`LineSink`] says where its lines go): a
+//!   last line without a newline gets one, a failure to read stdin is its end, and the end
+//!   of stdin is told to the server as a half-close (over TLS after `close_notify`).
 //! - The session ends when the server closes, never at the end of stdin; the stdin thread is
 //!   never joined.
 //! - Connecting (and the handshake) is bounded by [`LINE_CONNECT_TIMEOUT`]; after that
@@ -38,6 +38,7 @@
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
 use std::thread;
 use std::time::Duration;
 
@@ -45,6 +46,7 @@ use log::{debug, trace, warn};
 use rustls::ClientConnection;
 
 use super::error::{ClientError, io_error};
+use super::print;
 use super::tls::TlsConfig;
 use super::transport::{Deadline, connect, handshake};
 
@@ -54,6 +56,11 @@ pub const LINE_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Over TLS, stdin lines read ahead of the socket at most: past this the stdin thread waits,
 /// as it waits in a blocked `write` without TLS.
 const LINES_QUEUED: usize = 64;
+
+/// The socket's token in [`run_line_tls`]'s poll.
+const SERVER: mio::Token = mio::Token(0);
+/// The stdin thread's waker.
+const STDIN: mio::Token = mio::Token(1);
 
 /// A line session: `input`'s lines go to the server (from a second thread), the server's
 /// bytes go to `output` as they arrive. Returns when the server closes the connection.
@@ -71,36 +78,101 @@ where
         doing: "cloning the socket",
         source,
     })?;
+    spawn_stdin(input, to_server)?;
+    copy_until_eof(stream, output)
+}
+
+/// A line session over TLS: what [`run_line`] does, driven by one thread (see the module
+/// doc). Returns when the server closes the connection.
+///
+/// # Errors
+///
+/// Connecting or the handshake fails, the connection is reset, a TLS error, or `output`
+/// cannot be written.
+pub fn run_line_tls<I, O>(
+    addr: &str,
+    tls: &TlsConfig,
+    input: I,
+    output: &mut O,
+) -> Result<(), ClientError>
+where
+    I: Read + Send + 'static,
+    O: Write,
+{
+    let deadline = Deadline::after(LINE_CONNECT_TIMEOUT);
+    let mut socket = connect(addr, &deadline)?;
+    let session = handshake(&mut socket, tls, addr, &deadline)?;
+    LineSession::start(socket, session, input)?.run(output)
+}
+
+/// Where the stdin thread puts each line: straight into the socket (plain), or into the TLS
+/// loop's queue.
+trait LineSink {
+    /// Hands one line over; `false` when it cannot be (the rest of stdin is then not read).
+    fn send(&mut self, line: &[u8]) -> bool;
+    /// stdin has ended: nothing more is coming.
+    fn end(self);
+}
+
+/// Plain: one write per line, then a half-close so the server knows nothing more is coming.
+impl LineSink for TcpStream {
+    fn send(&mut self, line: &[u8]) -> bool {
+        match self.write_all(line) {
+            Ok(()) => true,
+            Err(e) => {
+                // The reading side sees the same failure (EOF or reset) and reports it.
+                debug!("stdin thread: write to server failed: {e}");
+                false
+            }
+        }
+    }
+
+    fn end(self) {
+        debug!("end of stdin: shutting down the write side");
+        if let Err(e) = self.shutdown(Shutdown::Write) {
+            debug!("shutdown(Write): {e}");
+        }
+    }
+}
+
+/// TLS: the bounded queue to the loop, and its waker. `None` is the end of input.
+struct LineQueue {
+    lines: SyncSender<Option<Vec<u8>>>,
+    waker: Arc<mio::Waker>,
+}
+
+impl LineSink for LineQueue {
+    fn send(&mut self, line: &[u8]) -> bool {
+        self.lines.send(Some(line.to_vec())).is_ok() && self.waker.wake().is_ok()
+    }
+
+    fn end(self) {
+        if self.lines.send(None).is_ok() {
+            let _ = self.waker.wake();
+        }
+    }
+}
+
+/// Starts the stdin thread: each line of `input` to `sink`, then `sink.end()` unless the
+/// sink refused a line.
+fn spawn_stdin<I>(input: I, mut sink: impl LineSink + Send + 'static) -> Result<(), ClientError>
+where
+    I: Read + Send + 'static,
+{
     // Not joined: when the server closes first, this thread may be blocked reading stdin
     // forever, and ends with the process.
     thread::Builder::new()
         .name("stdin".into())
-        .spawn(move || forward_lines(BufReader::new(input), to_server))
+        .spawn(move || {
+            if each_line(BufReader::new(input), |line| sink.send(line)) {
+                sink.end();
+            }
+        })
+        .map(drop)
         .map_err(|source| ClientError::Io {
             doing: "starting the stdin thread",
             source,
-        })?;
-    copy_until_eof(stream, output)
-}
-
-/// Sends each line of `input` as one write, then half-closes so the server knows nothing
-/// more is coming.
-fn forward_lines(input: impl BufRead, mut socket: TcpStream) {
-    let sent_all = each_line(input, |line| match socket.write_all(line) {
-        Ok(()) => true,
-        Err(e) => {
-            // The reading side sees the same failure (EOF or reset) and reports it.
-            debug!("stdin thread: write to server failed: {e}");
-            false
-        }
-    });
-    if !sent_all {
-        return;
-    }
-    debug!("end of stdin: shutting down the write side");
-    if let Err(e) = socket.shutdown(Shutdown::Write) {
-        debug!("shutdown(Write): {e}");
-    }
+        })
 }
 
 /// Hands each line of `input` to `send`, adding a `\n` to a last line without one. Returns
@@ -141,110 +213,21 @@ fn copy_until_eof(mut stream: TcpStream, output: &mut impl Write) -> Result<(), 
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(io_error("reading from the server", e)),
         };
-        output
-            .write_all(&buf[..n])
-            .and_then(|()| output.flush())
-            .map_err(|source| ClientError::Io {
-                doing: "writing to stdout",
-                source,
-            })?;
+        print(output, &buf[..n])?;
     }
 }
 
-/// The socket's token in [`run_line_tls`]'s poll.
-const SERVER: mio::Token = mio::Token(0);
-/// The stdin thread's waker.
-const STDIN: mio::Token = mio::Token(1);
-
-/// A line session over TLS: what [`run_line`] does, driven by one thread (see "TLS" in the
-/// module doc). Returns when the server closes the connection.
-///
-/// # Errors
-///
-/// Connecting or the handshake fails, the connection is reset, a TLS error, or `output`
-/// cannot be written.
-pub fn run_line_tls<I, O>(
-    addr: &str,
-    tls: &TlsConfig,
-    input: I,
-    output: &mut O,
-) -> Result<(), ClientError>
-where
-    I: Read + Send + 'static,
-    O: Write,
-{
-    let deadline = Deadline::after(LINE_CONNECT_TIMEOUT);
-    let mut socket = connect(addr, &deadline)?;
-    let session = handshake(&mut socket, tls, addr, &deadline)?;
-    let setup = |doing| move |source| ClientError::Io { doing, source };
-    socket
-        .set_nonblocking(true)
-        .map_err(setup("making the socket non-blocking"))?;
-    let mut socket = mio::net::TcpStream::from_std(socket);
-    let mut poll = mio::Poll::new().map_err(setup("creating the poll"))?;
-    // Registered once, edge-triggered: each step below runs until WouldBlock.
-    poll.registry()
-        .register(
-            &mut socket,
-            SERVER,
-            mio::Interest::READABLE | mio::Interest::WRITABLE,
-        )
-        .map_err(setup("registering the socket"))?;
-    // Held here too: a waker dropped by the exiting stdin thread would close its eventfd, and
-    // epoll forgets the pending wakeup of a closed descriptor.
-    let waker =
-        Arc::new(mio::Waker::new(poll.registry(), STDIN).map_err(setup("creating a waker"))?);
-    let stdin_waker = Arc::clone(&waker);
-    let (lines, from_stdin) = std::sync::mpsc::sync_channel(LINES_QUEUED);
-    // Not joined, as in `run_line`: it may be blocked reading stdin when the session ends.
-    thread::Builder::new()
-        .name("stdin".into())
-        .spawn(move || {
-            let all_read = each_line(BufReader::new(input), |line| {
-                lines.send(Some(line.to_vec())).is_ok() && stdin_waker.wake().is_ok()
-            });
-            if all_read && lines.send(None).is_ok() {
-                let _ = stdin_waker.wake();
-            }
-        })
-        .map_err(setup("starting the stdin thread"))?;
-
-    let mut line = LineSession {
-        socket,
-        session,
-        from_stdin,
-        plaintext: vec![0u8; 64 * 1024],
-        input_done: false,
-        write_done: false,
-    };
-    let mut events = mio::Events::with_capacity(8);
-    loop {
-        // Read before write; both also run before the first poll, for what the handshake
-        // left behind.
-        if line.read(output)? {
-            line.say_goodbye();
-            return Ok(());
-        }
-        line.write();
-        match poll.poll(&mut events, None) {
-            Ok(()) => trace!("wakeup: {} event(s)", events.iter().count()),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(source) => {
-                return Err(ClientError::Io {
-                    doing: "waiting for the socket or stdin",
-                    source,
-                });
-            }
-        }
-    }
-}
-
-/// [`run_line_tls`]'s state: the socket, its TLS session, and how far each direction is.
+/// [`run_line_tls`]'s state: the poll, the socket, its TLS session, and how far each
+/// direction is.
 struct LineSession {
+    poll: mio::Poll,
+    /// Held here too: a waker dropped by the exiting stdin thread would close its eventfd,
+    /// and epoll forgets the pending wakeup of a closed descriptor.
+    _waker: Arc<mio::Waker>,
     socket: mio::net::TcpStream,
     session: ClientConnection,
     /// Lines from the stdin thread; `None` is the end of input.
-    from_stdin: std::sync::mpsc::Receiver<Option<Vec<u8>>>,
+    from_stdin: Receiver<Option<Vec<u8>>>,
     plaintext: Vec<u8>,
     /// stdin has ended: `close_notify` is queued.
     input_done: bool,
@@ -253,6 +236,73 @@ struct LineSession {
 }
 
 impl LineSession {
+    /// Registers the handshaken `socket` with a new poll and starts the stdin thread.
+    fn start<I>(
+        socket: TcpStream,
+        session: ClientConnection,
+        input: I,
+    ) -> Result<LineSession, ClientError>
+    where
+        I: Read + Send + 'static,
+    {
+        let setup = |doing| move |source| ClientError::Io { doing, source };
+        socket
+            .set_nonblocking(true)
+            .map_err(setup("making the socket non-blocking"))?;
+        let mut socket = mio::net::TcpStream::from_std(socket);
+        let poll = mio::Poll::new().map_err(setup("creating the poll"))?;
+        // Registered once, edge-triggered: each step of `run` goes on until WouldBlock.
+        poll.registry()
+            .register(
+                &mut socket,
+                SERVER,
+                mio::Interest::READABLE | mio::Interest::WRITABLE,
+            )
+            .map_err(setup("registering the socket"))?;
+        let waker =
+            Arc::new(mio::Waker::new(poll.registry(), STDIN).map_err(setup("creating a waker"))?);
+        let (lines, from_stdin) = std::sync::mpsc::sync_channel(LINES_QUEUED);
+        let queue = LineQueue {
+            lines,
+            waker: Arc::clone(&waker),
+        };
+        spawn_stdin(input, queue)?;
+        Ok(LineSession {
+            poll,
+            _waker: waker,
+            socket,
+            session,
+            from_stdin,
+            plaintext: vec![0u8; 64 * 1024],
+            input_done: false,
+            write_done: false,
+        })
+    }
+
+    /// The loop: read, then write, then wait, until the server closes.
+    fn run(mut self, output: &mut impl Write) -> Result<(), ClientError> {
+        let mut events = mio::Events::with_capacity(8);
+        loop {
+            // Read before write; both also run before the first poll, for what the handshake
+            // left behind.
+            if self.read(output)? {
+                self.say_goodbye();
+                return Ok(());
+            }
+            self.write();
+            match self.poll.poll(&mut events, None) {
+                Ok(()) => trace!("wakeup: {} event(s)", events.iter().count()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(source) => {
+                    return Err(ClientError::Io {
+                        doing: "waiting for the socket or stdin",
+                        source,
+                    });
+                }
+            }
+        }
+    }
+
     /// Reads the socket until WouldBlock, decrypting as it goes and copying the plaintext to
     /// `output`. `Ok(true)` once the server has closed (with `close_notify`, or a bare TCP
     /// close, taken as the same since the server's bytes are printed as they come anyway).
@@ -273,30 +323,28 @@ impl LineSession {
                 let _ = self.session.write_tls(&mut self.socket);
                 return Err(ClientError::Tls(e));
             }
-            // Emptied after every read, so rustls's plaintext buffer never fills.
-            loop {
-                match self.session.reader().read(&mut self.plaintext) {
-                    Ok(0) => {
-                        debug!("server sent close_notify");
-                        return Ok(true);
-                    }
-                    Ok(n) => output
-                        .write_all(&self.plaintext[..n])
-                        .and_then(|()| output.flush())
-                        .map_err(|source| ClientError::Io {
-                            doing: "writing to stdout",
-                            source,
-                        })?,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                        debug!("server closed the connection without close_notify");
-                        return Ok(true);
-                    }
-                    Err(e) => return Err(io_error("reading from the server", e)),
-                }
-            }
-            if at_eof {
+            if self.print_plaintext(output)? || at_eof {
                 return Ok(true);
+            }
+        }
+    }
+
+    /// Copies all the plaintext rustls holds to `output`, so its buffer never fills.
+    /// `Ok(true)` when the server's stream has ended.
+    fn print_plaintext(&mut self, output: &mut impl Write) -> Result<bool, ClientError> {
+        loop {
+            match self.session.reader().read(&mut self.plaintext) {
+                Ok(0) => {
+                    debug!("server sent close_notify");
+                    return Ok(true);
+                }
+                Ok(n) => print(output, &self.plaintext[..n])?,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    debug!("server closed the connection without close_notify");
+                    return Ok(true);
+                }
+                Err(e) => return Err(io_error("reading from the server", e)),
             }
         }
     }
@@ -334,11 +382,11 @@ impl LineSession {
                     }
                 }
                 // Disconnected without `None`: the stdin thread died; its input has ended.
-                Ok(None) | Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                Ok(None) | Err(TryRecvError::Disconnected) => {
                     self.session.send_close_notify();
                     self.input_done = true;
                 }
-                Err(std::sync::mpsc::TryRecvError::Empty) => return,
+                Err(TryRecvError::Empty) => return,
             }
         }
     }
@@ -354,5 +402,49 @@ impl LineSession {
                 break;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Collects what [`each_line`] hands over, refusing after `accept` lines.
+    fn lines_of(input: &[u8], accept: usize) -> (bool, Vec<Vec<u8>>) {
+        let mut sent = Vec::new();
+        let all = each_line(input, |line| {
+            if sent.len() == accept {
+                return false;
+            }
+            sent.push(line.to_vec());
+            true
+        });
+        (all, sent)
+    }
+
+    #[test]
+    fn each_line_is_handed_over_with_its_newline() {
+        let cases: &[(&[u8], &[&[u8]])] = &[
+            (b"", &[]),
+            (b"PING\n", &[b"PING\n"]),
+            (b"PING", &[b"PING\n"]),
+            (
+                b"ping x\r\nhello\nPING",
+                &[b"ping x\r\n", b"hello\n", b"PING\n"],
+            ),
+            (b"\n\n", &[b"\n", b"\n"]),
+        ];
+        for (input, lines) in cases {
+            assert_eq!(
+                lines_of(input, usize::MAX),
+                (true, lines.iter().map(|l| l.to_vec()).collect()),
+                "{input:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_refused_line_stops_the_input() {
+        assert_eq!(lines_of(b"a\nb\nc\n", 1), (false, vec![b"a\n".to_vec()]));
     }
 }

@@ -78,13 +78,19 @@ pub fn run(cli: &Cli) -> Result<(), ClientError> {
             if command == Command::Error {
                 return Err(ClientError::ErrorFrame(body));
             }
-            let mut stdout = io::stdout().lock();
-            writeln!(stdout, "{}", show_reply(command, &body))
-                .and_then(|()| stdout.flush())
-                .map_err(|source| ClientError::Io {
-                    doing: "writing to stdout",
-                    source,
-                })
+            let shown = format!("{}\n", show_reply(command, &body));
+            print(&mut io::stdout().lock(), shown.as_bytes())
         }
     }
+}
+
+/// Writes `bytes` to the user's `output` and flushes, so that what arrived shows at once.
+fn print(output: &mut impl Write, bytes: &[u8]) -> Result<(), ClientError> {
+    output
+        .write_all(bytes)
+        .and_then(|()| output.flush())
+        .map_err(|source| ClientError::Io {
+            doing: "writing to stdout",
+            source,
+        })
 }
