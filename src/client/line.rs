@@ -217,8 +217,18 @@ fn copy_until_eof(mut stream: TcpStream, output: &mut impl Write) -> Result<(), 
     }
 }
 
-/// [`run_line_tls`]'s state: the poll, the socket, its TLS session, and how far each
-/// direction is.
+/// How far [`LineSession`]'s writing side has got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sending {
+    /// Taking stdin lines, each once the records before it have left.
+    Lines,
+    /// stdin has ended: `close_notify` is queued, the half-close follows once it has left.
+    Goodbye,
+    /// Nothing more will be written: half-closed after `close_notify`, or a write failed.
+    Done,
+}
+
+/// [`run_line_tls`]'s state: the poll, the socket, its TLS session, and how far writing is.
 struct LineSession {
     poll: mio::Poll,
     /// Held here too: a waker dropped by the exiting stdin thread would close its eventfd,
@@ -229,10 +239,7 @@ struct LineSession {
     /// Lines from the stdin thread; `None` is the end of input.
     from_stdin: Receiver<Option<Vec<u8>>>,
     plaintext: Vec<u8>,
-    /// stdin has ended: `close_notify` is queued.
-    input_done: bool,
-    /// Nothing more will be written: half-closed after `close_notify`, or a write failed.
-    write_done: bool,
+    sending: Sending,
 }
 
 impl LineSession {
@@ -274,8 +281,7 @@ impl LineSession {
             session,
             from_stdin,
             plaintext: vec![0u8; 64 * 1024],
-            input_done: false,
-            write_done: false,
+            sending: Sending::Lines,
         })
     }
 
@@ -353,7 +359,7 @@ impl LineSession {
     /// everything before it has left. At the end of input: `close_notify`, then a half-close.
     /// A failed write stops writing; the read side sees the same failure and reports it.
     fn write(&mut self) {
-        while !self.write_done {
+        while self.sending != Sending::Done {
             while self.session.wants_write() {
                 match self.session.write_tls(&mut self.socket) {
                     Ok(n) => trace!("wrote {n} TLS bytes"),
@@ -361,30 +367,30 @@ impl LineSession {
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => {
                         debug!("write to server failed: {e}");
-                        self.write_done = true;
+                        self.sending = Sending::Done;
                         return;
                     }
                 }
             }
-            if self.input_done {
+            if self.sending == Sending::Goodbye {
                 debug!("end of stdin: close_notify sent, shutting down the write side");
                 if let Err(e) = self.socket.shutdown(Shutdown::Write) {
                     debug!("shutdown(Write): {e}");
                 }
-                self.write_done = true;
+                self.sending = Sending::Done;
                 return;
             }
             match self.from_stdin.try_recv() {
                 Ok(Some(line)) => {
                     if let Err(e) = self.session.writer().write_all(&line) {
                         debug!("TLS writer: {e}");
-                        self.write_done = true;
+                        self.sending = Sending::Done;
                     }
                 }
                 // Disconnected without `None`: the stdin thread died; its input has ended.
                 Ok(None) | Err(TryRecvError::Disconnected) => {
                     self.session.send_close_notify();
-                    self.input_done = true;
+                    self.sending = Sending::Goodbye;
                 }
                 Err(TryRecvError::Empty) => return,
             }
@@ -393,11 +399,11 @@ impl LineSession {
 
     /// The server has closed: answer with `close_notify` (if not sent yet), best effort.
     fn say_goodbye(&mut self) {
-        if !self.input_done && !self.write_done {
+        if self.sending == Sending::Lines {
             self.session.send_close_notify();
-            self.input_done = true;
+            self.sending = Sending::Goodbye;
         }
-        while self.session.wants_write() && !self.write_done {
+        while self.session.wants_write() && self.sending != Sending::Done {
             if self.session.write_tls(&mut self.socket).is_err() {
                 break;
             }
