@@ -13,7 +13,7 @@
 //! - `frame`'s options and the TLS flags are `global`, so they may come before or after the
 //!   frame's subcommand; `line` takes no `--timeout`.
 //! - What the frame request becomes on the wire is not decided here but in
-//!   [`exchange`](super::exchange) ([`FrameRequest::encode`]).
+//!   [`exchange`](mod@super::exchange) ([`FrameRequest::encode`]).
 
 use std::ffi::OsString;
 use std::time::Duration;

@@ -8,7 +8,7 @@
 //! # Invariants
 //!
 //! - One variant for each failure a user can tell apart and act on; an IO error that is a
-//!   reset or a TLS error inside an IO error is lifted into its own variant by [`io_error`],
+//!   reset or a TLS error inside an IO error is lifted into its own variant by `io_error`,
 //!   never shown as a bare `InvalidData`.
 //! - The messages are part of the tool's interface (tests compare them byte for byte).
 

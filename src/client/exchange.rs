@@ -4,7 +4,7 @@
 //! # Invariants
 //!
 //! - `--timeout` bounds the whole exchange (connect, handshake, write, read), not each step:
-//!   every blocking call gets the time left of one [`Deadline`].
+//!   every blocking call gets the time left of one `Deadline`.
 //! - The reply is read until [`frame::decode`] holds a whole frame, so a reply split across
 //!   reads is still one reply; bytes after it are ignored.
 //! - The frame format is [`crate::protocol::frame`]'s, never re-implemented here: the request

@@ -25,7 +25,7 @@
 //!
 //! # Invariants, both ways
 //!
-//! - The stdin side is the same thread either way ([`LineSink`] says where its lines go): a
+//! - The stdin side is the same thread either way (a `LineSink` says where its lines go): a
 //!   last line without a newline gets one, a failure to read stdin is its end, and the end
 //!   of stdin is told to the server as a half-close (over TLS after `close_notify`).
 //! - The session ends when the server closes, never at the end of stdin; the stdin thread is

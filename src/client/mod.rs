@@ -18,9 +18,10 @@
 //! # Layout
 //!
 //! - [`cli`]: the command line ([`Cli`]); every usage error (exit 2) is found there.
-//! - [`line`]: the line session, plain (two threads, one socket) and TLS (one thread, a mio
-//!   loop), and the stdin thread both share.
-//! - [`exchange`]: the frame exchange: one request, one reply, under one deadline.
+//! - [`line`](mod@line): the line session, plain (two threads, one socket) and TLS (one
+//!   thread, a mio loop), and the stdin thread both share.
+//! - [`exchange`](mod@exchange): the frame exchange: one request, one reply, under one
+//!   deadline.
 //! - [`transport`]: reaching the server for both modes: connect under a deadline, the
 //!   blocking TLS handshake.
 //! - [`error`]: [`ClientError`], the one message a failed run prints, and how a frame body

@@ -3,10 +3,10 @@
 //!
 //! # Invariants
 //!
-//! - A [`Deadline`] bounds a whole step (all the addresses tried, every handshake round
+//! - A `Deadline` bounds a whole step (all the addresses tried, every handshake round
 //!   trip), not each call: each blocking call gets the time left, and a deadline that has
 //!   passed is never turned into a zero timeout (which the socket would take as "none").
-//! - Every socket from [`connect`] has `TCP_NODELAY`: line mode sends small lines one at a
+//! - Every socket from `connect` has `TCP_NODELAY`: line mode sends small lines one at a
 //!   time and frame mode one small request, so neither should wait for the previous
 //!   segment's ACK (Nagle).
 //! - A handshake failure says which of the three it was: the certificate or the protocol
