@@ -18,6 +18,12 @@
 //! - [`stats`]: the counters shown by `STATS`.
 //! - [`load`]: `tcp-load`, the load generator: per-thread mio loops, pipelined batches, latency.
 //! - [`client`]: `tcp-client`, a line session or one frame exchange against the server.
+//!   - [`client::cli`]: the command line; every usage error is found before connecting.
+//!   - [`client::line`]: the line session, plain (two threads) or TLS (one mio loop).
+//!   - [`client::exchange`](mod@client::exchange): one request frame, one reply frame,
+//!     under one deadline.
+//!   - [`client::transport`]: connecting under a deadline, the blocking TLS handshake.
+//!   - [`client::error`]: `ClientError`, the one message a failed run prints.
 //!   - [`client::tls`]: the TLS flags of both tools and the rustls client config they make.
 //!
 //! The layers only look downwards: the reactor moves bytes and never matches on a verb, the

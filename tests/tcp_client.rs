@@ -5,6 +5,9 @@
 //! Every child is bounded: its exit is awaited with a deadline and it is killed on `Drop`,
 //! its output is read by threads so a full pipe never blocks it, and what a test waits for
 //! (a `WELCOME`, a push) is polled with a deadline instead of slept for.
+//!
+//! A behaviour that is the same over plain TCP and TLS is one test over [`TRANSPORTS`], each
+//! case against a fresh [`Target`]; a failed assertion names the command line it ran.
 
 mod common;
 
@@ -22,6 +25,8 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A running `tcp-client`, killed and reaped on `Drop`.
 struct Client {
+    /// The command line, for failure messages.
+    args: Vec<String>,
     child: Child,
     stdin: Option<ChildStdin>,
     /// Chunks of stdout as they arrive; closed at the child's EOF.
@@ -32,6 +37,7 @@ struct Client {
 
 /// What a finished run left behind.
 struct Finished {
+    args: Vec<String>,
     status: ExitStatus,
     stdout: String,
     stderr: String,
@@ -65,6 +71,10 @@ impl Client {
             all
         });
         Client {
+            args: args
+                .iter()
+                .map(|a| a.as_ref().to_string_lossy().into_owned())
+                .collect(),
             child,
             stdin,
             stdout_chunks,
@@ -129,6 +139,7 @@ impl Client {
             .join()
             .expect("stderr reader");
         Finished {
+            args: std::mem::take(&mut self.args),
             status,
             stdout: String::from_utf8_lossy(&self.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&stderr).into_owned(),
@@ -160,7 +171,9 @@ fn run<S: AsRef<OsStr>>(args: &[S], input: &[u8]) -> Finished {
 fn assert_run(run: &Finished, code: i32, stdout: &str, stderr: &str) {
     assert_eq!(
         (run.status.code(), run.stdout.as_str(), run.stderr.as_str()),
-        (Some(code), stdout, stderr)
+        (Some(code), stdout, stderr),
+        "tcp-client {:?}",
+        run.args
     );
 }
 
@@ -195,43 +208,110 @@ fn fake_server(
     (addr, handle)
 }
 
+/// The two ways to reach the server. A behaviour that does not depend on the transport is
+/// one test over both, as rustls's tests run each case over every cipher suite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    Plain,
+    Tls,
+}
+
+const TRANSPORTS: [Transport; 2] = [Transport::Plain, Transport::Tls];
+
+/// A fresh server for one transport. Over TLS it has TLS listeners too (beside the plain
+/// ones) and the certificate they show, which the client trusts with `--ca`.
+struct Target {
+    transport: Transport,
+    server: TestServer,
+    /// Over TLS only; the client reads it, so it lives as long as the server.
+    cert: Option<TestCert>,
+}
+
+impl Target {
+    fn start(transport: Transport, args: &[&str]) -> Target {
+        let (server, cert) = match transport {
+            Transport::Plain => (TestServer::start(args), None),
+            Transport::Tls => {
+                let cert = TestCert::new();
+                (TestServer::start_tls(&cert, args), Some(cert))
+            }
+        };
+        Target {
+            transport,
+            server,
+            cert,
+        }
+    }
+
+    /// The line listener that speaks this transport.
+    fn line_addr(&self) -> SocketAddr {
+        match self.transport {
+            Transport::Plain => self.server.line_addr(),
+            Transport::Tls => self.server.line_tls_addr(),
+        }
+    }
+
+    /// The frame listener that speaks this transport.
+    fn frame_addr(&self) -> SocketAddr {
+        match self.transport {
+            Transport::Plain => self.server.frame_addr(),
+            Transport::Tls => self.server.frame_tls_addr(),
+        }
+    }
+
+    /// The client's TLS flags: none over plain TCP, `--tls --ca CERT` over TLS.
+    fn tls_args(&self) -> Vec<String> {
+        match &self.cert {
+            None => Vec::new(),
+            Some(cert) => ["--tls", "--ca", cert.cert_arg()]
+                .map(String::from)
+                .to_vec(),
+        }
+    }
+
+    /// `tcp-client MODE... --addr ADDR` and the TLS flags.
+    fn args(&self, mode: &[&str], addr: impl ToString) -> Vec<String> {
+        let mut args: Vec<String> = mode.iter().map(|s| s.to_string()).collect();
+        args.extend(["--addr".to_string(), addr.to_string()]);
+        args.extend(self.tls_args());
+        args
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // frame
 
 #[test]
-fn frame_heartbeat_prints_heartbeat() {
-    let server = TestServer::start(&[]);
-    let addr = server.frame_addr().to_string();
-    let out = run(&["frame", "heartbeat", "--addr", &addr], b"");
-    assert_run(&out, 0, "Heartbeat\n", "");
-}
-
-#[test]
-fn frame_message_prints_server_says() {
-    let server = TestServer::start(&[]);
-    let addr = server.frame_addr().to_string();
-    let out = run(&["frame", "message", "hello there", "--addr", &addr], b"");
-    assert_run(&out, 0, "Message Server says: hello there\n", "");
-}
-
-#[test]
-fn frame_login_prints_login_ack() {
+fn frame_requests_print_the_decoded_reply() {
     let users = UsersFile::new();
-    let server = TestServer::start(&["--users", users.arg()]);
-    let addr = server.frame_addr().to_string();
-    let out = run(&["frame", "login", "user", "pass", "--addr", &addr], b"");
-    assert_run(&out, 0, "LoginAck OK\n", "");
+    let cases: &[(&[&str], &str)] = &[
+        (&["frame", "heartbeat"], "Heartbeat\n"),
+        (
+            &["frame", "message", "hello there"],
+            "Message Server says: hello there\n",
+        ),
+        (&["frame", "login", "user", "pass"], "LoginAck OK\n"),
+    ];
+    for transport in TRANSPORTS {
+        let target = Target::start(transport, &["--users", users.arg()]);
+        for (request, stdout) in cases {
+            let out = run(&target.args(request, target.frame_addr()), b"");
+            assert_run(&out, 0, stdout, "");
+        }
+    }
 }
 
 #[test]
 fn frame_options_may_come_before_the_request() {
-    let server = TestServer::start(&[]);
-    let addr = server.frame_addr().to_string();
-    let out = run(
-        &["frame", "--addr", &addr, "--timeout", "2s", "message", "hi"],
-        b"",
-    );
-    assert_run(&out, 0, "Message Server says: hi\n", "");
+    // --addr, --timeout and the TLS flags alike.
+    for transport in TRANSPORTS {
+        let target = Target::start(transport, &[]);
+        let addr = target.frame_addr().to_string();
+        let mut args = vec!["frame".to_string()];
+        args.extend(target.tls_args());
+        args.extend(["--addr", &addr, "--timeout", "2s", "message", "hi"].map(String::from));
+        assert_run(&run(&args, b""), 0, "Message Server says: hi\n", "");
+    }
 }
 
 #[test]
@@ -335,18 +415,23 @@ fn frame_reply_split_across_writes_is_one_reply() {
 }
 
 #[test]
-fn frame_connect_refused_exits_1() {
+fn connect_refused_exits_1_in_either_mode() {
     let (_socket, addr) = refusing_addr();
-    let out = run(&["frame", "heartbeat", "--addr", &addr], b"");
-    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
-    assert_eq!(out.stdout, "");
-    assert!(
-        out.stderr
-            .starts_with(&format!("tcp-client: cannot connect to {addr}: ")),
-        "{:?}",
-        out.stderr
-    );
-    assert!(out.stderr.contains("refused"), "{:?}", out.stderr);
+    let cases: &[(&[&str], &[u8])] = &[(&["line"], b"PING\n"), (&["frame", "heartbeat"], b"")];
+    for (mode, input) in cases {
+        let mut args = mode.to_vec();
+        args.extend(["--addr", &addr]);
+        let out = run(&args, input);
+        assert_eq!(out.status.code(), Some(1), "{mode:?}: {}", out.stderr);
+        assert_eq!(out.stdout, "", "{mode:?}");
+        assert!(
+            out.stderr
+                .starts_with(&format!("tcp-client: cannot connect to {addr}: ")),
+            "{mode:?}: {:?}",
+            out.stderr
+        );
+        assert!(out.stderr.contains("refused"), "{mode:?}: {:?}", out.stderr);
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -354,70 +439,71 @@ fn frame_connect_refused_exits_1() {
 
 #[test]
 fn line_piped_session_prints_every_reply() {
-    let server = TestServer::start(&[]);
-    let addr = server.line_addr().to_string();
-    let out = run(&["line", "--addr", &addr], b"PING\nHELLO ann\nQUIT\n");
-    assert_run(&out, 0, "PONG\nWELCOME ann\nBYE\n", "");
+    for transport in TRANSPORTS {
+        let target = Target::start(transport, &[]);
+        let out = run(
+            &target.args(&["line"], target.line_addr()),
+            b"PING\nHELLO ann\nQUIT\n",
+        );
+        assert_run(&out, 0, "PONG\nWELCOME ann\nBYE\n", "");
+    }
 }
 
 #[test]
 fn line_end_of_input_half_closes_and_prints_until_the_server_closes() {
-    // No QUIT: the end of stdin half-closes, the server answers everything, then closes.
-    // The last line has no newline; the client adds one.
-    let server = TestServer::start(&[]);
-    let addr = server.line_addr().to_string();
-    let out = run(&["line", "--addr", &addr], b"ping x\r\nhello\nPING");
-    assert_run(&out, 0, "PONG x\nERR usage: HELLO <name>\nPONG\n", "");
+    // No QUIT: the end of stdin half-closes (over TLS after close_notify), the server answers
+    // everything, then closes. The last line has no newline; the client adds one. The host
+    // is `localhost`: over TLS that is the name verified against the certificate's DNS name.
+    for transport in TRANSPORTS {
+        let target = Target::start(transport, &[]);
+        let addr = format!("localhost:{}", target.line_addr().port());
+        for input in [&b"ping x\r\nhello\nPING"[..], b"ping x\nhello\nPING"] {
+            let out = run(&target.args(&["line"], &addr), input);
+            assert_run(&out, 0, "PONG x\nERR usage: HELLO <name>\nPONG\n", "");
+        }
+    }
 }
 
 #[test]
 fn line_server_closing_first_ends_the_client() {
     // stdin stays open: the client must exit because the server closed, not because input
     // ended.
-    let server = TestServer::start(&[]);
-    let addr = server.line_addr().to_string();
-    let mut client = Client::spawn(&["line", "--addr", &addr]);
-    client.type_in(b"QUIT\n");
-    let deadline = after(RUN_TIMEOUT);
-    assert!(
-        common::wait_until(deadline, || client.child.try_wait().unwrap().is_some()),
-        "tcp-client still running after the server closed"
-    );
-    let out = client.finish();
-    assert_run(&out, 0, "BYE\n", "");
+    for transport in TRANSPORTS {
+        let target = Target::start(transport, &[]);
+        let mut client = Client::spawn(&target.args(&["line"], target.line_addr()));
+        client.type_in(b"QUIT\n");
+        let deadline = after(RUN_TIMEOUT);
+        assert!(
+            common::wait_until(deadline, || client.child.try_wait().unwrap().is_some()),
+            "tcp-client {:?} still running after the server closed",
+            client.args
+        );
+        let out = client.finish();
+        assert_run(&out, 0, "BYE\n", "");
+    }
 }
 
 #[test]
 fn line_chat_push_arrives_while_the_user_is_silent() {
-    let server = TestServer::start(&[]);
-    let addr = server.line_addr().to_string();
-    let mut bob = Client::spawn(&["line", "--addr", &addr]);
-    bob.type_in(b"HELLO bob\n");
-    // bob must be identified before ann speaks, or he is not in the room yet.
-    bob.wait_for_stdout("WELCOME bob\n", after(RUN_TIMEOUT));
+    for transport in TRANSPORTS {
+        let target = Target::start(transport, &[]);
+        let mut bob = Client::spawn(&target.args(&["line"], target.line_addr()));
+        bob.type_in(b"HELLO bob\n");
+        // bob must be identified before ann speaks, or he is not in the room yet.
+        bob.wait_for_stdout("WELCOME bob\n", after(RUN_TIMEOUT));
 
-    let mut ann = common::LineClient::new(connect(server.line_addr()));
-    assert_eq!(ann.request(b"HELLO ann"), b"WELCOME ann\n");
-    assert_eq!(ann.request(b"SAY hi"), b"OK\n");
-    bob.wait_for_stdout("MSG ann hi\n", after(RUN_TIMEOUT));
+        // ann speaks over plain TCP whatever bob's transport: the room is the same.
+        let mut ann = common::LineClient::new(connect(target.server.line_addr()));
+        assert_eq!(ann.request(b"HELLO ann"), b"WELCOME ann\n");
+        assert_eq!(ann.request(b"SAY hi"), b"OK\n");
+        bob.wait_for_stdout("MSG ann hi\n", after(RUN_TIMEOUT));
+        // Lines typed later still go out.
+        bob.type_in(b"PING\n");
+        bob.wait_for_stdout("PONG\n", after(RUN_TIMEOUT));
 
-    let out = bob.finish();
-    assert_run(&out, 0, "WELCOME bob\nMSG ann hi\n", "");
-}
-
-#[test]
-fn line_connect_refused_exits_1() {
-    let (_socket, addr) = refusing_addr();
-    let out = run(&["line", "--addr", &addr], b"PING\n");
-    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
-    assert_eq!(out.stdout, "");
-    assert!(
-        out.stderr
-            .starts_with(&format!("tcp-client: cannot connect to {addr}: ")),
-        "{:?}",
-        out.stderr
-    );
-    assert!(out.stderr.contains("refused"), "{:?}", out.stderr);
+        let out = bob.finish();
+        assert_run(&out, 0, "WELCOME bob\nMSG ann hi\nPONG\n", "");
+    }
 }
 
 #[test]
@@ -450,105 +536,11 @@ fn line_connection_reset_exits_1() {
 }
 
 // ---------------------------------------------------------------------------------------
-// over TLS
+// TLS only: what has no plain counterpart (trust, names, the flags)
 
 /// The one line `--insecure` prints on stderr.
 const INSECURE_WARNING: &str = "tcp-client: warning: --insecure: the server's certificate is \
                                 not verified; anyone on the path can pose as the server\n";
-
-#[test]
-fn tls_line_session_prints_every_reply() {
-    let cert = TestCert::new();
-    let server = TestServer::start_tls(&cert, &[]);
-    let addr = server.line_tls_addr().to_string();
-    let out = run(
-        &["line", "--addr", &addr, "--tls", "--ca", cert.cert_arg()],
-        b"PING\nHELLO ann\nQUIT\n",
-    );
-    assert_run(&out, 0, "PONG\nWELCOME ann\nBYE\n", "");
-    // End of input without QUIT: close_notify and a half-close; the server answers all,
-    // then closes. The name `localhost` is verified against the certificate's DNS name.
-    let addr = format!("localhost:{}", server.line_tls_addr().port());
-    let out = run(
-        &["line", "--addr", &addr, "--tls", "--ca", cert.cert_arg()],
-        b"ping x\nhello\nPING",
-    );
-    assert_run(&out, 0, "PONG x\nERR usage: HELLO <name>\nPONG\n", "");
-}
-
-#[test]
-fn tls_frame_exchanges_print_as_without_tls() {
-    let cert = TestCert::new();
-    let users = UsersFile::new();
-    let server = TestServer::start_tls(&cert, &["--users", users.arg()]);
-    let addr = server.frame_tls_addr().to_string();
-    let cases: &[(&[&str], &str)] = &[
-        (&["frame", "heartbeat"], "Heartbeat\n"),
-        (
-            &["frame", "message", "hello there"],
-            "Message Server says: hello there\n",
-        ),
-        (&["frame", "login", "user", "pass"], "LoginAck OK\n"),
-    ];
-    for (request, stdout) in cases {
-        let mut args = request.to_vec();
-        args.extend_from_slice(&["--addr", &addr, "--tls", "--ca", cert.cert_arg()]);
-        assert_run(&run(&args, b""), 0, stdout, "");
-    }
-    // The TLS options may come before the request, like --addr.
-    let out = run(
-        &[
-            "frame",
-            "--tls",
-            "--ca",
-            cert.cert_arg(),
-            "--addr",
-            &addr,
-            "message",
-            "hi",
-        ],
-        b"",
-    );
-    assert_run(&out, 0, "Message Server says: hi\n", "");
-}
-
-#[test]
-fn tls_line_chat_push_arrives_while_the_user_is_silent() {
-    let cert = TestCert::new();
-    let server = TestServer::start_tls(&cert, &[]);
-    let addr = server.line_tls_addr().to_string();
-    let mut bob = Client::spawn(&["line", "--addr", &addr, "--tls", "--ca", cert.cert_arg()]);
-    bob.type_in(b"HELLO bob\n");
-    bob.wait_for_stdout("WELCOME bob\n", after(RUN_TIMEOUT));
-
-    // ann speaks over plain TCP: the room is the same.
-    let mut ann = common::LineClient::new(connect(server.line_addr()));
-    assert_eq!(ann.request(b"HELLO ann"), b"WELCOME ann\n");
-    assert_eq!(ann.request(b"SAY hi"), b"OK\n");
-    bob.wait_for_stdout("MSG ann hi\n", after(RUN_TIMEOUT));
-    // Lines typed later still go out.
-    bob.type_in(b"PING\n");
-    bob.wait_for_stdout("PONG\n", after(RUN_TIMEOUT));
-
-    let out = bob.finish();
-    assert_run(&out, 0, "WELCOME bob\nMSG ann hi\nPONG\n", "");
-}
-
-#[test]
-fn tls_line_server_closing_first_ends_the_client() {
-    let cert = TestCert::new();
-    let server = TestServer::start_tls(&cert, &[]);
-    let addr = server.line_tls_addr().to_string();
-    let mut client = Client::spawn(&["line", "--addr", &addr, "--tls", "--ca", cert.cert_arg()]);
-    client.type_in(b"QUIT\n");
-    let deadline = after(RUN_TIMEOUT);
-    assert!(
-        common::wait_until(deadline, || client.child.try_wait().unwrap().is_some()),
-        "tcp-client still running after the server closed"
-    );
-    let out = client.finish();
-    assert_run(&out, 0, "BYE\n", "");
-}
 
 #[test]
 fn tls_insecure_accepts_any_certificate_and_warns() {
