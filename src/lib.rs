@@ -2,12 +2,14 @@
 //!
 //! # Layout
 //! - [`config`]: the command line (clap) and `DUR` parsing.
-//! - [`auth`]: the users file, argon2id verification, and the thread pool that runs it off
-//!   the loop.
-//! - [`reactor`]: the loop ([`reactor::Server`]): poll, accept, read, execute, write, timers.
+//! - [`auth`]: the users file and argon2id verification.
+//! - [`reactor`]: the loop ([`reactor::Server`]): poll, accept, read, execute, write, timers;
+//!   closing marks a connection and the turn's end frees it (the liveness rule).
 //!   - `reactor::token`: what a mio `Token` means; generations against stale events.
-//!   - `reactor::listener`: accepting, the per-wakeup cap, surviving EMFILE.
-//!   - `reactor::connection`: one connection's socket, buffers and state machine.
+//!   - `reactor::accept`: the acceptor: accept bursts, the per-wakeup cap, surviving EMFILE.
+//!   - `reactor::connection`: one connection's socket, buffers and state machine; hides TLS.
+//!   - `reactor::logins`: the blocking-work bridge: login verification on worker threads,
+//!     verdicts through the waker.
 //!   - `reactor::tls`: TLS on a non-blocking socket, rustls driven by readiness.
 //! - [`net`]: socket helpers shared by the server and the tools: `read_some`, `write_some`,
 //!   the listening socket, the open-files limit.

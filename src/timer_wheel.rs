@@ -26,9 +26,11 @@
 //!   never early in ticks. Rounding the deadline *up* to a whole tick keeps it never early in
 //!   real time too; it can then be late by up to one tick plus however late the caller is in
 //!   calling `advance`.
-//! - **Drift**: the wheel never counts ticks itself. The caller computes
-//!   `tick = start.elapsed().as_millis() as u64 / tick_ms` from a monotonic `Instant`, so a
-//!   slow loop makes timers late once but never shifts later ones.
+//! - **Drift**: the wheel never counts ticks itself. The caller computes ticks from a
+//!   monotonic `Instant`: the reactor takes `now_tick = nanos(now - epoch) / TICK_NANOS`
+//!   (rounded down: the tick `now` falls in) and a deadline's tick as
+//!   `nanos(deadline - epoch).div_ceil(TICK_NANOS)` (rounded up: never early), so a slow loop
+//!   makes timers late once but never shifts later ones.
 //!
 //! # Invariants
 //! - A live entry sits in exactly one slot list: slot `deadline mod slots` when

@@ -28,9 +28,12 @@
 //! command   byte   header (hex)                  body       server's answer
 //! Heartbeat    0   47 4F 01 00 <len: 4 bytes>    any        the identical frame back
 //! Message      1   47 4F 01 01 <len: 4 bytes>    text B     Message "Server says: " + B
-//! Login        2   47 4F 01 02 <len: 4 bytes>    any        LoginAck "OK"
+//! Login        2   47 4F 01 02 <len: 4 bytes>    user:pass  LoginAck "OK", or Error "invalid
+//!                                                           credentials"; without --users any
+//!                                                           body gets LoginAck "OK"
 //! LoginAck     3   47 4F 01 03 00 00 00 02       "OK"       (server to client only)
-//! Error        4   47 4F 01 04 <len: 4 bytes>    reason     (server to client, then close)
+//! Error        4   47 4F 01 04 <len: 4 bytes>    reason     (server to client; after a protocol
+//!                                                           error the connection closes)
 //! ```
 //!
 //! The Go client's bare heartbeat is the 8 bytes `47 4F 01 00 00 00 00 00`.

@@ -40,6 +40,9 @@
 //! STATS                -> STATS accepted=..  (no arguments allowed)
 //! HELLO <name>         -> WELCOME <name>     name: 1-32 of A-Z a-z 0-9 _ -
 //! SAY <text>           -> OK                 text: non-empty, verbatim
+//! LOGIN <user> <pass>  -> OK | ERR invalid credentials   (the password is the rest of the
+//!                         line, spaces included; without --users every LOGIN gets OK)
+//! LOGIN                -> ERR usage: LOGIN <user> <password>
 //! <anything else>      -> echoed unchanged   (empty line, PINGX, binary bytes, ...)
 //! ```
 //!

@@ -130,11 +130,11 @@ pub struct LoginResult {
 
 /// Worker threads verifying logins off the event loop.
 ///
-/// The job queue is unbounded, but the caller allows at most one job in flight per
-/// connection, so it never holds more than `--max-connections` jobs: a client cannot queue
-/// a second login behind its first. Results come back on an unbounded channel of the same
-/// bound; after sending each one the worker calls `waker.wake()`, and the loop drains them
-/// all with [`VerifierPool::try_recv`].
+/// The job queue has no bound of its own: [`LoginBridge`] keeps at most
+/// [`MAX_LOGINS_IN_FLIGHT`] jobs queued or running, and a connection has at most one (it waits
+/// in `Verifying`), so a client cannot queue a second login behind its first. Results come
+/// back on a channel of the same bound; after sending each one the worker calls
+/// `waker.wake()`, and the loop drains them all with [`VerifierPool::try_recv`].
 ///
 /// Dropping the pool closes the job queue, abandons the jobs still queued (their passwords
 /// are wiped as they are dropped), and joins the threads, which waits for at most one
