@@ -221,18 +221,7 @@ impl Server {
         let mut signals = Signals::new([SIGINT, SIGTERM])?;
         registry.register(&mut signals, token::SIGNALS, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(registry, token::WAKER)?);
-        let users = match &config.users {
-            Some(path) => {
-                let users =
-                    Users::load(path).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-                info!("{} user(s) from {}", users.len(), path.display());
-                users
-            }
-            None => {
-                info!("no --users: logins are not checked, every LOGIN is answered OK");
-                Users::parse("").map_err(|e| io::Error::other(e.to_string()))?
-            }
-        };
+        let users = load_users(&config)?;
         let login_rules = LoginRules {
             required: config.require_login,
             checked: config.users.is_some(),
@@ -1111,6 +1100,17 @@ impl Server {
     fn instant_of(&self, tick: u64) -> Instant {
         self.epoch + TICK * u32::try_from(tick).unwrap_or(u32::MAX)
     }
+}
+
+/// The users file, or, without `--users`, no users at all (logins are then not checked).
+fn load_users(config: &Config) -> io::Result<Users> {
+    let Some(path) = &config.users else {
+        info!("no --users: logins are not checked, every LOGIN is answered OK");
+        return Users::parse("").map_err(|e| io::Error::other(e.to_string()));
+    };
+    let users = Users::load(path).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    info!("{} user(s) from {}", users.len(), path.display());
+    Ok(users)
 }
 
 /// Traces one wakeup's events: `wakeup: 2 event(s) [7.1 r w, line-listener r]`.

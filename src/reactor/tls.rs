@@ -15,8 +15,9 @@
 //!   holds (one record is at most 16 KiB of plaintext; the socket may hold more): a TLS
 //!   connection is always read until WouldBlock.
 //! - **Writing.** `writer()` accepts plaintext up to rustls's buffer limit (`SEND_LIMIT` of
-//!   encrypted bytes not yet on the socket), and `write_tls` moves records to the socket. [`send`]
-//!   alternates the two until everything is taken or the socket is full, so when it reports
+//!   encrypted bytes not yet on the socket), and `write_tls` moves records to the socket.
+//!   [`TlsSession::send`] alternates the two until everything is taken or the socket is
+//!   full, so when it reports
 //!   fewer bytes than offered the socket really is full and a writable edge will follow; the
 //!   same promise the reactor relies on for a plain `write`.
 //! - **Bytes the application never asked for.** The handshake, alerts and `close_notify` are
