@@ -84,9 +84,11 @@ impl Buffer {
         }
     }
 
-    /// Appends `bytes` after the buffered ones. Inlined: it runs once or twice per reply,
-    /// and a constant reply (`PONG\n`) then becomes a few moves instead of a `memcpy` call.
-    #[inline]
+    /// Appends `bytes` after the buffered ones. Always inlined: it runs once or twice per
+    /// reply, and a constant reply (`PONG\n`) then becomes a few moves instead of a `memcpy`
+    /// call. A plain `#[inline]` is only a hint, and callgrind showed the compiler dropping it
+    /// as the handler grew (+14 instructions per echo).
+    #[inline(always)]
     pub fn extend_from_slice(&mut self, bytes: &[u8]) {
         let end = self.end + bytes.len();
         if end > self.storage.len() {

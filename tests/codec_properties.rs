@@ -716,7 +716,7 @@ fn serve_line_session(chunks: &[&[u8]], out_limit: usize) -> Transcript {
             match processed.outcome {
                 Outcome::Continue if over_limit => {}
                 Outcome::Continue => break,
-                Outcome::Broadcast(message) => pushes.push(message),
+                Outcome::Broadcast(message) => pushes.push(message.into_vec()),
                 // As the reactor does once the workers answer; here every login fails.
                 Outcome::Login(_) => {
                     if finish_login(&mut session, false, &mut out, &mut stats)

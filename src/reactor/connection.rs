@@ -228,7 +228,6 @@ impl Connection {
 
     /// Request bytes from the peer: `Ok(Some(n))`, `Ok(Some(0))` at the end of the stream,
     /// `Ok(None)` when there are none for now. Plaintext from rustls over TLS.
-    #[inline]
     pub fn receive(&mut self, into: &mut [u8]) -> io::Result<Option<usize>> {
         match &mut self.tls {
             None => read_some(&mut self.socket, into),
@@ -238,7 +237,6 @@ impl Connection {
 
     /// Whether a read shorter than the buffer proves the socket drained. Over TLS it proves
     /// nothing: rustls hands out one record at a time.
-    #[inline]
     pub fn short_read_drains(&self) -> bool {
         self.tls.is_none()
     }
@@ -386,6 +384,7 @@ impl Connection {
     /// `scratch_out` when nothing is pending, so that they leave in one `write`. `None` when
     /// there is nothing to execute or the connection may not execute. The flag says the
     /// output reached `out_limit`.
+    #[inline]
     pub fn execute_some(
         &mut self,
         fresh: &[u8],

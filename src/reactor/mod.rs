@@ -612,7 +612,7 @@ impl Server {
                 Outcome::Broadcast(message) => self.broadcast(key, &message),
                 Outcome::Quit => self.drain(key, CloseReason::Quit),
                 Outcome::ProtocolError => self.drain(key, CloseReason::ProtocolError),
-                Outcome::Login(credentials) => self.start_login(key, credentials),
+                Outcome::Login(credentials) => self.start_login(key, *credentials),
                 Outcome::LoginFailures => self.drain(key, CloseReason::LoginFailures),
             }
         }
@@ -670,6 +670,9 @@ impl Server {
         }
         match conn.flush() {
             Ok(Some(written)) => self.note_written(key, written),
+            // Nothing owed and nothing to decide: an Open connection's output is as the last
+            // write left it (a Draining one may still owe its FIN).
+            Ok(None) if conn.state() == State::Open => return,
             Ok(None) => {}
             Err(e) => {
                 debug!("conn={} write error: {e}", token::show(conn.token()));
