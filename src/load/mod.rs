@@ -55,6 +55,7 @@
 //!   and teardown costs are not charged to the requests.
 
 pub mod report;
+mod stream;
 mod worker;
 pub mod workload;
 
