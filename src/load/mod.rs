@@ -660,6 +660,7 @@ mod tests {
         assert_eq!(named.settings(1)["insecure"], true);
     }
 
+    // A table: rustfmt gives each case several lines, so it runs past a screen.
     #[test]
     fn bad_combinations_are_usage_errors() {
         let cases: &[(&[&str], &str)] = &[

@@ -346,6 +346,17 @@ impl Timer {
         Ok(Timer { fd, armed_ns: 0 })
     }
 
+    /// A new timer, registered with `poll` as [`TIMER`].
+    fn registered(poll: &Poll) -> io::Result<Timer> {
+        let timer = Timer::new()?;
+        poll.registry().register(
+            &mut SourceFd(&timer.fd.as_raw_fd()),
+            TIMER,
+            Interest::READABLE,
+        )?;
+        Ok(timer)
+    }
+
     fn arm(&mut self, at_ns: u64) {
         if at_ns == self.armed_ns {
             return;
@@ -438,15 +449,7 @@ impl Worker {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let timer = match plan.slot_ns {
-            Some(_) => {
-                let timer = Timer::new()?;
-                poll.registry().register(
-                    &mut SourceFd(&timer.fd.as_raw_fd()),
-                    TIMER,
-                    Interest::READABLE,
-                )?;
-                Some(timer)
-            }
+            Some(_) => Some(Timer::registered(&poll)?),
             None => None,
         };
         let pipeline = plan.pipeline as usize;
