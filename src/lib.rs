@@ -19,6 +19,14 @@
 //! - [`handler`]: what each request means: replies, sessions, the chat room.
 //! - [`stats`]: the counters shown by `STATS`.
 //! - [`load`]: `tcp-load`, the load generator: per-thread mio loops, pipelined batches, latency.
+//!   - `load::crew`: the worker threads: spawned with their plans, woken, released, joined.
+//!   - `load::pacing`: the main thread's loop: window start, CPU samples, progress line.
+//!   - `load::worker`: one thread's loop: connects, batches, replies verified in place.
+//!   - `load::stream`: a connection's socket, plain or TLS, behind `receive` and `send`.
+//!   - `load::totals`: the workers' reports merged into the summary.
+//!   - `load::cpu`: CPU time of tcp-load and of `--server-pid` over the window.
+//!   - [`load::report`]: the summary (text, JSON), the percentile table, the progress line.
+//!   - [`load::workload`]: what a request is, and how its reply is verified.
 //! - [`client`]: `tcp-client`, a line session or one frame exchange against the server.
 //!   - [`client::cli`]: the command line; every usage error is found before connecting.
 //!   - [`client::line`]: the line session, plain (two threads) or TLS (one mio loop).

@@ -4,6 +4,9 @@
 //! Every run is bounded: `--requests` (or a short `--duration`) and a process deadline, so a
 //! hang fails the test instead of wedging `cargo test`. No timing assertions beyond what a
 //! timetable guarantees (an open-loop run cannot finish before its last slot).
+//!
+//! A behaviour that holds plain and over TLS is one test over a table of [`Transport`]s; the
+//! tests under "over TLS" are about TLS alone (certificates, `--insecure`, its flags).
 
 mod common;
 
@@ -86,58 +89,151 @@ fn assert_no_errors(json: &Value, context: &str) {
     }
 }
 
-/// `--requests N` for every workload on its protocol: exit 0, exactly N recorded, no errors,
-/// and the server executed exactly N requests (none more were sent).
+/// The transports tcp-load speaks; a behaviour that both share is one test over both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    Plain,
+    Tls,
+}
+
+impl Transport {
+    const ALL: [Transport; 2] = [Transport::Plain, Transport::Tls];
+
+    fn name(self) -> &'static str {
+        match self {
+            Transport::Plain => "plain",
+            Transport::Tls => "TLS",
+        }
+    }
+}
+
+/// A server listening on a transport's ports, and what tcp-load needs to reach it there.
+struct Target {
+    transport: Transport,
+    server: TestServer,
+    /// The server's certificate, which tcp-load trusts (`--ca`); TLS only.
+    cert: Option<TestCert>,
+}
+
+impl Target {
+    fn start(transport: Transport) -> Target {
+        let (server, cert) = match transport {
+            Transport::Plain => (TestServer::start(&[]), None),
+            Transport::Tls => {
+                let cert = TestCert::new();
+                (TestServer::start_tls(&cert, &[]), Some(cert))
+            }
+        };
+        Target {
+            transport,
+            server,
+            cert,
+        }
+    }
+
+    /// The address of `protocol`'s listener on this transport.
+    fn addr(&self, protocol: &str) -> String {
+        let addr = match (self.transport, protocol) {
+            (Transport::Plain, "line") => self.server.line_addr(),
+            (Transport::Plain, "frame") => self.server.frame_addr(),
+            (Transport::Tls, "line") => self.server.line_tls_addr(),
+            (Transport::Tls, "frame") => self.server.frame_tls_addr(),
+            (_, other) => panic!("no {other} listener"),
+        };
+        addr.to_string()
+    }
+
+    /// tcp-load's flags for this transport: none, or `--tls --ca FILE`.
+    fn tls_args(&self) -> Vec<&str> {
+        match &self.cert {
+            None => Vec::new(),
+            Some(cert) => vec!["--tls", "--ca", cert.cert_arg()],
+        }
+    }
+}
+
+/// The summary's TLS part: over TLS, `connections` handshakes timed and no failure; plain,
+/// none at all (`tls` is null).
+fn assert_handshakes(transport: Transport, json: &Value, connections: u64, context: &str) {
+    let tls = &json["tls"];
+    match transport {
+        Transport::Plain => {
+            assert!(tls.is_null(), "{context}: {json}");
+            assert_eq!(json["settings"]["tls"], false, "{context}");
+            assert!(json["settings"]["server_name"].is_null(), "{context}");
+        }
+        Transport::Tls => {
+            assert_eq!(tls["handshakes"], connections, "{context}: {json}");
+            let p50 = tls["handshake_us"]["p50"].as_f64().unwrap();
+            let p99 = tls["handshake_us"]["p99"].as_f64().unwrap();
+            assert!(p50 > 0.0 && p99 >= p50, "{context}: {tls}");
+            assert_eq!(tls["failures"], serde_json::json!({}), "{context}");
+            assert_eq!(json["settings"]["tls"], true, "{context}");
+            assert_eq!(json["settings"]["server_name"], "127.0.0.1", "{context}");
+        }
+    }
+}
+
+/// `--requests N` for every workload on its protocol, plain and over TLS: exit 0, exactly N
+/// recorded, no errors, and the server executed exactly N requests (none more were sent);
+/// over TLS, one timed handshake per connection, and none without.
 #[test]
 fn every_workload_completes_exactly_n_requests() {
-    let server = TestServer::start(&[]);
-    let line = server.line_addr().to_string();
-    let frame = server.frame_addr().to_string();
-    let cases: &[(&str, &str, &str, &[&str])] = &[
-        (&line, "line", "echo", &[]),
-        (&line, "line", "ping", &[]),
-        (&line, "line", "raw", &["--request", "PING"]),
-        (&frame, "frame", "heartbeat", &["--size", "16"]),
-        (&frame, "frame", "message", &[]),
+    let cases: &[(Transport, &str, &str, &[&str])] = &[
+        (Transport::Plain, "line", "echo", &[]),
+        (Transport::Plain, "line", "ping", &[]),
+        (Transport::Plain, "line", "raw", &["--request", "PING"]),
+        (Transport::Plain, "frame", "heartbeat", &["--size", "16"]),
+        (Transport::Plain, "frame", "message", &[]),
+        (Transport::Tls, "line", "ping", &[]),
+        (Transport::Tls, "line", "echo", &["--size", "3000"]),
+        (Transport::Tls, "frame", "message", &[]),
+        (Transport::Tls, "frame", "heartbeat", &["--size", "20000"]),
     ];
     const N: u64 = 3000;
-    for &(addr, protocol, workload, extra) in cases {
-        let before = server.stats()["requests"];
-        let mut args = vec![
-            "--addr",
-            addr,
-            "--protocol",
-            protocol,
-            "--workload",
-            workload,
-            "--requests",
-            "3000",
-            "--connections",
-            "5",
-            "--pipeline",
-            "8",
-            "--threads",
-            "2",
-            "--json",
-        ];
-        args.extend_from_slice(extra);
-        let run = tcp_load(&args);
-        let context = format!("{protocol}/{workload}");
-        assert_eq!(run.code, 0, "{context}: stderr:\n{}", run.stderr);
-        let json = run.json();
-        assert_eq!(json["requests"], N, "{context}: {json}");
-        assert_no_errors(&json, &context);
-        assert_eq!(json["connections"], 5, "{context}");
-        assert_eq!(json["threads"], 2, "{context}");
-        assert!(
-            json["latency_us"]["p50"].as_f64().unwrap() > 0.0,
-            "{context}"
-        );
-        assert!(json["duration_s"].as_f64().unwrap() > 0.0, "{context}");
-        assert_eq!(json["settings"]["workload"], workload);
-        // One STATS request between the two snapshots, plus exactly N from tcp-load.
-        let after = server.stats()["requests"];
-        assert_eq!(after - before, N + 1, "{context}: the server executed");
+    for transport in Transport::ALL {
+        let target = Target::start(transport);
+        for &(_, protocol, workload, extra) in cases.iter().filter(|case| case.0 == transport) {
+            let before = target.server.stats()["requests"];
+            let addr = target.addr(protocol);
+            let mut args = vec![
+                "--addr",
+                &addr,
+                "--protocol",
+                protocol,
+                "--workload",
+                workload,
+                "--requests",
+                "3000",
+                "--connections",
+                "5",
+                "--pipeline",
+                "8",
+                "--threads",
+                "2",
+                "--json",
+            ];
+            args.extend_from_slice(&target.tls_args());
+            args.extend_from_slice(extra);
+            let run = tcp_load(&args);
+            let context = format!("{} {protocol}/{workload}", transport.name());
+            assert_eq!(run.code, 0, "{context}: stderr:\n{}", run.stderr);
+            let json = run.json();
+            assert_eq!(json["requests"], N, "{context}: {json}");
+            assert_no_errors(&json, &context);
+            assert_eq!(json["connections"], 5, "{context}");
+            assert_eq!(json["threads"], 2, "{context}");
+            assert!(
+                json["latency_us"]["p50"].as_f64().unwrap() > 0.0,
+                "{context}"
+            );
+            assert!(json["duration_s"].as_f64().unwrap() > 0.0, "{context}");
+            assert_eq!(json["settings"]["workload"], workload, "{context}");
+            assert_handshakes(transport, &json, 5, &context);
+            // One STATS request between the two snapshots, plus exactly N from tcp-load.
+            let after = target.server.stats()["requests"];
+            assert_eq!(after - before, N + 1, "{context}: the server executed");
+        }
     }
 }
 
@@ -246,42 +342,64 @@ fn a_duration_run_measures_after_its_warmup() {
     assert!(lines.last().unwrap().starts_with("#[Buckets = "));
 }
 
+/// The text summary, plain and over TLS (which adds the `tls` line: handshakes and times).
 #[test]
 fn text_summary_by_default() {
-    let server = TestServer::start(&[]);
-    let run = tcp_load(&[
-        "--addr",
-        &server.line_addr().to_string(),
-        "--protocol",
-        "line",
-        "--workload",
-        "echo",
-        "--size",
-        "100",
-        "--requests",
-        "500",
-        "--connections",
-        "2",
-    ]);
-    assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
-    assert!(run.stdout.starts_with("tcp-load "), "{}", run.stdout);
-    for needle in [
-        "requests     500 in",
-        "latency µs   min",
-        "connect 0 reset 0 eof 0 timeout 0 mismatch 0",
-        "2 of 2 established",
-        "µs/request",
-    ] {
+    let cases: &[(Transport, &[&str])] = &[
+        (Transport::Plain, &["--workload", "echo", "--size", "100"]),
+        (Transport::Tls, &["--workload", "ping", "--pipeline", "4"]),
+    ];
+    for &(transport, shape) in cases {
+        let target = Target::start(transport);
+        let addr = target.addr("line");
+        let mut args = vec![
+            "--addr",
+            &addr,
+            "--protocol",
+            "line",
+            "--requests",
+            "500",
+            "--connections",
+            "2",
+        ];
+        args.extend_from_slice(shape);
+        args.extend_from_slice(&target.tls_args());
+        let run = tcp_load(&args);
+        let name = transport.name();
+        assert_eq!(run.code, 0, "{name}: stderr:\n{}", run.stderr);
         assert!(
-            run.stdout.contains(needle),
-            "{needle:?} not in\n{}",
+            run.stdout.starts_with("tcp-load "),
+            "{name}: {}",
             run.stdout
         );
+        for needle in [
+            "requests     500 in",
+            "latency µs   min",
+            "connect 0 reset 0 eof 0 timeout 0 mismatch 0",
+            "2 of 2 established",
+            "µs/request",
+        ] {
+            assert!(
+                run.stdout.contains(needle),
+                "{name}: {needle:?} not in\n{}",
+                run.stdout
+            );
+        }
+        let handshakes = "\n  tls          handshakes 2  p50 ";
+        match transport {
+            Transport::Plain => assert!(!run.stdout.contains("\n  tls "), "{}", run.stdout),
+            Transport::Tls => assert!(
+                run.stdout.contains(handshakes),
+                "{handshakes:?} not in\n{}",
+                run.stdout
+            ),
+        }
+        assert!(!run.stdout.contains("tls failed"), "{name}: {}", run.stdout);
+        assert!(
+            !run.stderr.contains("requests/s"),
+            "{name}: no progress line unless asked for"
+        );
     }
-    assert!(
-        !run.stderr.contains("requests/s"),
-        "no progress line unless asked for"
-    );
 }
 
 #[test]
@@ -564,102 +682,6 @@ fn server_pid_reports_the_servers_cpu_over_the_window() {
 
 // ---------------------------------------------------------------------------------------
 // over TLS
-
-/// Pipelined `--requests N` over TLS on both protocols: exactly N requests recorded and
-/// executed by the server, no errors, one timed handshake per connection.
-#[test]
-fn tls_on_both_protocols_completes_exactly_n_requests() {
-    let cert = TestCert::new();
-    let server = TestServer::start_tls(&cert, &[]);
-    let line = server.line_tls_addr().to_string();
-    let frame = server.frame_tls_addr().to_string();
-    let cases: &[(&str, &str, &str, &[&str])] = &[
-        (&line, "line", "ping", &[]),
-        (&line, "line", "echo", &["--size", "3000"]),
-        (&frame, "frame", "message", &[]),
-        (&frame, "frame", "heartbeat", &["--size", "20000"]),
-    ];
-    const N: u64 = 3000;
-    for &(addr, protocol, workload, extra) in cases {
-        let before = server.stats()["requests"];
-        let mut args = vec![
-            "--addr",
-            addr,
-            "--protocol",
-            protocol,
-            "--workload",
-            workload,
-            "--requests",
-            "3000",
-            "--connections",
-            "5",
-            "--pipeline",
-            "8",
-            "--threads",
-            "2",
-            "--json",
-            "--tls",
-            "--ca",
-            cert.cert_arg(),
-        ];
-        args.extend_from_slice(extra);
-        let run = tcp_load(&args);
-        let context = format!("TLS {protocol}/{workload}");
-        assert_eq!(run.code, 0, "{context}: stderr:\n{}", run.stderr);
-        let json = run.json();
-        assert_eq!(json["requests"], N, "{context}: {json}");
-        assert_no_errors(&json, &context);
-        assert_eq!(json["connections"], 5, "{context}");
-        let tls = &json["tls"];
-        assert_eq!(tls["handshakes"], 5, "{context}: {json}");
-        let p50 = tls["handshake_us"]["p50"].as_f64().unwrap();
-        let p99 = tls["handshake_us"]["p99"].as_f64().unwrap();
-        assert!(p50 > 0.0 && p99 >= p50, "{context}: {tls}");
-        assert_eq!(tls["failures"], serde_json::json!({}), "{context}");
-        assert_eq!(json["settings"]["tls"], true, "{context}");
-        assert_eq!(json["settings"]["server_name"], "127.0.0.1", "{context}");
-        // One STATS request between the two snapshots, plus exactly N from tcp-load.
-        let after = server.stats()["requests"];
-        assert_eq!(after - before, N + 1, "{context}: the server executed");
-    }
-}
-
-#[test]
-fn tls_text_summary_adds_the_handshakes() {
-    let cert = TestCert::new();
-    let server = TestServer::start_tls(&cert, &[]);
-    let run = tcp_load(&[
-        "--addr",
-        &server.line_tls_addr().to_string(),
-        "--protocol",
-        "line",
-        "--workload",
-        "ping",
-        "--requests",
-        "500",
-        "--connections",
-        "2",
-        "--pipeline",
-        "4",
-        "--tls",
-        "--ca",
-        cert.cert_arg(),
-    ]);
-    assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
-    for needle in [
-        "requests     500 in",
-        "connect 0 reset 0 eof 0 timeout 0 mismatch 0",
-        "2 of 2 established",
-        "\n  tls          handshakes 2  p50 ",
-    ] {
-        assert!(
-            run.stdout.contains(needle),
-            "{needle:?} not in\n{}",
-            run.stdout
-        );
-    }
-    assert!(!run.stdout.contains("tls failed"), "{}", run.stdout);
-}
 
 #[test]
 fn tls_certificate_from_another_ca_is_a_connect_error_with_its_reason() {

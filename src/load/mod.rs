@@ -12,7 +12,7 @@
 //!
 //! # How a run goes
 //!
-//! `--connections` are dealt round-robin to `--threads` workers ([`worker`]), each with its
+//! `--connections` are dealt round-robin to `--threads` workers (`worker.rs`), each with its
 //! own `mio::Poll`, connections and histogram. Connects are paced at `--connect-rate` in total.
 //! Each connection keeps up to `--pipeline` requests in flight:
 //!
@@ -48,13 +48,19 @@
 //!
 //! # Invariants
 //!
-//! - The main thread never touches a socket: it paces the phases (window start, CPU samples,
-//!   progress) and merges the workers' reports. Workers share nothing but a few atomics.
+//! - The main thread never touches a socket: it spawns the workers (`crew.rs`), paces the
+//!   phases (window start, CPU samples, progress: `pacing.rs`) and merges the workers'
+//!   reports (`totals.rs`). Workers share nothing but a few atomics.
 //! - tcp-load's CPU time (`getrusage(RUSAGE_SELF)`, user + system) is sampled at the window's
 //!   start and after the last worker has stopped but before any socket is closed, so connect
 //!   and teardown costs are not charged to the requests.
 
+mod cpu;
+mod crew;
+mod pacing;
 pub mod report;
+mod stream;
+mod totals;
 mod worker;
 pub mod workload;
 
@@ -63,8 +69,6 @@ use std::io::{self, BufWriter, Write};
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread;
 use std::time::Duration;
 
@@ -72,17 +76,19 @@ use clap::{CommandFactory, Parser};
 use log::{debug, warn};
 use serde_json::{Map, Value, json};
 
-use crate::client::tls::TlsArgs;
+use crate::client::tls::{TlsArgs, TlsConfig};
 use crate::config::parse_duration;
 use crate::net::raise_fd_limit;
-use report::{Errors, Report, TlsSummary, new_histogram};
-use worker::{Message, Plan, Shared, UNKNOWN, Worker, WorkerReport, clock_ns};
-use workload::{MAX_SIZE, Protocol, Workload};
+use cpu::{CpuSample, CpuSpent};
+use crew::Crew;
+use pacing::Pacer;
+use report::Report;
+use totals::Totals;
+use worker::{Plan, Shared, UNKNOWN, clock_ns};
+use workload::{Exchange, MAX_SIZE, Protocol, Workload};
 
 /// Default `--warmup` with `--duration`.
 const DEFAULT_WARMUP: Duration = Duration::from_secs(1);
-/// How often the progress line is printed.
-const PROGRESS_EVERY_NS: u64 = 1_000_000_000;
 
 /// tcp-load's command line.
 #[derive(Parser, Debug, Clone)]
@@ -373,30 +379,98 @@ impl LoadConfig {
             _ => unreachable!("json! of an object literal is an object"),
         }
     }
-}
 
-/// tcp-load's CPU time so far (user + system, all threads).
-fn cpu_time() -> Duration {
-    // SAFETY: rusage is plain data; all-zero is a valid value.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: getrusage writes one rusage through a valid pointer to a local.
-    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
-        return Duration::ZERO;
+    /// What every worker is told, but for its index and its share of `--requests` (set by
+    /// `Crew::spawn`). `epoch_ns`: time zero of the run.
+    fn plan(
+        &self,
+        threads: usize,
+        tls: Option<TlsConfig>,
+        exchange: Arc<Exchange>,
+        epoch_ns: u64,
+    ) -> Plan {
+        Plan {
+            thread: 0,
+            threads,
+            connections: self.connections as usize,
+            addr: self.addr.socket,
+            tls,
+            sources: Arc::from(self.source_addr.clone()),
+            pipeline: self.pipeline,
+            exchange,
+            connect_interval_ns: 1e9 / self.connect_rate,
+            slot_ns: self.rate.map(|rate| 1e9 / rate),
+            budget: None,
+            duration_ns: self.duration.as_nanos() as u64,
+            timeout_ns: self.timeout.as_nanos() as u64,
+            epoch_ns,
+            progress: self.show_progress(),
+        }
     }
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
-/// Another process's CPU time so far (user + system, all its threads), from
-/// `/proc/PID/stat` fields 14 and 15; `None` if it cannot be read.
-fn process_cpu_time(pid: u32) -> Option<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name in parentheses may hold spaces: count fields after its `)`.
-    let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split(' ').collect();
-    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).ok()?;
-    Some(Duration::from_nanos(ticks * 1_000_000_000 / hz.max(1)))
+/// Runs the load and returns the summary: the workers are spawned (`crew.rs`), the main
+/// thread paces the phases (`pacing.rs`) and merges their reports (`totals.rs`).
+///
+/// # Errors
+///
+/// Setup failures only (creating a poll, spawning a thread); connection problems are counted
+/// in the report's errors.
+pub fn run(config: &LoadConfig) -> io::Result<Report> {
+    let threads = config.threads();
+    prepare_fd_limit(config, threads);
+    let tls = config
+        .tls
+        .config(&config.addr.text)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+    let has_tls = tls.is_some();
+    let raw_request = config.request.as_deref().unwrap_or("").as_bytes();
+    let exchange = Arc::new(workload::exchange(
+        config.workload,
+        config.size,
+        raw_request,
+    ));
+    // With --requests and no warmup, every request is measured: the window opens at once.
+    let start_at_once = config.requests.is_some() && config.warmup().is_zero();
+    let epoch = clock_ns();
+    let shared = Arc::new(Shared::new(
+        threads,
+        if start_at_once { epoch } else { UNKNOWN },
+    ));
+    let cpu_at_start = start_at_once.then(|| CpuSample::take(config.server_pid));
+    let plan = config.plan(threads, tls, exchange, epoch);
+    let crew = Crew::spawn(&plan, config.requests, &shared)?;
+
+    let paced = Pacer::new(config, &plan, &crew, &shared, cpu_at_start).run();
+    let cpu = paced
+        .cpu_at_start
+        .map_or_else(CpuSpent::default, |at_start| {
+            at_start.until(CpuSample::take(config.server_pid))
+        });
+    crew.release_and_join(); // the workers may close their sockets now
+
+    let mut totals = Totals::new(has_tls);
+    for report in &paced.reports {
+        totals.add(report);
+    }
+    Ok(totals.into_report(config, threads, cpu))
+}
+
+/// Raises the open-files limit, and warns if it is still too low for `--connections`.
+fn prepare_fd_limit(config: &LoadConfig, threads: usize) {
+    match raise_fd_limit() {
+        Ok((soft, hard)) => debug!("open files limit: soft {soft} raised to hard {hard}"),
+        Err(e) => warn!("could not raise the open files limit: {e}"),
+    }
+    let limit = fd_limit();
+    let wanted = u64::from(config.connections) + 16 + 2 * threads as u64;
+    if wanted > limit {
+        warn!(
+            "{} connections need about {wanted} file descriptors, the limit is {limit}: \
+             some connects will fail",
+            config.connections
+        );
+    }
 }
 
 /// The soft limit on open files now.
@@ -410,262 +484,6 @@ fn fd_limit() -> u64 {
         return u64::MAX;
     }
     limit.rlim_cur
-}
-
-/// Runs the load and returns the summary.
-///
-/// # Errors
-///
-/// Setup failures only (creating a poll, spawning a thread); connection problems are counted
-/// in the report's errors.
-pub fn run(config: &LoadConfig) -> io::Result<Report> {
-    match raise_fd_limit() {
-        Ok((soft, hard)) => debug!("open files limit: soft {soft} raised to hard {hard}"),
-        Err(e) => warn!("could not raise the open files limit: {e}"),
-    }
-    let threads = config.threads();
-    let limit = fd_limit();
-    let wanted = u64::from(config.connections) + 16 + 2 * threads as u64;
-    if wanted > limit {
-        warn!(
-            "{} connections need about {wanted} file descriptors, the limit is {limit}: \
-             some connects will fail",
-            config.connections
-        );
-    }
-
-    let tls = config
-        .tls
-        .config(&config.addr.text)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-    let raw_request = config.request.as_deref().unwrap_or("").as_bytes();
-    let exchange = Arc::new(workload::exchange(
-        config.workload,
-        config.size,
-        raw_request,
-    ));
-    let warmup_ns = config.warmup().as_nanos() as u64;
-    // With --requests and no warmup, every request is measured: the window opens at once.
-    let start_at_once = config.requests.is_some() && warmup_ns == 0;
-    let show_progress = config.show_progress();
-    let epoch = clock_ns();
-    let shared = Arc::new(Shared::new(
-        threads,
-        if start_at_once { epoch } else { UNKNOWN },
-    ));
-    let sample_cpu = || (cpu_time(), config.server_pid.and_then(process_cpu_time));
-    let mut cpu_at_start = start_at_once.then(sample_cpu);
-
-    let (to_main, from_workers) = mpsc::channel();
-    let mut wakers = Vec::with_capacity(threads);
-    let mut releases = Vec::with_capacity(threads);
-    let mut handles = Vec::with_capacity(threads);
-    let sources: Arc<[IpAddr]> = Arc::from(config.source_addr.clone());
-    for thread in 0..threads {
-        let budget = config.requests.map(|n| {
-            let (n, t) = (n, threads as u64);
-            n / t + u64::from((thread as u64) < n % t)
-        });
-        let plan = Plan {
-            thread,
-            threads,
-            connections: config.connections as usize,
-            addr: config.addr.socket,
-            tls: tls.clone(),
-            sources: Arc::clone(&sources),
-            pipeline: config.pipeline,
-            exchange: Arc::clone(&exchange),
-            connect_interval_ns: 1e9 / config.connect_rate,
-            slot_ns: config.rate.map(|rate| 1e9 / rate),
-            budget,
-            duration_ns: config.duration.as_nanos() as u64,
-            timeout_ns: config.timeout.as_nanos() as u64,
-            epoch_ns: epoch,
-            progress: show_progress,
-        };
-        let (release, released) = mpsc::channel::<()>();
-        let worker = Worker::new(plan, Arc::clone(&shared), to_main.clone(), released)?;
-        wakers.push(worker.waker());
-        releases.push(release);
-        handles.push(
-            thread::Builder::new()
-                .name(format!("tcp-load-{thread}"))
-                .spawn(move || worker.run())?,
-        );
-    }
-    drop(to_main);
-
-    // Pace the phases until every worker has reported.
-    let mut resolved = vec![false; threads];
-    let mut reports: Vec<Option<Box<WorkerReport>>> = (0..threads).map(|_| None).collect();
-    let mut snapshots: Vec<Option<Box<hdrhistogram::Histogram<u64>>>> =
-        (0..threads).map(|_| None).collect();
-    let mut start = start_at_once.then_some(epoch);
-    let mut done = 0;
-    let mut next_progress = epoch + PROGRESS_EVERY_NS;
-    let mut last_replies = (epoch, 0u64);
-    while done < threads {
-        let now = clock_ns();
-        if cpu_at_start.is_none() && start.is_some_and(|s| now >= s) {
-            cpu_at_start = Some(sample_cpu());
-        }
-        if show_progress && now >= next_progress {
-            print_progress(&shared, &snapshots, start, epoch, now, &mut last_replies);
-            next_progress += PROGRESS_EVERY_NS;
-        }
-        // Sleep until a message, the next progress line, or the window start (CPU sample).
-        let mut wake_at = if show_progress {
-            next_progress
-        } else {
-            u64::MAX
-        };
-        if let Some(s) = start.filter(|_| cpu_at_start.is_none()) {
-            wake_at = wake_at.min(s);
-        }
-        let received = if wake_at == u64::MAX {
-            from_workers
-                .recv()
-                .map_err(|_| RecvTimeoutError::Disconnected)
-        } else {
-            from_workers.recv_timeout(Duration::from_nanos(wake_at.saturating_sub(now)))
-        };
-        let message = match received {
-            Ok(message) => message,
-            Err(RecvTimeoutError::Timeout) => continue,
-            Err(RecvTimeoutError::Disconnected) => break, // a worker died: report what we have
-        };
-        let thread = match message {
-            Message::Connected(thread) => thread,
-            Message::Snapshot(thread, histogram) => {
-                snapshots[thread] = Some(histogram);
-                continue;
-            }
-            Message::Done(thread, report) => {
-                reports[thread] = Some(report);
-                done += 1;
-                thread
-            }
-        };
-        resolved[thread] = true;
-        if start.is_none() && resolved.iter().all(|&r| r) {
-            // Every connection is up (or failed): the warmup starts now, for everyone.
-            let s = clock_ns() + warmup_ns;
-            start = Some(s);
-            shared.start_ns.store(s, Ordering::Release);
-            for waker in &wakers {
-                let _ = waker.wake();
-            }
-            debug!("all connections resolved; measuring from +{warmup_ns} ns");
-        }
-    }
-    let (cpu, server_cpu) = match cpu_at_start {
-        None => (Duration::ZERO, None),
-        Some((ours, theirs)) => {
-            let (ours_now, theirs_now) = sample_cpu();
-            let server = theirs.zip(theirs_now).map(|(a, b)| b.saturating_sub(a));
-            (ours_now.saturating_sub(ours), server)
-        }
-    };
-    drop(releases); // the workers may close their sockets now
-    for handle in handles {
-        if handle.join().is_err() {
-            warn!("a worker thread panicked");
-        }
-    }
-
-    let mut histogram = new_histogram();
-    let mut tls_summary = tls.is_some().then(|| TlsSummary {
-        handshakes: new_histogram(),
-        failures: std::collections::BTreeMap::new(),
-    });
-    let mut errors = Errors::default();
-    let (mut requests, mut sent, mut received, mut connected, mut last_reply) = (0, 0, 0, 0, 0);
-    let mut first_start = u64::MAX;
-    for report in reports.into_iter().flatten() {
-        if histogram.add(&report.histogram).is_err() {
-            warn!("could not merge a latency histogram");
-        }
-        if let (Some(summary), Some(handshakes)) = (tls_summary.as_mut(), &report.handshakes) {
-            if summary.handshakes.add(handshakes).is_err() {
-                warn!("could not merge a handshake histogram");
-            }
-            for (reason, count) in &report.tls_failures {
-                *summary.failures.entry(reason.clone()).or_default() += count;
-            }
-        }
-        errors.add(&report.errors);
-        requests += report.requests;
-        sent += report.bytes_sent;
-        received += report.bytes_received;
-        connected += report.connected;
-        last_reply = last_reply.max(report.last_reply_ns);
-        if report.start_ns != 0 {
-            first_start = first_start.min(report.start_ns);
-        }
-    }
-    let duration = match config.requests {
-        None => config.duration,
-        Some(_) if last_reply > first_start => Duration::from_nanos(last_reply - first_start),
-        Some(_) => Duration::ZERO,
-    };
-    Ok(Report {
-        title: config.title(threads),
-        settings: config.settings(threads),
-        requests,
-        duration,
-        bytes_sent: sent,
-        bytes_received: received,
-        histogram,
-        errors,
-        connections: connected,
-        connections_wanted: u64::from(config.connections),
-        threads,
-        cpu,
-        server_cpu,
-        tls: tls_summary,
-    })
-}
-
-/// One progress line on stderr (overwriting the previous one on a terminal).
-fn print_progress(
-    shared: &Shared,
-    snapshots: &[Option<Box<hdrhistogram::Histogram<u64>>>],
-    start: Option<u64>,
-    epoch: u64,
-    now: u64,
-    last: &mut (u64, u64),
-) {
-    let (mut replies, mut open, mut errors) = (0, 0, 0);
-    for progress in shared.progress.iter() {
-        replies += progress.replies.load(Ordering::Relaxed);
-        open += progress.open.load(Ordering::Relaxed);
-        errors += progress.errors.load(Ordering::Relaxed);
-    }
-    let seconds = now.saturating_sub(last.0) as f64 / 1e9;
-    let rate = if seconds > 0.0 {
-        replies.saturating_sub(last.1) as f64 / seconds
-    } else {
-        0.0
-    };
-    *last = (now, replies);
-    let p99 = if start.is_some_and(|s| now >= s) {
-        let mut merged = new_histogram();
-        for snapshot in snapshots.iter().flatten() {
-            let _ = merged.add(snapshot.as_ref());
-        }
-        // Nothing recorded yet (the first snapshot predates the window): still warming up.
-        (!merged.is_empty()).then(|| merged.value_at_quantile(0.99) as f64 / 1000.0)
-    } else {
-        None
-    };
-    let line = report::progress_line(
-        Duration::from_nanos(now.saturating_sub(epoch)),
-        open,
-        rate,
-        p99,
-        errors,
-    );
-    eprintln!("{line}");
 }
 
 /// Prints the summary (text or `--json`) on stdout and writes `--hdr-out`.
@@ -842,6 +660,7 @@ mod tests {
         assert_eq!(named.settings(1)["insecure"], true);
     }
 
+    // A table: rustfmt gives each case several lines, so it runs past a screen.
     #[test]
     fn bad_combinations_are_usage_errors() {
         let cases: &[(&[&str], &str)] = &[

@@ -298,18 +298,7 @@ pub fn summary_text(report: &Report) -> String {
         report.connections, report.connections_wanted, report.threads
     );
     if let Some(tls) = &report.tls {
-        let t = tls.times();
-        let _ = writeln!(
-            text,
-            "  tls          handshakes {}  p50 {:.1} µs  p99 {:.1} µs  max {:.1} µs",
-            tls.handshakes.len(),
-            t.p50,
-            t.p99,
-            t.max
-        );
-        for (reason, count) in &tls.failures {
-            let _ = writeln!(text, "  tls failed   {count} x {reason}");
-        }
+        tls_lines(&mut text, tls);
     }
     let _ = writeln!(
         text,
@@ -325,6 +314,22 @@ pub fn summary_text(report: &Report) -> String {
         );
     }
     text
+}
+
+/// The summary's `tls` line, and a `tls failed` line per reason.
+fn tls_lines(text: &mut String, tls: &TlsSummary) {
+    let t = tls.times();
+    let _ = writeln!(
+        text,
+        "  tls          handshakes {}  p50 {:.1} µs  p99 {:.1} µs  max {:.1} µs",
+        tls.handshakes.len(),
+        t.p50,
+        t.p99,
+        t.max
+    );
+    for (reason, count) in &tls.failures {
+        let _ = writeln!(text, "  tls failed   {count} x {reason}");
+    }
 }
 
 /// The summary as one JSON object (keys in the module doc).

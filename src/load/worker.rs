@@ -24,10 +24,11 @@
 //! `send_phase`. Refilling `k` slots adds `k * request_len` to `unsent`, and one `write` of
 //! one slice of the thread's batch buffer sends them all (the buffer holds a pipeline's worth
 //! of copies, up to 64 KiB; it is per thread rather than per connection because every
-//! connection sends the same bytes, so 15,000 connections share one). Replies are verified the same way, against the periodic expected stream, by
-//! comparing the read buffer in place ([`Verifier::check`]); a reply split across reads costs
-//! nothing but its phase. Send times live in a ring of `--pipeline` entries per connection,
-//! in request order: a reply pops the oldest.
+//! connection sends the same bytes, so 15,000 connections share one). Replies are verified
+//! the same way, against the periodic expected stream, by comparing the read buffer in place
+//! ([`Verifier::check`]); a reply split across reads costs nothing but its phase. Send times
+//! live in a ring of `--pipeline` entries per connection, in request order: a reply pops the
+//! oldest.
 //!
 //! # The clock
 //!
@@ -58,26 +59,15 @@
 //!
 //! # Over TLS
 //!
-//! A connection with `--tls` holds a rustls session (`Conn::tls`, boxed: `None` costs the
-//! plain path one pointer and one branch per batch, in [`Worker::read_replies`] and
-//! [`Worker::flush`]). The flow is the one of rustls's `tlsclient-mio` example, driven by the
-//! same edge-triggered readiness:
-//!
-//! ```text
-//! readable: read(socket, records) -> read_tls(&records[..n]) -> process_new_packets
-//!           -> reader().read(scratch) -> verify in place, as without TLS
-//! writable/refill: writer().write(batch window) -> write_tls(socket) until WouldBlock
-//! ```
-//!
-//! Records are read from the socket into a 64 KiB buffer of the thread's and fed to rustls
-//! from there (rustls reads at most 4 KiB per `read_tls` from a socket), so a batch of
-//! replies still costs one `read` and the short-read rule still holds. Plaintext lands in
-//! the same scratch buffer the plain path reads into, so verification is shared. rustls
-//! allocates its records' buffers: the no-allocation-per-request rule holds without TLS
-//! only. The handshake (state `Handshaking`) runs until done before the first request; its
-//! time, from TCP establishment to the handshake's end, goes to a histogram of its own, and a
-//! failure is a `connect` error whose reason is kept for the summary. A connection closed
-//! while open says `close_notify` first (one write, best effort), and so does every
+//! An open connection's socket is a [`Stream`]: plain, or with a rustls session on it
+//! (boxed: the plain path pays one branch per batch). [`Worker::read_replies`] and
+//! [`Worker::flush`] are one path for both; `stream.rs` hides the difference (one `read` of
+//! records per batch, plaintext into the same scratch buffer, verified as without TLS). The
+//! flow is the one of rustls's `tlsclient-mio` example, driven by the same edge-triggered
+//! readiness. The handshake (state `Handshaking`) runs until done before the first request;
+//! its time, from TCP establishment to the handshake's end, goes to a histogram of its own,
+//! and a failure is a `connect` error whose reason is kept for the summary. A connection
+//! closed while open says `close_notify` first (one write, best effort), and so does every
 //! connection still open when the worker ends.
 //!
 //! # Invariants
@@ -94,7 +84,7 @@
 //! share of `--requests`), and does not read replies after the measured window ends.
 
 use std::collections::BTreeMap;
-use std::io::{self, Read as _, Write as _};
+use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
@@ -107,13 +97,12 @@ use log::{debug, trace, warn};
 use mio::net::TcpStream;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
-use rustls::ClientConnection;
 use socket2::{Domain, Socket, Type};
 
 use super::report::{ErrorKind, Errors, new_histogram};
+use super::stream::{Reading, Received, Stream, TlsStream};
 use super::workload::{Exchange, Periodic, Verifier};
 use crate::client::tls::TlsConfig;
-use crate::net::{read_some, write_some};
 
 /// Wakes a worker when the main thread has set the measured window.
 const WAKER: Token = Token(usize::MAX);
@@ -253,24 +242,22 @@ pub(crate) struct WorkerReport {
     pub tls_failures: BTreeMap<String, u64>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where a connection is; a connection that has a socket is a state that carries it
+/// (dropping it closes the socket, which deregisters it).
 enum ConnState {
     /// Its connect is not due yet.
     Waiting,
     /// `connect` returned EINPROGRESS; waiting for the writable edge.
-    Connecting,
+    Connecting(TcpStream),
     /// TLS: connected, handshake under way; no request yet.
-    Handshaking,
-    Open,
+    Handshaking(Box<TlsStream>),
+    Open(Stream),
     /// Failed, closed by the server, or done: never reopened.
     Closed,
 }
 
 /// One connection.
 struct Conn {
-    socket: Option<TcpStream>,
-    /// `--tls`: the session, from the TCP connection's establishment on.
-    tls: Option<Box<TlsConn>>,
     state: ConnState,
     /// Requests sent or queued, not yet answered.
     in_flight: u32,
@@ -292,8 +279,6 @@ struct Conn {
 impl Conn {
     fn new() -> Conn {
         Conn {
-            socket: None,
-            tls: None,
             state: ConnState::Waiting,
             in_flight: 0,
             ring: Box::new([]),
@@ -308,40 +293,32 @@ impl Conn {
 }
 
 impl Conn {
+    /// The socket, if the connection is open.
+    fn open_stream(&mut self) -> Option<&mut Stream> {
+        match &mut self.state {
+            ConnState::Open(stream) => Some(stream),
+            _ => None,
+        }
+    }
+
+    fn is_open(&self) -> bool {
+        matches!(self.state, ConnState::Open(_))
+    }
+
+    /// Moves the connection to the state `next` makes of its current one (its socket moves
+    /// along); `next` hands back a state it has no move for.
+    fn advance(&mut self, next: impl FnOnce(ConnState) -> ConnState) {
+        let state = std::mem::replace(&mut self.state, ConnState::Closed);
+        self.state = next(state);
+    }
+
     /// Over TLS, on an open connection: queue `close_notify` and try one write. Best effort:
     /// the connection is being closed either way.
     fn say_goodbye(&mut self) {
-        if self.state != ConnState::Open {
-            return;
-        }
-        if let (Some(tls), Some(socket)) = (self.tls.as_mut(), self.socket.as_mut()) {
-            tls.session.send_close_notify();
-            if let Err(e) = tls.session.write_tls(socket) {
-                trace!("close_notify: {e}");
-            }
+        if let Some(stream) = self.open_stream() {
+            stream.say_goodbye();
         }
     }
-}
-
-/// A connection's TLS session.
-struct TlsConn {
-    session: ClientConnection,
-    /// When the TCP connection was established: the handshake's time counts from here.
-    connected_ns: u64,
-}
-
-/// Writes the session's pending records until done (`Ok(true)`) or the socket is full
-/// (`Ok(false)`: a writable edge will follow).
-fn write_records(session: &mut ClientConnection, socket: &mut TcpStream) -> io::Result<bool> {
-    while session.wants_write() {
-        match session.write_tls(socket) {
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(true)
 }
 
 /// The open-loop wake-up: a `timerfd` armed at an absolute `CLOCK_MONOTONIC` time. Never read:
@@ -367,6 +344,17 @@ impl Timer {
         // SAFETY: fd is a fresh descriptor owned by nothing else.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         Ok(Timer { fd, armed_ns: 0 })
+    }
+
+    /// A new timer, registered with `poll` as [`TIMER`].
+    fn registered(poll: &Poll) -> io::Result<Timer> {
+        let timer = Timer::new()?;
+        poll.registry().register(
+            &mut SourceFd(&timer.fd.as_raw_fd()),
+            TIMER,
+            Interest::READABLE,
+        )?;
+        Ok(timer)
     }
 
     fn arm(&mut self, at_ns: u64) {
@@ -416,9 +404,8 @@ pub(crate) struct Worker {
     request_len: usize,
     verifier: Verifier,
     scratch: Box<[u8]>,
-    /// `--tls`: TLS records read from a socket, before rustls decrypts them into `scratch`.
-    /// Empty without TLS.
-    records: Box<[u8]>,
+    /// `--tls`: records read from a socket, before rustls decrypts them into `scratch`.
+    reading: Reading,
     histogram: Histogram<u64>,
     /// `--tls`: handshake durations (ns), and failed handshakes by reason.
     handshakes: Option<Histogram<u64>>,
@@ -462,15 +449,7 @@ impl Worker {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let timer = match plan.slot_ns {
-            Some(_) => {
-                let timer = Timer::new()?;
-                poll.registry().register(
-                    &mut SourceFd(&timer.fd.as_raw_fd()),
-                    TIMER,
-                    Interest::READABLE,
-                )?;
-                Some(timer)
-            }
+            Some(_) => Some(Timer::registered(&poll)?),
             None => None,
         };
         let pipeline = plan.pipeline as usize;
@@ -492,10 +471,7 @@ impl Worker {
             requests,
             verifier,
             scratch: vec![0; READ_CHUNK].into_boxed_slice(),
-            records: match plan.tls {
-                Some(_) => vec![0; READ_CHUNK].into_boxed_slice(),
-                None => Box::new([]),
-            },
+            reading: Reading::new(if plan.tls.is_some() { READ_CHUNK } else { 0 }),
             histogram: new_histogram(),
             handshakes: plan.tls.as_ref().map(|_| new_histogram()),
             tls_failures: BTreeMap::new(),
@@ -669,17 +645,17 @@ impl Worker {
     /// verify, refill, write.
     fn connection_ready(&mut self, i: usize, readable: bool, to_end: bool) {
         match self.conns[i].state {
-            ConnState::Connecting => {
+            ConnState::Connecting(_) => {
                 if !self.finish_connect(i) {
                     return;
                 }
             }
-            ConnState::Handshaking => {
+            ConnState::Handshaking(_) => {
                 if !self.handshake(i) {
                     return;
                 }
             }
-            ConnState::Open => {
+            ConnState::Open(_) => {
                 if readable && !self.read_replies(i, to_end) {
                     return;
                 }
@@ -727,8 +703,7 @@ impl Worker {
         let conn = &mut self.conns[i];
         match result {
             Ok(socket) => {
-                conn.socket = Some(socket);
-                conn.state = ConnState::Connecting;
+                conn.state = ConnState::Connecting(socket);
                 conn.since_ns = self.now;
                 trace!("conn={}.{i} connecting", self.plan.thread);
             }
@@ -739,86 +714,49 @@ impl Worker {
     /// After an event on a connecting socket: `true` once it is open (over TLS: once the
     /// handshake is done, which may take this same event if the server is quick).
     fn finish_connect(&mut self, i: usize) -> bool {
-        let socket = self.conns[i]
-            .socket
-            .as_ref()
-            .expect("connecting has a socket");
-        let outcome = match socket.take_error() {
-            Ok(Some(e)) | Err(e) => Err(e),
-            Ok(None) => match socket.peer_addr() {
-                Ok(_) => Ok(true),
-                Err(e)
-                    if e.kind() == io::ErrorKind::NotConnected
-                        || e.raw_os_error() == Some(libc::EINPROGRESS) =>
-                {
-                    Ok(false)
-                }
-                Err(e) => Err(e),
-            },
+        let ConnState::Connecting(socket) = &self.conns[i].state else {
+            debug_assert!(false, "finish_connect on a connection not connecting");
+            return false;
         };
-        match outcome {
-            Ok(true) => match &self.plan.tls {
-                None => {
-                    self.opened(i);
-                    true
-                }
-                Some(tls) => match tls.session() {
-                    Ok(session) => {
-                        let conn = &mut self.conns[i];
-                        conn.tls = Some(Box::new(TlsConn {
-                            session,
-                            connected_ns: clock_ns(),
-                        }));
-                        conn.state = ConnState::Handshaking;
-                        trace!("conn={}.{i} TLS handshake", self.plan.thread);
-                        self.handshake(i)
-                    }
-                    Err(e) => {
-                        self.tls_failed(i, &e.to_string());
-                        false
-                    }
-                },
-            },
-            Ok(false) => false,
+        match connect_outcome(socket) {
+            Ok(true) => {}
+            Ok(false) => return false,
             Err(e) => {
                 self.fail(i, ErrorKind::Connect, &e.to_string());
-                false
+                return false;
             }
         }
+        let session = match self.plan.tls.as_ref().map(TlsConfig::session) {
+            None => None,
+            Some(Ok(session)) => Some(session),
+            Some(Err(e)) => {
+                self.tls_failed(i, &e.to_string());
+                return false;
+            }
+        };
+        self.conns[i].advance(|state| match (state, session) {
+            (ConnState::Connecting(socket), None) => ConnState::Open(Stream::Plain(socket)),
+            (ConnState::Connecting(socket), Some(session)) => {
+                ConnState::Handshaking(Box::new(TlsStream::new(socket, session, clock_ns())))
+            }
+            (other, _) => other,
+        });
+        if self.conns[i].is_open() {
+            self.opened(i);
+            return true;
+        }
+        trace!("conn={}.{i} TLS handshake", self.plan.thread);
+        self.handshake(i)
     }
 
     /// Moves the TLS handshake of connection `i` on: records out, records in, until it is
     /// done (`true`: the connection is open) or the socket has nothing more (`false`).
     fn handshake(&mut self, i: usize) -> bool {
-        let conn = &mut self.conns[i];
-        let (Some(socket), Some(tls)) = (conn.socket.as_mut(), conn.tls.as_mut()) else {
-            debug_assert!(false, "handshaking without a socket or a session");
+        let ConnState::Handshaking(tls) = &mut self.conns[i].state else {
+            debug_assert!(false, "handshake on a connection not handshaking");
             return false;
         };
-        let session = &mut tls.session;
-        let outcome = loop {
-            // Out first: the ClientHello, then (once the server's flight is in) Finished.
-            if let Err(e) = write_records(session, socket) {
-                break Err(format!("write: {e}"));
-            }
-            if !session.is_handshaking() {
-                break Ok(true);
-            }
-            match session.read_tls(socket) {
-                Ok(0) => break Err("closed by the server during the TLS handshake".to_string()),
-                Ok(_) => {
-                    if let Err(e) = session.process_new_packets() {
-                        // Send the alert that says why, best effort.
-                        let _ = session.write_tls(socket);
-                        break Err(e.to_string());
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(false),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => break Err(format!("read: {e}")),
-            }
-        };
-        match outcome {
+        match tls.handshake() {
             Ok(true) => {
                 let took = clock_ns().saturating_sub(tls.connected_ns);
                 if let Some(handshakes) = self.handshakes.as_mut() {
@@ -828,6 +766,10 @@ impl Worker {
                     "conn={}.{i} TLS handshake done in {took} ns",
                     self.plan.thread
                 );
+                self.conns[i].advance(|state| match state {
+                    ConnState::Handshaking(tls) => ConnState::Open(Stream::Tls(tls)),
+                    other => other,
+                });
                 self.opened(i);
                 true
             }
@@ -845,6 +787,7 @@ impl Worker {
         self.fail(i, ErrorKind::Connect, &format!("TLS handshake: {reason}"));
     }
 
+    /// Connection `i` has just become `Open`: its ring, its first slot, the counts.
     fn opened(&mut self, i: usize) {
         let now = self.now;
         let pipeline = self.plan.pipeline as usize;
@@ -857,7 +800,7 @@ impl Worker {
             j + round * c
         });
         let conn = &mut self.conns[i];
-        conn.state = ConnState::Open;
+        debug_assert!(conn.is_open(), "opened a connection that is not open");
         conn.ring = vec![0; pipeline].into_boxed_slice();
         conn.since_ns = now;
         conn.next_slot = first_slot.unwrap_or(0);
@@ -872,37 +815,41 @@ impl Worker {
     /// Reads until a short read (or EOF/WouldBlock when `to_end`), verifying as it goes.
     /// `false` if the connection was closed.
     fn read_replies(&mut self, i: usize, to_end: bool) -> bool {
-        if self.conns[i].tls.is_some() {
-            return self.read_replies_tls(i, to_end);
-        }
         let mut clock_read = false;
+        self.reading.start(to_end);
         loop {
-            let socket = self.conns[i].socket.as_mut().expect("open has a socket");
-            match read_some(socket, &mut self.scratch) {
-                Ok(None) => return true,
-                Ok(Some(0)) => {
+            let Some(stream) = self.conns[i].open_stream() else {
+                return false;
+            };
+            let received = match stream.receive(&mut self.scratch, &mut self.reading) {
+                Ok(received) => received,
+                Err(e) => {
+                    self.fail(i, ErrorKind::Reset, &e.to_string());
+                    return false;
+                }
+            };
+            let n = match received {
+                Received::Drained => return true, // later bytes raise a new edge
+                Received::Closed => {
                     self.closed_by_server(i);
                     return false;
                 }
-                Ok(Some(n)) => {
-                    trace!("conn={}.{i} read: {n} bytes", self.plan.thread);
-                    if !clock_read {
-                        // One reading for the whole batch: its replies share a receive time.
-                        self.now = clock_ns();
-                        clock_read = true;
-                    }
-                    if self.in_window() {
-                        self.bytes_received += n as u64;
-                    }
-                    if !self.verify(i, n) {
-                        return false;
-                    }
-                    if n < self.scratch.len() && !to_end {
-                        return true; // drained: later bytes raise a new edge
-                    }
+                Received::Records(n) | Received::Plaintext(n) => n,
+            };
+            trace!(
+                "conn={}.{i} read: {n} bytes ({received:?})",
+                self.plan.thread
+            );
+            if !clock_read {
+                // One reading for the whole batch: its replies share a receive time.
+                self.now = clock_ns();
+                clock_read = true;
+            }
+            if let Received::Plaintext(n) = received {
+                if self.in_window() {
+                    self.bytes_received += n as u64;
                 }
-                Err(e) => {
-                    self.fail(i, ErrorKind::Reset, &format!("read: {e}"));
+                if !self.verify(i, n) {
                     return false;
                 }
             }
@@ -918,94 +865,6 @@ impl Worker {
         } else {
             self.close(i);
         }
-    }
-
-    /// [`Worker::read_replies`] over TLS: records are read into `records`, one `read` per
-    /// batch as without TLS, then decrypted and verified by [`Worker::decrypt`].
-    fn read_replies_tls(&mut self, i: usize, to_end: bool) -> bool {
-        let mut clock_read = false;
-        // Taken out (an empty box costs nothing) so that decrypting may borrow the worker.
-        let mut records = std::mem::take(&mut self.records);
-        let open = loop {
-            let socket = self.conns[i].socket.as_mut().expect("open has a socket");
-            match read_some(socket, &mut records) {
-                Ok(None) => break true,
-                Ok(Some(0)) => {
-                    self.closed_by_server(i);
-                    break false;
-                }
-                Ok(Some(n)) => {
-                    trace!("conn={}.{i} read: {n} TLS bytes", self.plan.thread);
-                    if !clock_read {
-                        self.now = clock_ns();
-                        clock_read = true;
-                    }
-                    if !self.decrypt(i, &records[..n]) {
-                        break false;
-                    }
-                    if n < records.len() && !to_end {
-                        break true; // drained: later bytes raise a new edge
-                    }
-                }
-                Err(e) => {
-                    self.fail(i, ErrorKind::Reset, &format!("read: {e}"));
-                    break false;
-                }
-            }
-        };
-        self.records = records;
-        open
-    }
-
-    /// Hands `input` (records as read) to connection `i`'s session, and verifies the
-    /// plaintext it yields, a scratch buffer at a time. `false` if the connection was closed.
-    fn decrypt(&mut self, i: usize, mut input: &[u8]) -> bool {
-        while !input.is_empty() {
-            let conn = &mut self.conns[i];
-            let (Some(tls), Some(socket)) = (conn.tls.as_mut(), conn.socket.as_mut()) else {
-                return false;
-            };
-            let session = &mut tls.session;
-            match session.read_tls(&mut input) {
-                Ok(0) => return true, // after close_notify rustls takes nothing more
-                Ok(_) => {}
-                Err(e) => {
-                    self.fail(i, ErrorKind::Reset, &format!("TLS: {e}"));
-                    return false;
-                }
-            }
-            if let Err(e) = session.process_new_packets() {
-                let _ = session.write_tls(socket); // the alert that says why, best effort
-                self.fail(i, ErrorKind::Reset, &format!("TLS: {e}"));
-                return false;
-            }
-            // Emptied after every record batch, so rustls's plaintext buffer never fills.
-            loop {
-                let Some(tls) = self.conns[i].tls.as_mut() else {
-                    return false;
-                };
-                match tls.session.reader().read(&mut self.scratch) {
-                    Ok(0) => {
-                        self.closed_by_server(i); // close_notify
-                        return false;
-                    }
-                    Ok(n) => {
-                        if self.in_window() {
-                            self.bytes_received += n as u64;
-                        }
-                        if !self.verify(i, n) {
-                            return false;
-                        }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) => {
-                        self.fail(i, ErrorKind::Reset, &format!("TLS: {e}"));
-                        return false;
-                    }
-                }
-            }
-        }
-        true
     }
 
     /// Verifies `scratch[..n]` in place and completes the replies it holds. `false` if the
@@ -1096,7 +955,7 @@ impl Worker {
     fn refill(&mut self, i: usize) {
         let pipeline = self.plan.pipeline;
         let conn = &self.conns[i];
-        if conn.state != ConnState::Open || conn.in_flight >= pipeline {
+        if !conn.is_open() || conn.in_flight >= pipeline {
             return;
         }
         match self.plan.slot_ns {
@@ -1169,75 +1028,34 @@ impl Worker {
     }
 
     /// Writes what connection `i` owes until done or the socket is full: one `write` when the
-    /// batch fits the batch buffer, which it does for requests up to 64 KiB / pipeline.
+    /// batch fits the batch buffer, which it does for requests up to 64 KiB / pipeline. Over
+    /// TLS the batch goes into the session and its records to the socket (records made
+    /// earlier first, even when nothing is owed).
     fn flush(&mut self, i: usize) {
-        if self.conns[i].tls.is_some() {
-            return self.flush_tls(i);
-        }
         loop {
             let conn = &mut self.conns[i];
-            if conn.unsent == 0 || conn.state != ConnState::Open {
-                return;
-            }
-            let window = self.requests.window(conn.send_phase, conn.unsent);
-            let socket = conn.socket.as_mut().expect("open has a socket");
-            match write_some(socket, window) {
-                Ok(Some(n)) => {
-                    trace!(
-                        "conn={}.{i} write: {n} of {} bytes",
-                        self.plan.thread, conn.unsent
-                    );
-                    let full = n == window.len();
-                    conn.unsent -= n;
-                    conn.send_phase = self.requests.advance(conn.send_phase, n);
-                    if self.in_window() {
-                        self.bytes_sent += n as u64;
-                    }
-                    if !full {
-                        return; // the socket buffer is full: a writable edge will follow
-                    }
-                }
-                Ok(None) => return,
-                Err(e) => return self.fail(i, ErrorKind::Reset, &format!("write: {e}")),
-            }
-        }
-    }
-
-    /// [`Worker::flush`] over TLS: the batch's window goes into the session, its records to
-    /// the socket, until everything owed has left or the socket is full.
-    fn flush_tls(&mut self, i: usize) {
-        loop {
-            let conn = &mut self.conns[i];
-            if conn.state != ConnState::Open {
-                return;
-            }
-            let (Some(socket), Some(tls)) = (conn.socket.as_mut(), conn.tls.as_mut()) else {
+            let ConnState::Open(stream) = &mut conn.state else {
                 return;
             };
-            // Records made earlier go first.
-            match write_records(&mut tls.session, socket) {
-                Ok(true) => {}
-                Ok(false) => return, // the socket buffer is full: a writable edge will follow
-                Err(e) => return self.fail(i, ErrorKind::Reset, &format!("write: {e}")),
-            }
-            if conn.unsent == 0 {
-                return;
-            }
             let window = self.requests.window(conn.send_phase, conn.unsent);
-            // With its records all written, the session takes at least one record's worth.
-            let n = match tls.session.writer().write(window) {
-                Ok(n) if n > 0 => n,
-                Ok(_) => return self.fail(i, ErrorKind::Reset, "TLS: the session took no bytes"),
-                Err(e) => return self.fail(i, ErrorKind::Reset, &format!("TLS: {e}")),
+            let n = match stream.send(window) {
+                Ok(Some(0) | None) => return, // nothing owed, or the socket is full
+                Ok(Some(n)) => n,
+                Err(e) => return self.fail(i, ErrorKind::Reset, &e.to_string()),
             };
             trace!(
-                "conn={}.{i} TLS write: {n} of {} bytes",
+                "conn={}.{i} write: {n} of {} bytes",
                 self.plan.thread, conn.unsent
             );
+            // A short write means the socket buffer is full: a writable edge will follow.
+            let more = n == window.len() && conn.unsent > n;
             conn.unsent -= n;
             conn.send_phase = self.requests.advance(conn.send_phase, n);
             if self.in_window() {
                 self.bytes_sent += n as u64;
+            }
+            if !more {
+                return;
             }
         }
     }
@@ -1271,7 +1089,7 @@ impl Worker {
                 return;
             }
             let (round, local) = self.cursor;
-            if self.conns[local].state == ConnState::Open {
+            if self.conns[local].is_open() {
                 self.refill(local);
                 self.flush(local);
             }
@@ -1291,13 +1109,13 @@ impl Worker {
             let conn = &self.conns[i];
             let waited = self.now.saturating_sub(conn.since_ns);
             match conn.state {
-                ConnState::Connecting if waited >= timeout => {
+                ConnState::Connecting(_) if waited >= timeout => {
                     self.fail(i, ErrorKind::Connect, "not connected within --timeout");
                 }
-                ConnState::Handshaking if waited >= timeout => {
+                ConnState::Handshaking(_) if waited >= timeout => {
                     self.tls_failed(i, "not done within --timeout");
                 }
-                ConnState::Open if conn.in_flight > 0 && waited >= timeout => {
+                ConnState::Open(_) if conn.in_flight > 0 && waited >= timeout => {
                     let detail = format!(
                         "no reply for {:?} with {} request(s) outstanding",
                         Duration::from_nanos(waited),
@@ -1330,18 +1148,16 @@ impl Worker {
     fn close(&mut self, i: usize) {
         let conn = &mut self.conns[i];
         match conn.state {
-            ConnState::Waiting | ConnState::Connecting | ConnState::Handshaking => {
+            ConnState::Waiting | ConnState::Connecting(_) | ConnState::Handshaking(_) => {
                 self.pending -= 1;
             }
-            ConnState::Open => self.open -= 1,
+            ConnState::Open(_) => self.open -= 1,
             ConnState::Closed => return,
         }
         conn.say_goodbye();
         self.outstanding -= u64::from(conn.in_flight);
         conn.in_flight = 0;
         conn.unsent = 0;
-        conn.tls = None;
-        conn.socket = None;
         conn.state = ConnState::Closed;
         debug!("conn={}.{i} closed", self.plan.thread);
     }
@@ -1373,6 +1189,24 @@ impl Worker {
 /// When slot `slot` of the open-loop timetable is due.
 fn slot_time(epoch_ns: u64, slot: u64, slot_ns: f64) -> u64 {
     epoch_ns + (slot as f64 * slot_ns) as u64
+}
+
+/// How a connect that was in progress went: `Ok(true)` connected, `Ok(false)` not yet (a
+/// spurious edge), `Err` failed (mio's `TcpStream::connect` recipe).
+fn connect_outcome(socket: &TcpStream) -> io::Result<bool> {
+    if let Some(e) = socket.take_error()? {
+        return Err(e);
+    }
+    match socket.peer_addr() {
+        Ok(_) => Ok(true),
+        Err(e)
+            if e.kind() == io::ErrorKind::NotConnected
+                || e.raw_os_error() == Some(libc::EINPROGRESS) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// A nonblocking TCP socket connecting to `addr` from `source` (any port), with TCP_NODELAY.

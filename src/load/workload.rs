@@ -406,7 +406,7 @@ impl Verifier {
     }
 }
 
-/// Bytes as printable ASCII with escapes (`\n`, `\x00`), cut at [`SHOW_BYTES`].
+/// Bytes as printable ASCII with escapes (`\n`, `\x00`), cut at `SHOW_BYTES`.
 #[must_use]
 pub fn escape(bytes: &[u8]) -> String {
     let shown = &bytes[..bytes.len().min(SHOW_BYTES)];
