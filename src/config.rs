@@ -14,6 +14,11 @@ use std::time::Duration;
 
 use clap::{ArgGroup, Parser, Subcommand};
 
+/// `--max-line`'s default: the longest line accepted, in bytes, not counting its ending.
+pub const DEFAULT_MAX_LINE_BYTES: usize = 65_536;
+/// `--max-frame`'s default: the largest frame body accepted, in bytes (10 MiB).
+pub const DEFAULT_MAX_FRAME_BYTES: u32 = 10_485_760;
+
 /// Everything one reactor needs to know before it binds.
 #[derive(Parser, Debug, Clone)]
 #[command(

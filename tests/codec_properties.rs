@@ -8,31 +8,35 @@
 //! - a frame decodes to exactly the command and body it was encoded from;
 //! - a stream of requests decodes the same however TCP splits it, fed the way the reactor
 //!   feeds it (a carry buffer, decode until `Incomplete`);
-//! - arbitrary bytes never panic, never make a codec hold more than one maximal request, and a
-//!   frame is refused at its first bad byte, never earlier, never later;
+//! - arbitrary bytes never panic, never make a codec hold more than one maximal request, are
+//!   refused at the first byte that earns it, never earlier, never later, and decode the same
+//!   however they are split;
 //! - verbs are case-insensitive, a line whose first word is no verb is echoed, and `PING`'s
 //!   suffix is everything after the verb;
-//! - the handler's replies do not depend on how the input was split.
+//! - the handler's replies do not depend on how the input was split, and follow the protocol.
+//!
+//! The rules are written out once, in the shared model `tests/model/mod.rs` (`spec_decode_line`,
+//! `spec_parse`, `frame_refused_at`, the reactor's `feed` and `serve`), which the fuzz targets
+//! in fuzz/ use too: these properties and the fuzzers check the code against the same rules.
 //!
 //! Strategies are built from `prop::collection::vec`, `any::<u8>()` and `prop_oneof!` so that a
 //! failure shrinks to a short input. Case counts are set per group so that the whole file runs
 //! in a few seconds in a debug build.
 
+mod model;
+
 use proptest::prelude::*;
 use proptest::sample::Index;
 
-use tcp_reactor::buffer::Buffer;
-use tcp_reactor::handler::{
-    Context, Limits, LoginRules, Outcome, Protocol, Room, Session, SessionId, finish_login, process,
+use model::{
+    Decoding, Step, VERBS, assert_clear_error, check_transcript, declared_len, feed,
+    frame_refused_at, line_content, line_refused_at, serve, spec_decode_line, spec_parse, step,
 };
+use tcp_reactor::config::{Config, DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_LINE_BYTES};
+use tcp_reactor::handler::{Limits, Protocol};
 use tcp_reactor::protocol::frame::{self, Command as FrameCommand, HEADER_LEN, MAGIC};
 use tcp_reactor::protocol::line::{self, Command};
 use tcp_reactor::protocol::{Decoded, ProtocolError};
-use tcp_reactor::stats::Stats;
-
-/// The server's defaults (`--max-line`, `--max-frame`).
-const DEFAULT_MAX_LINE: usize = 65536;
-const DEFAULT_MAX_FRAME: u32 = 10_485_760;
 
 const ALL_FRAME_COMMANDS: [FrameCommand; 5] = [
     FrameCommand::Heartbeat,
@@ -42,52 +46,19 @@ const ALL_FRAME_COMMANDS: [FrameCommand; 5] = [
     FrameCommand::Error,
 ];
 
-const VERBS: [&[u8]; 5] = [b"PING", b"QUIT", b"STATS", b"HELLO", b"SAY"];
-
 // ---------------------------------------------------------------------------------------------
-// Helpers: the reactor's way of feeding a codec, and the spec written out plainly.
+// Helpers. The rules themselves, and the reactor's way of feeding a codec and driving a
+// session, are the shared model (tests/model/mod.rs), which the fuzz targets use too.
 // ---------------------------------------------------------------------------------------------
-
-/// One decode step with the request copied out, so that the same driver serves both codecs.
-type Step<T> = Result<Option<(T, usize)>, ProtocolError>;
 
 fn line_step(buf: &[u8], max_line: usize) -> Step<Vec<u8>> {
-    line::decode(buf, max_line).map(|decoded| match decoded {
-        Decoded::Complete { request, consumed } => Some((request.to_vec(), consumed)),
-        Decoded::Incomplete => None,
-    })
+    step(line::decode(buf, max_line), <[u8]>::to_vec)
 }
 
 fn frame_step(buf: &[u8], max_frame: u32) -> Step<(FrameCommand, Vec<u8>)> {
-    frame::decode(buf, max_frame).map(|decoded| match decoded {
-        Decoded::Complete { request, consumed } => {
-            Some(((request.command, request.body.to_vec()), consumed))
-        }
-        Decoded::Incomplete => None,
+    step(frame::decode(buf, max_frame), |request| {
+        (request.command, request.body.to_vec())
     })
-}
-
-/// Feeds `chunks` as the reactor does: append each chunk to a carry buffer, then decode and
-/// consume until `Incomplete`. Returns the requests and the bytes left in the carry buffer.
-fn decode_chunks<T>(
-    chunks: &[&[u8]],
-    step: impl Fn(&[u8]) -> Step<T>,
-) -> Result<(Vec<T>, Vec<u8>), ProtocolError> {
-    let mut carry = Vec::new();
-    let mut requests = Vec::new();
-    for chunk in chunks {
-        carry.extend_from_slice(chunk);
-        while let Some((request, consumed)) = step(&carry)? {
-            assert!(
-                (1..=carry.len()).contains(&consumed),
-                "consumed {consumed} of {} buffered bytes",
-                carry.len()
-            );
-            requests.push(request);
-            carry.drain(..consumed);
-        }
-    }
-    Ok((requests, carry))
 }
 
 /// Cuts `bytes` into reads at the positions `cuts` pick; repeated positions and the ends
@@ -106,40 +77,18 @@ fn bytes_one_at_a_time(bytes: &[u8]) -> Vec<&[u8]> {
     bytes.chunks(1).collect()
 }
 
-/// The request a line carries, as docs/PROTOCOL.md words it: without its `\n`, and without
-/// one `\r` before it.
-fn line_content(raw_content: &[u8], ending: &[u8]) -> Vec<u8> {
-    let mut line = raw_content.to_vec();
-    line.extend_from_slice(ending);
-    line.pop(); // the '\n'
-    if line.last() == Some(&b'\r') {
-        line.pop();
-    }
-    line
+/// The request a generated line carries: `content`, then `ending` (`\n` or `\r\n`).
+fn request_of(content: &[u8], ending: &[u8]) -> Vec<u8> {
+    let line = [content, ending].concat();
+    line_content(&line[..line.len() - 1]).to_vec()
 }
 
-/// docs/PROTOCOL.md's line framing: the first line's content and the bytes through its `\n`;
-/// with no `\n` yet, a refusal once `max_line + 1` bytes not ending in `\r`, or
-/// `max_line + 2` bytes, are buffered.
-fn spec_decode_line(buf: &[u8], max_line: usize) -> Step<Vec<u8>> {
-    let too_long = Err(ProtocolError::LineTooLong { max: max_line });
-    match buf.iter().position(|&b| b == b'\n') {
-        Some(newline) => {
-            let content = line_content(&buf[..newline], b"\n");
-            if content.len() > max_line {
-                too_long
-            } else {
-                Ok(Some((content, newline + 1)))
-            }
-        }
-        None => {
-            let over_by = buf.len().saturating_sub(max_line);
-            if over_by >= 2 || (over_by == 1 && buf.last() != Some(&b'\r')) {
-                too_long
-            } else {
-                Ok(None)
-            }
-        }
+/// A decoding with every request accepted and nothing left over.
+fn all_of<T>(requests: Vec<T>) -> Decoding<T> {
+    Decoding {
+        requests,
+        refused: None,
+        held: 0,
     }
 }
 
@@ -148,89 +97,6 @@ fn encode_frame(command: FrameCommand, body: &[u8]) -> Vec<u8> {
     let mut bytes = frame::encode_header(command, len).to_vec();
     bytes.extend_from_slice(body);
     bytes
-}
-
-/// docs/PROTOCOL.md's validation table for frames: the prefix length at which `buf` is first
-/// known to be bad (the bad byte is the last one of that prefix), and the error.
-fn first_bad_byte(buf: &[u8], max_frame: u32) -> Option<(usize, ProtocolError)> {
-    if let [hi, lo, ..] = *buf {
-        let magic = u16::from_be_bytes([hi, lo]);
-        if magic != MAGIC {
-            return Some((2, ProtocolError::BadMagic(magic)));
-        }
-    }
-    if let Some(&version) = buf.get(2)
-        && version != 1
-    {
-        return Some((3, ProtocolError::UnsupportedVersion(version)));
-    }
-    if let Some(&command) = buf.get(3)
-        && command > 4
-    {
-        return Some((4, ProtocolError::UnknownCommand(command)));
-    }
-    if let Some(len) = declared_len(buf)
-        && len > max_frame
-    {
-        return Some((
-            HEADER_LEN,
-            ProtocolError::FrameTooLarge {
-                len,
-                max: max_frame,
-            },
-        ));
-    }
-    None
-}
-
-fn declared_len(buf: &[u8]) -> Option<u32> {
-    let bytes: [u8; 4] = buf.get(4..8)?.try_into().ok()?;
-    Some(u32::from_be_bytes(bytes))
-}
-
-/// docs/PROTOCOL.md's command table, written as plainly as possible: the verb is the bytes
-/// before the first space (or the whole line), matched ASCII case-insensitively; the
-/// arguments are everything after that one space.
-fn spec_parse(line: &[u8]) -> Command<'_> {
-    let (verb, args) = match line.iter().position(|&b| b == b' ') {
-        Some(space) => (&line[..space], Some(&line[space + 1..])),
-        None => (line, None),
-    };
-    let is = |name: &[u8]| verb.eq_ignore_ascii_case(name);
-    let valid_name = |name: &[u8]| {
-        (1..=32).contains(&name.len())
-            && name
-                .iter()
-                .all(|&b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-    };
-    if is(b"PING") {
-        Command::Ping {
-            suffix: &line[verb.len()..],
-        }
-    } else if is(b"QUIT") {
-        match args {
-            None => Command::Quit,
-            Some(_) => Command::Invalid("usage: QUIT"),
-        }
-    } else if is(b"STATS") {
-        match args {
-            None => Command::Stats,
-            Some(_) => Command::Invalid("usage: STATS"),
-        }
-    } else if is(b"HELLO") {
-        match args {
-            None | Some([]) => Command::Invalid("usage: HELLO <name>"),
-            Some(name) if valid_name(name) => Command::Hello(name),
-            Some(_) => Command::Invalid("invalid name: use 1-32 of A-Z a-z 0-9 _ -"),
-        }
-    } else if is(b"SAY") {
-        match args {
-            None | Some([]) => Command::Invalid("usage: SAY <text>"),
-            Some(text) => Command::Say(text),
-        }
-    } else {
-        Command::Echo(line)
-    }
 }
 
 fn is_verb(word: &[u8]) -> bool {
@@ -317,11 +183,20 @@ fn frame_soup() -> impl Strategy<Value = Vec<u8>> {
 }
 
 fn small_or_default_max_line() -> impl Strategy<Value = usize> {
-    prop_oneof![4 => 0usize..=8, 1 => Just(DEFAULT_MAX_LINE), 1 => Just(usize::MAX)]
+    prop_oneof![4 => 0usize..=8, 1 => Just(DEFAULT_MAX_LINE_BYTES), 1 => Just(usize::MAX)]
 }
 
 fn small_or_default_max_frame() -> impl Strategy<Value = u32> {
-    prop_oneof![4 => 0u32..=40, 1 => Just(DEFAULT_MAX_FRAME), 1 => Just(u32::MAX)]
+    prop_oneof![4 => 0u32..=40, 1 => Just(DEFAULT_MAX_FRAME_BYTES), 1 => Just(u32::MAX)]
+}
+
+/// The limits called "the server's defaults" here and in the fuzz targets are the ones it
+/// starts with.
+#[test]
+fn the_default_limits_are_the_servers() {
+    let config = Config::on_free_ports();
+    assert_eq!(config.max_line_bytes, DEFAULT_MAX_LINE_BYTES);
+    assert_eq!(config.max_frame_bytes, DEFAULT_MAX_FRAME_BYTES);
 }
 
 /// A line's raw content (no ending) starting with `verb` in a random case mix, then `rest`.
@@ -431,15 +306,15 @@ proptest! {
         for (content, ending) in &lines {
             stream.extend_from_slice(content);
             stream.extend_from_slice(ending);
-            expected.push(line_content(content, ending));
+            expected.push(request_of(content, ending));
         }
         let step = |buf: &[u8]| line_step(buf, max_line);
 
-        let whole = decode_chunks(&[&stream[..]], step);
-        prop_assert_eq!(&whole, &Ok((expected.clone(), Vec::new())));
-        let split = decode_chunks(&split_at(&stream, &cuts), step);
+        let whole = feed(&[&stream[..]], step);
+        prop_assert_eq!(&whole, &all_of(expected));
+        let split = feed(&split_at(&stream, &cuts), step);
         prop_assert_eq!(&split, &whole);
-        let trickled = decode_chunks(&bytes_one_at_a_time(&stream), step);
+        let trickled = feed(&bytes_one_at_a_time(&stream), step);
         prop_assert_eq!(&trickled, &whole);
     }
 
@@ -462,11 +337,11 @@ proptest! {
         }
         let step = |buf: &[u8]| frame_step(buf, max_frame);
 
-        let whole = decode_chunks(&[&stream[..]], step);
-        prop_assert_eq!(&whole, &Ok((frames.clone(), Vec::new())));
-        let split = decode_chunks(&split_at(&stream, &cuts), step);
+        let whole = feed(&[&stream[..]], step);
+        prop_assert_eq!(&whole, &all_of(frames));
+        let split = feed(&split_at(&stream, &cuts), step);
         prop_assert_eq!(&split, &whole);
-        let trickled = decode_chunks(&bytes_one_at_a_time(&stream), step);
+        let trickled = feed(&bytes_one_at_a_time(&stream), step);
         prop_assert_eq!(&trickled, &whole);
     }
 }
@@ -488,16 +363,18 @@ proptest! {
         max_line in small_or_default_max_line(),
     ) {
         let mut refused = false;
+        let mut first_refused = None;
         for end in 0..=buf.len() {
             let prefix = &buf[..end];
-            prop_assert_eq!(line_step(prefix, max_line), spec_decode_line(prefix, max_line));
-            match line::decode(prefix, max_line) {
+            let decoded = line::decode(prefix, max_line);
+            prop_assert_eq!(step(decoded, |r| r), spec_decode_line(prefix, max_line));
+            match decoded {
                 Ok(Decoded::Complete { request, consumed }) => {
                     prop_assert!(!refused, "accepted {prefix:?} after refusing a prefix");
                     prop_assert!((1..=prefix.len()).contains(&consumed));
                     prop_assert_eq!(prefix[consumed - 1], b'\n');
                     prop_assert!(!prefix[..consumed - 1].contains(&b'\n'));
-                    prop_assert_eq!(request, &line_content(&prefix[..consumed - 1], b"\n")[..]);
+                    prop_assert_eq!(request, line_content(&prefix[..consumed - 1]));
                     prop_assert!(request.len() <= max_line);
                 }
                 Ok(Decoded::Incomplete) => {
@@ -510,11 +387,15 @@ proptest! {
                     }
                 }
                 Err(error) => {
-                    prop_assert_eq!(error, ProtocolError::LineTooLong { max: max_line });
+                    prop_assert_eq!(&error, &ProtocolError::LineTooLong { max: max_line });
+                    assert_clear_error(&error);
                     refused = true;
+                    first_refused = first_refused.or(Some(end));
                 }
             }
         }
+        // The model's shortest refused prefix is the one the decoder refused first.
+        prop_assert_eq!(first_refused, line_refused_at(&buf, max_line));
     }
 
     /// For every prefix of bytes that are often a frame, `frame::decode` refuses exactly when
@@ -526,12 +407,13 @@ proptest! {
         buf in frame_soup(),
         max_frame in small_or_default_max_frame(),
     ) {
-        let bad = first_bad_byte(&buf, max_frame);
+        let bad = frame_refused_at(&buf, max_frame);
         for end in 0..=buf.len() {
             let prefix = &buf[..end];
             let decoded = frame::decode(prefix, max_frame);
             match bad {
                 Some((at, error)) if end >= at => {
+                    assert_clear_error(&error);
                     prop_assert_eq!(decoded, Err(error), "{:02x?}", prefix);
                     continue;
                 }
@@ -583,6 +465,28 @@ proptest! {
             prop_assert!((1..=rest.len()).contains(&consumed));
             rest = &rest[consumed..];
         }
+    }
+
+    /// Arbitrary bytes give the same requests and the same verdict however they are cut into
+    /// reads, for both codecs (how much is held at a refusal depends on the cuts, so only
+    /// without one is that compared too).
+    #[test]
+    fn any_bytes_decode_the_same_however_the_stream_is_split(
+        lines in prop::collection::vec(soup_byte(), 0..96),
+        frames in prop::collection::vec(frame_soup(), 0..4).prop_map(|parts| parts.concat()),
+        max_line in small_or_default_max_line(),
+        max_frame in small_or_default_max_frame(),
+        cuts in cuts(),
+    ) {
+        let by_line = |buf: &[u8]| line_step(buf, max_line);
+        let whole = feed(&[&lines[..]], by_line);
+        whole.assert_same(&feed(&split_at(&lines, &cuts), by_line), "lines, cut");
+        whole.assert_same(&feed(&bytes_one_at_a_time(&lines), by_line), "lines, trickled");
+
+        let by_frame = |buf: &[u8]| frame_step(buf, max_frame);
+        let whole = feed(&[&frames[..]], by_frame);
+        whole.assert_same(&feed(&split_at(&frames, &cuts), by_frame), "frames, cut");
+        whole.assert_same(&feed(&bytes_one_at_a_time(&frames), by_frame), "frames, trickled");
     }
 }
 
@@ -671,77 +575,6 @@ const HANDLER_LIMITS: Limits = Limits {
     max_frame_bytes: 64,
 };
 
-/// Everything a line session's client (and its chat peers) would see.
-#[derive(Debug, PartialEq, Eq)]
-struct Transcript {
-    replies: Vec<u8>,
-    /// Each `SAY`'s push line, in order.
-    pushes: Vec<Vec<u8>>,
-    /// `Quit` or `ProtocolError` if the session ended.
-    ended_by: Option<Outcome>,
-    stats: Stats,
-}
-
-/// Runs one line session over `chunks` the way the reactor's `execute` does: input appended to
-/// a carry buffer, `process` called until it needs more input, a `SAY` broadcast before going
-/// on, replies written out whenever they reach `out_limit`, nothing executed after a close.
-fn serve_line_session(chunks: &[&[u8]], out_limit: usize) -> Transcript {
-    let mut room = Room::default();
-    let mut stats = Stats::default();
-    // As with --users: every LOGIN goes to the verifier (and here fails).
-    let logins = LoginRules {
-        required: false,
-        checked: true,
-    };
-    let mut session = Session::new(Protocol::Line, SessionId(1));
-    let mut carry = Vec::new();
-    let mut out = Buffer::new();
-    let mut replies = Vec::new();
-    let mut pushes = Vec::new();
-    let mut ended_by = None;
-    'reads: for chunk in chunks {
-        carry.extend_from_slice(chunk);
-        while !carry.is_empty() {
-            let mut cx = Context {
-                limits: HANDLER_LIMITS,
-                room: &mut room,
-                stats: &mut stats,
-                logins,
-            };
-            let processed = process(&mut session, &carry, &mut out, out_limit, &mut cx);
-            carry.drain(..processed.consumed);
-            let over_limit = out.len() >= out_limit;
-            replies.extend_from_slice(out.data());
-            out.clear();
-            match processed.outcome {
-                Outcome::Continue if over_limit => {}
-                Outcome::Continue => break,
-                Outcome::Broadcast(message) => pushes.push(message.into_vec()),
-                // As the reactor does once the workers answer; here every login fails.
-                Outcome::Login(_) => {
-                    if finish_login(&mut session, false, &mut out, &mut stats)
-                        == Outcome::LoginFailures
-                    {
-                        replies.extend_from_slice(out.data());
-                        ended_by = Some(Outcome::LoginFailures);
-                        break 'reads;
-                    }
-                }
-                ended @ (Outcome::Quit | Outcome::ProtocolError | Outcome::LoginFailures) => {
-                    ended_by = Some(ended);
-                    break 'reads;
-                }
-            }
-        }
-    }
-    Transcript {
-        replies,
-        pushes,
-        ended_by,
-        stats,
-    }
-}
-
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
@@ -759,13 +592,17 @@ proptest! {
             input.extend_from_slice(request);
             input.extend_from_slice(ending);
         }
-        let whole = serve_line_session(&[&input[..]], usize::MAX);
+        let serve_line = |reads: &[&[u8]], out_limit| {
+            serve(Protocol::Line, HANDLER_LIMITS, reads, out_limit)
+        };
+        let whole = serve_line(&[&input[..]], usize::MAX);
+        check_transcript(Protocol::Line, &whole);
 
         // Every request up to the first QUIT is answered with exactly one line.
         let answered = requests
             .iter()
             .position(|(request, ending)| {
-                spec_parse(&line_content(request, ending)) == Command::Quit
+                spec_parse(&request_of(request, ending)) == Command::Quit
             })
             .map_or(requests.len(), |quit| quit + 1);
         let reply_lines = whole.replies.iter().filter(|&&b| b == b'\n').count();
@@ -773,9 +610,9 @@ proptest! {
         prop_assert_eq!(whole.stats.requests, answered as u64);
         prop_assert_eq!(whole.stats.protocol_errors, 0);
 
-        let split = serve_line_session(&split_at(&input, &cuts), out_limit);
+        let split = serve_line(&split_at(&input, &cuts), out_limit);
         prop_assert_eq!(&split, &whole);
-        let trickled = serve_line_session(&bytes_one_at_a_time(&input), out_limit);
+        let trickled = serve_line(&bytes_one_at_a_time(&input), out_limit);
         prop_assert_eq!(&trickled, &whole);
     }
 }
