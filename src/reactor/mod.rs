@@ -1206,6 +1206,35 @@ mod tests {
     }
 
     #[test]
+    fn a_closed_connection_keeps_its_slot_until_the_turn_ends_and_nothing_touches_it() {
+        let mut server = server();
+        let mut client = StdStream::connect(server.line_addr()).unwrap();
+        turn_until(&mut server, |s| s.connections.len() == 1);
+        let (key, _) = token::split(only_token(&server));
+        server.close(key, "test");
+        let counted = server.stats.clone();
+        assert_eq!((counted.active, counted.closed), (0, 1));
+
+        // Whatever still holds the key in this turn may use it: every operation is a no-op.
+        server.execute(key, 0);
+        server.read_ready(key, READ_BUDGET, true);
+        server.settle(key);
+        server.shut_down_connection(key);
+        server.close(key, "twice");
+        assert_eq!(server.stats, counted);
+        assert!(server.connections.contains(key));
+        assert!(server.connections[key].is_closed());
+
+        server.reap();
+        assert!(!server.connections.contains(key));
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut byte = [0u8; 1];
+        assert!(matches!(client.read(&mut byte), Ok(0) | Err(_)), "closed");
+    }
+
+    #[test]
     fn ticks_round_deadlines_up_and_now_down() {
         let server = server();
         let epoch = server.epoch;
