@@ -63,12 +63,12 @@ pub struct Config {
 
     /// Longest accepted line in bytes, not counting the line ending; a longer one gets
     /// `ERR line too long` and the connection closes.
-    #[arg(long = "max-line", value_name = "BYTES", default_value_t = 65_536)]
+    #[arg(long = "max-line", value_name = "BYTES", default_value_t = DEFAULT_MAX_LINE_BYTES)]
     pub max_line_bytes: usize,
 
     /// Largest accepted frame body in bytes (10 MiB); the header alone decides, the body is
     /// never waited for.
-    #[arg(long = "max-frame", value_name = "BYTES", default_value_t = 10_485_760)]
+    #[arg(long = "max-frame", value_name = "BYTES", default_value_t = DEFAULT_MAX_FRAME_BYTES)]
     pub max_frame_bytes: u32,
 
     /// Connections served at once, both listeners together; the next one gets
