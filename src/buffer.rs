@@ -9,7 +9,8 @@
 //! Invariants: `start <= end <= storage.len()`; when the window empties both indices return to
 //! 0, so a buffer that is drained between batches never compacts at all. The storage is
 //! allocated lazily (a new buffer owns no heap memory) and is only ever grown by doubling, so a
-//! connection in steady state allocates nothing. `release` gives the memory back once the
+//! connection in steady state allocates nothing; input whose final size is known doubles only
+//! up to that size (`extend_capped`), so a large frame costs what it declares. `release` gives the memory back once the
 //! buffer is empty; the reactor calls it when a connection goes quiet, which is what keeps an
 //! idle connection at a few hundred bytes.
 //!
@@ -99,6 +100,18 @@ impl Buffer {
         self.end = end;
     }
 
+    /// Appends `bytes` like [`Buffer::extend_from_slice`], but when the storage must grow it
+    /// doubles only up to `cap` bytes (more only if the bytes themselves need it). For input
+    /// whose final size is known, a frame whose header declared its body: the buffer grows
+    /// with what arrives and never past what was declared, instead of doubling past it (a
+    /// 10 MiB frame would otherwise cost 16 MiB).
+    pub fn extend_capped(&mut self, bytes: &[u8], cap: usize) {
+        if self.storage.len() - self.end < bytes.len() {
+            self.grow(bytes.len(), cap);
+        }
+        self.extend_from_slice(bytes);
+    }
+
     /// At least `min` bytes of writable room after the buffered bytes, for a `read` to fill;
     /// follow with `commit(n)` for the `n` bytes it wrote.
     pub fn spare_mut(&mut self, min: usize) -> &mut [u8] {
@@ -138,6 +151,12 @@ impl Buffer {
     /// the front, then by doubling the storage.
     #[cold]
     fn reserve(&mut self, additional: usize) {
+        self.grow(additional, usize::MAX);
+    }
+
+    /// `reserve`, with doubling stopped at `cap` bytes of storage.
+    #[cold]
+    fn grow(&mut self, additional: usize, cap: usize) {
         if self.storage.len() - self.end >= additional {
             return;
         }
@@ -150,7 +169,10 @@ impl Buffer {
             }
         }
         let needed = self.end + additional;
-        let new_len = needed.max(self.storage.len() * 2).max(MIN_CAPACITY);
+        let doubled = (self.storage.len() * 2).max(MIN_CAPACITY).min(cap);
+        let new_len = needed.max(doubled);
+        // Exactly `new_len`: Vec's own growth could round it up again.
+        self.storage.reserve_exact(new_len - self.storage.len());
         // Zero-filling once per growth lets reads go straight into the Vec with no `unsafe`.
         self.storage.resize(new_len, 0);
     }
@@ -249,5 +271,21 @@ mod tests {
         let mut buffer = Buffer::new();
         write!(buffer, "STATS accepted={}", 3).unwrap();
         assert_eq!(buffer.data(), b"STATS accepted=3");
+    }
+
+    #[test]
+    fn capped_growth_stops_at_the_cap_and_still_takes_what_it_is_given() {
+        let mut buffer = Buffer::new();
+        let chunk = [7u8; 1000];
+        let cap = 10_008;
+        while buffer.len() + chunk.len() <= cap {
+            buffer.extend_capped(&chunk, cap);
+            assert!(buffer.capacity() <= cap, "{} past {cap}", buffer.capacity());
+        }
+        // Past the cap only what the bytes need, no doubling.
+        buffer.extend_capped(&chunk, cap);
+        assert_eq!(buffer.capacity(), buffer.len());
+        assert_eq!(buffer.len(), 11_000);
+        assert!(buffer.data().iter().all(|&b| b == 7));
     }
 }

@@ -262,6 +262,25 @@ fn refuse(
     }
 }
 
+/// The most bytes the unfinished request at the front of `held` can grow to before it is
+/// complete or refused: a frame whose length field has arrived needs exactly its header and
+/// declared body (its header already passed the limit check, or it would have been refused);
+/// a line at most `max_line` plus its `\r\n`; anything else at most one frame header. The
+/// reactor grows a connection's input buffer toward this and no further. Asked only when a
+/// request spans reads.
+#[cold]
+pub fn request_bound(protocol: Protocol, held: &[u8], limits: Limits) -> usize {
+    match protocol {
+        Protocol::Line => limits.max_line_bytes.saturating_add(2),
+        Protocol::Frame => match held.get(frame::field::LENGTH) {
+            Some(&[l0, l1, l2, l3]) => {
+                frame::HEADER_LEN + u32::from_be_bytes([l0, l1, l2, l3]) as usize
+            }
+            _ => frame::HEADER_LEN,
+        },
+    }
+}
+
 /// Server-side reasons to close that the client is told about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Notice {

@@ -49,7 +49,7 @@ use mio::{Registry, Token};
 use super::tls::TlsSession;
 use super::token;
 use crate::buffer::Buffer;
-use crate::handler::{self, Context, Notice, Outcome, Processed, Session};
+use crate::handler::{self, Context, Limits, Notice, Outcome, Processed, Session};
 use crate::net::{read_some, write_some};
 use crate::stats::Stats;
 use crate::timer_wheel::TimerId;
@@ -364,12 +364,16 @@ impl Connection {
     }
 
     /// Joins `fresh` bytes to requests held from earlier reads, if there are any: then they
-    /// are executed from the held input. Returns how much of `fresh` that used up.
-    pub fn join_held(&mut self, fresh: &[u8]) -> usize {
+    /// are executed from the held input. Returns how much of `fresh` that used up. The input
+    /// grows toward what the unfinished request can need and no further (plus the bytes of
+    /// this read, which may hold the next requests): see [`handler::request_bound`].
+    pub fn join_held(&mut self, fresh: &[u8], limits: Limits) -> usize {
         if self.input.is_empty() {
             return 0;
         }
-        self.input.extend_from_slice(fresh);
+        let bound = handler::request_bound(self.session.protocol, self.input.data(), limits);
+        self.input
+            .extend_capped(fresh, bound.saturating_add(fresh.len()));
         fresh.len()
     }
 

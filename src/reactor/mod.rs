@@ -586,7 +586,7 @@ impl Server {
     /// (joined to the connection's unfinished ones, if any), then writes the replies.
     fn execute(&mut self, key: usize, fresh: usize) {
         let out_limit = self.out_limit();
-        let mut offset = self.connections[key].join_held(&self.scratch_in[..fresh]);
+        let mut offset = self.connections[key].join_held(&self.scratch_in[..fresh], self.limits);
         let mut executed_any = false;
         loop {
             let mut cx = Context {
