@@ -102,6 +102,19 @@ pub struct Config {
     #[arg(long)]
     pub require_login: bool,
 
+    /// With --require-login: the largest request a session that has not logged in may send
+    /// (a line's content, or a frame's body), in bytes, `KiB`, `MiB` or `GiB`. A larger one
+    /// gets `ERR line too long` (an Error frame `frame too large: ...`) and a close, as for
+    /// the other limits: a client that has proven nothing must not make the server hold
+    /// megabytes for it.
+    #[arg(
+        long = "max-unauthenticated-request",
+        value_name = "BYTES",
+        default_value = "64KiB",
+        value_parser = parse_size
+    )]
+    pub max_unauthenticated_request_bytes: usize,
+
     /// What to do instead of serving; none runs the server.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -178,9 +191,53 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .map_err(|_| format!("`{text}` is too long a duration"))
 }
 
+/// Parses a `BYTES` value: a whole number of bytes, or one with a binary unit.
+///
+/// ```text
+/// 4096 -> 4096     64KiB -> 65,536     10MiB -> 10,485,760     1GiB -> 1,073,741,824
+/// ```
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let (number, unit) = [("KiB", 1usize << 10), ("MiB", 1 << 20), ("GiB", 1 << 30)]
+        .into_iter()
+        .find_map(|(suffix, unit)| text.strip_suffix(suffix).map(|n| (n, unit)))
+        .unwrap_or((text, 1));
+    let value: usize = number.trim().parse().map_err(|_| {
+        format!("`{text}` is not a size: use bytes (`4096`) or `64KiB`, `10MiB`, `1GiB`")
+    })?;
+    value
+        .checked_mul(unit)
+        .ok_or_else(|| format!("`{text}` is too large a size"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_in_every_accepted_form_and_the_refused_ones() {
+        for (text, bytes) in [
+            ("0", 0),
+            ("4096", 4096),
+            ("64KiB", 65_536),
+            (" 10MiB ", 10_485_760),
+            ("1GiB", 1 << 30),
+            ("3 KiB", 3072),
+        ] {
+            assert_eq!(parse_size(text), Ok(bytes), "{text}");
+        }
+        for text in [
+            "",
+            "KiB",
+            "-1",
+            "1.5MiB",
+            "64kb",
+            "64K",
+            "99999999999999999999GiB",
+        ] {
+            assert!(parse_size(text).is_err(), "{text:?} accepted");
+        }
+    }
 
     #[test]
     fn durations_in_every_accepted_form() {
@@ -214,6 +271,7 @@ mod tests {
         assert_eq!(config.frame_addr.to_string(), "127.0.0.1:8888");
         assert_eq!(config.max_line_bytes, 65_536);
         assert_eq!(config.max_frame_bytes, 10_485_760);
+        assert_eq!(config.max_unauthenticated_request_bytes, 65_536);
         assert_eq!(config.max_connections, 10_000);
         assert_eq!(config.idle_timeout(), Some(Duration::from_secs(60)));
         assert_eq!(config.shutdown_timeout, Duration::from_secs(5));

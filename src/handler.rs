@@ -114,6 +114,26 @@ pub struct LoginRules {
     /// `--users` was given: logins are verified against it. Without it there are no accounts
     /// and every LOGIN is answered `OK` at once.
     pub checked: bool,
+    /// `--max-unauthenticated-request`: while `required` and not logged in, no line or frame
+    /// body may be longer than this.
+    pub max_unauthenticated_bytes: usize,
+}
+
+impl LoginRules {
+    /// The codec limits for `session`: the configured ones, or, for a session that has not
+    /// logged in under `--require-login`, no more than `max_unauthenticated_bytes`.
+    fn limits_for(self, session: &Session, limits: Limits) -> Limits {
+        if !self.required || session.user.is_some() {
+            return limits;
+        }
+        let cap = self.max_unauthenticated_bytes;
+        Limits {
+            max_line_bytes: limits.max_line_bytes.min(cap),
+            max_frame_bytes: limits
+                .max_frame_bytes
+                .min(u32::try_from(cap).unwrap_or(u32::MAX)),
+        }
+    }
 }
 
 /// Limits the codecs enforce, from the command line.
@@ -204,10 +224,13 @@ pub fn process(
     cx: &mut Context<'_>,
 ) -> Processed {
     let mut consumed = 0;
+    // Once per call: a session logs in only through a LOGIN, which ends the call (a LOGIN
+    // answered at once happens only without --users, where nothing is gated).
+    let limits = cx.logins.limits_for(session, cx.limits);
     while consumed < input.len() && out.len() < out_limit {
         let rest = &input[consumed..];
         let step = match session.protocol {
-            Protocol::Line => match line::decode(rest, cx.limits.max_line_bytes) {
+            Protocol::Line => match line::decode(rest, limits.max_line_bytes) {
                 Ok(Decoded::Complete { request, consumed }) => {
                     let raw = &rest[..consumed];
                     Ok((execute_line(session, request, raw, out, cx), consumed))
@@ -215,7 +238,7 @@ pub fn process(
                 Ok(Decoded::Incomplete) => break,
                 Err(error) => Err(error),
             },
-            Protocol::Frame => match frame::decode(rest, cx.limits.max_frame_bytes) {
+            Protocol::Frame => match frame::decode(rest, limits.max_frame_bytes) {
                 Ok(Decoded::Complete { request, consumed }) => {
                     let raw = &rest[..consumed];
                     Ok((execute_frame(session, request, raw, out, cx), consumed))
@@ -552,6 +575,7 @@ mod tests {
                 logins: LoginRules {
                     required: false,
                     checked: true,
+                    max_unauthenticated_bytes: usize::MAX,
                 },
             }
         }

@@ -316,3 +316,43 @@ fn past_256_logins_in_flight_the_next_is_told_to_try_again() {
     streams[0].write_all(b"PING\n").unwrap();
     expect_bytes(&mut streams[0], b"PONG\n");
 }
+
+/// Under `--require-login`, a session that has not logged in may not make the server hold
+/// more than `--max-unauthenticated-request` for one request; once logged in, the configured
+/// `--max-line` and `--max-frame` apply again.
+#[test]
+fn before_a_login_requests_are_held_to_max_unauthenticated_request() {
+    let users = UsersFile::new();
+    let server = TestServer::start(&[
+        "--users",
+        users.arg(),
+        "--require-login",
+        "--max-unauthenticated-request",
+        "1KiB",
+    ]);
+    let mut at_limit = server.connect_line();
+    let mut line = vec![b'a'; 1024];
+    line.push(b'\n');
+    at_limit.write_all(&line).unwrap();
+    expect_bytes(&mut at_limit, b"ERR login required\n");
+    line.insert(0, b'a');
+    at_limit.write_all(&line).unwrap();
+    expect_bytes(&mut at_limit, b"ERR line too long\n");
+    expect_eof(&mut at_limit);
+
+    let mut frames = server.connect_frame();
+    frames.write_all(&header(MESSAGE, 1025)).unwrap();
+    expect_error_frame_then_eof(&mut frames, "frame too large: 1025 bytes (max 1024)");
+
+    // Logged in, the same sizes and larger are served.
+    let mut logged_in = server.connect_line();
+    let mut requests = b"LOGIN ann correct horse\n".to_vec();
+    let long = vec![b'b'; 5000];
+    requests.extend_from_slice(&long);
+    requests.push(b'\n');
+    logged_in.write_all(&requests).unwrap();
+    let mut expected = b"OK\n".to_vec();
+    expected.extend_from_slice(&long);
+    expected.push(b'\n');
+    expect_bytes(&mut logged_in, &expected);
+}

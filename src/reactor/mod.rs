@@ -225,6 +225,7 @@ impl Server {
         let login_rules = LoginRules {
             required: config.require_login,
             checked: config.users.is_some(),
+            max_unauthenticated_bytes: config.max_unauthenticated_request_bytes,
         };
         let now = Instant::now();
         Ok(Server {

@@ -309,6 +309,7 @@ pub fn serve(protocol: Protocol, limits: Limits, reads: &[&[u8]], out_limit: usi
     let logins = LoginRules {
         required: false,
         checked: true,
+        max_unauthenticated_bytes: usize::MAX,
     };
     let mut out = Buffer::new();
 
