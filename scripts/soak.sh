@@ -7,8 +7,10 @@
 # Starts target/release/tcp-reactor on free ports, with a line-over-TLS listener (a
 # self-signed certificate made with openssl) and a users file (made with `tcp-reactor
 # passwd`), and
-#   --max-connections 200 --request-timeout 2s --idle-timeout 5s
-# records its open fds and RSS, then for DURATION seconds runs
+#   --max-connections 200 --request-timeout 2s --idle-timeout 5s --client-memory 64MiB
+# (64 MiB: the memory attackers below offer well over 100 MiB at once, so the budget is
+# always under pressure; eight 10 MiB partial frames alone pass it) and records its open fds
+# and RSS, then for DURATION seconds runs
 #   - tcp-load line/ping (--rate 2000 --connections 20), frame/heartbeat (--rate 1000
 #     --connections 10) and frame/login (--rate 5 --connections 2, argon2id verified for
 #     real), open loop, every reply checked byte for byte;
@@ -16,14 +18,27 @@
 #     and mid-line, half-closes, slowloris (one byte per 200 ms), never-readers (PINGs until
 #     the server pushes back, never read), floods of 300 connections held for 1 s (beyond
 #     --max-connections), password guessers (three wrong LOGINs, then the close), and on the
-#     TLS port: garbage instead of a ClientHello, and handshakes stalled halfway.
-# After the abusive clients stop and the server settles, it checks: 0 tcp-load errors, open
+#     TLS port: garbage instead of a ClientHello, and handshakes stalled halfway;
+#   - memory attackers: 8 connections each parking a Heartbeat declaring 10 MiB without its
+#     last byte, 100 connections each parking 60 KiB of a line without its newline, 4 sessions
+#     that say HELLO and never read again while a talker SAYs 60 KiB lines to them (their
+#     pending output grows). Each reconnects when the server closes it. All of them together
+#     with the clients above stay under --max-connections 200 (about 155 held at once), except
+#     the floods, which are meant to pass it.
+# After the abusive clients stop and the server settles, it checks: 0 tcp-load errors (the
+# server evicts the largest holders first, which must be the attackers), the server's peak
+# RSS (VmHWM) within the 64 MiB budget + its baseline RSS + 32 MiB (the allowance: the login
+# worker's argon2id memory, 19 MiB, and allocator slack), memory_evictions > 0, open
 # fds back to baseline +/- 2, RSS within 4 MiB of baseline, STATS active == 1 (the STATS
 # client itself) and accepted == closed + active, logins at least tcp-load's login count and
 # login_failures at least three per guesser, and that every abusive client got only replies
-# the protocol allows. Then it replays tests/random_shutdown.rs (SIGTERM in the middle of random
+# the protocol allows (for the memory attackers: the timeouts, `server full` and `server out of
+# memory`). Then it replays tests/random_shutdown.rs (SIGTERM in the middle of random
 # mixed traffic) with DURATION/10 seeds (at least 3) beyond the ones `cargo test` runs.
 # Prints each figure with PASS/FAIL; exits 1 if any check fails.
+# A server without --client-memory is started without it, and the memory attackers and their
+# checks are left out; SOAK_MEMORY_ATTACK=1 runs the attackers anyway (their checks then only
+# print their figures), SOAK_MEMORY_ATTACK=0 leaves them out in any case.
 # Everything it starts is killed on exit.
 set -uo pipefail
 
@@ -36,6 +51,9 @@ BIN=$TARGET_DIR/release
 SETTLE_SECONDS=15   # longest wait for the server to come back: idle 5 s + LINGER 5 s + margin
 RSS_SLACK_KIB=4096
 FD_SLACK=2
+CLIENT_MEMORY=64MiB
+CLIENT_MEMORY_KIB=65536
+PEAK_ALLOWANCE_KIB=32768  # over the budget and the baseline RSS: argon2id's 19 MiB + slack
 
 WORK=$(mktemp -d -t soak.XXXXXX)
 PIDS=()
@@ -64,11 +82,21 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 
 printf 'pass\n' | "$BIN/tcp-reactor" passwd user >"$WORK/users.txt" \
     || { echo "tcp-reactor passwd failed" >&2; exit 1; }
 
+MEMORY_FLAGS=()
+if "$BIN/tcp-reactor" --help | grep -q -- --client-memory; then
+    MEMORY_FLAGS=(--client-memory "$CLIENT_MEMORY")
+    MEMORY_ATTACK=${SOAK_MEMORY_ATTACK:-1}
+else
+    echo "note: this tcp-reactor has no --client-memory: no memory budget" >&2
+    MEMORY_ATTACK=${SOAK_MEMORY_ATTACK:-0}
+fi
+[[ $MEMORY_ATTACK == 1 ]] || echo "note: memory attackers off" >&2
+
 echo "== starting tcp-reactor"
 RUST_LOG=info "$BIN/tcp-reactor" --line-addr 127.0.0.1:0 --frame-addr 127.0.0.1:0 \
     --line-tls-addr 127.0.0.1:0 --tls-cert "$WORK/cert.pem" --tls-key "$WORK/key.pem" \
     --users "$WORK/users.txt" \
-    --max-connections 200 --request-timeout 2s --idle-timeout 5s \
+    --max-connections 200 --request-timeout 2s --idle-timeout 5s "${MEMORY_FLAGS[@]}" \
     </dev/null >/dev/null 2>"$WORK/server.log" &
 SERVER=$!
 PIDS+=("$SERVER")
@@ -92,6 +120,7 @@ echo "line $LINE_ADDR, frame $FRAME_ADDR, line over TLS $TLS_ADDR, pid $SERVER"
 fds() { ls "/proc/$SERVER/fd" 2>/dev/null | wc -l; }
 cpu_seconds() { awk -v hz="$(getconf CLK_TCK)" '{sub(/.*\) /, ""); printf "%.2f", ($12 + $13) / hz}' "/proc/$SERVER/stat" 2>/dev/null; }
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$SERVER/status" 2>/dev/null; }
+peak_rss_kib() { awk '/^VmHWM:/ {print $2}' "/proc/$SERVER/status" 2>/dev/null; }
 # One STATS line, on a connection of its own (closed before this returns).
 stats() {
     python3 - "$LINE_ADDR" <<'PY'
@@ -121,9 +150,10 @@ cat >"$WORK/abuse.py" <<'PY'
 Each behaviour is a thread looping until the deadline. Replies are checked against what the
 protocol allows (docs/PROTOCOL.md); anything else is counted in `unexpected` with a sample.
 """
-import json, random, socket, struct, sys, threading, time
+import json, random, selectors, socket, struct, sys, threading, time
 
 line_addr, frame_addr, tls_addr, duration = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+MEMORY_ATTACK = sys.argv[5:6] == ["1"]
 def parse(a):
     h, p = a.rsplit(":", 1)
     return (h, int(p))
@@ -346,7 +376,166 @@ def flood():
         s.close()
     time.sleep(2.0)
 
-threads = [
+# Memory attackers: each holds as much of the server's memory as one connection can, and comes
+# back when the server closes it. Allowed endings: the server's timeouts, `server full`, and
+# `server out of memory` (an eviction: the largest holders go first).
+OOM_LINE = b"ERR server out of memory\n"
+OOM_FRAME = error_frame(b"server out of memory")
+LINE_ENDS = {OOM_LINE: "oom", b"ERR request timeout\n": "request_timeout",
+             b"ERR idle timeout\n": "idle_timeout", FULL_LINE: "full"}
+FRAME_ENDS = {OOM_FRAME: "oom", error_frame(b"request timeout"): "request_timeout",
+              error_frame(b"idle timeout"): "idle_timeout", FULL_FRAME: "full"}
+PARTIAL_BODY = 10 * 1024 * 1024
+PARTIAL = memoryview(b"GO\x01\x00" + struct.pack(">I", PARTIAL_BODY) + bytes(PARTIAL_BODY - 1))
+FAT_LINE = b"x" * (60 * 1024)  # under --max-line (64 KiB), and never a newline
+TCP_ESTABLISHED = 1
+
+def judge(kind, buf, end, ends):
+    if end in ("eof", "reset") and buf in ends:
+        count(f"{kind}_{ends[buf]}")
+    else:
+        odd(f"{kind} ({end})", buf)
+
+def hold(s):
+    """Reads until the server closes `s` (its bytes, "eof" or "reset"), or the soak ends ("held")."""
+    buf = b""
+    while True:
+        try:
+            chunk = s.recv(65536)
+        except socket.timeout:
+            if not running():
+                return buf, "held"
+            continue
+        except OSError:
+            return buf, "reset"
+        if not chunk:
+            return buf, "eof"
+        buf += chunk
+
+def partial_frame():
+    s = connect(FRAME, timeout=0.5)
+    sent = 0
+    try:
+        while running() and sent < len(PARTIAL):
+            try:
+                sent += s.send(PARTIAL[sent:sent + 256 * 1024])
+            except socket.timeout:
+                pass  # the server is not reading this one now: memory is short
+    except OSError:
+        pass  # closed while sending; what it was told is still readable
+    count("partial_frame_bytes", sent)
+    buf, end = hold(s)
+    s.close()
+    if end == "held":
+        count("partial_frame_held")
+    else:
+        judge("partial_frame", buf, end, FRAME_ENDS)
+    time.sleep(0.05)
+
+def fat_lines(n):
+    """`n` connections in one selector loop, each parking FAT_LINE, reopened when closed."""
+    def body():
+        sel = selectors.DefaultSelector()
+        reopen = [time.monotonic()] * n  # when each slot opens its next connection
+        try:
+            while running():
+                now = time.monotonic()
+                for i, at in enumerate(reopen):
+                    if at is not None and at <= now:
+                        s = socket.socket()
+                        s.setblocking(False)
+                        s.connect_ex(LINE)
+                        sel.register(s, selectors.EVENT_READ | selectors.EVENT_WRITE,
+                                     {"slot": i, "sent": 0, "got": b""})
+                        reopen[i] = None
+                        count("fat_line_conns")
+                for key, mask in sel.select(timeout=0.1):
+                    s, st = key.fileobj, key.data
+                    end = None
+                    if mask & selectors.EVENT_WRITE and st["sent"] < len(FAT_LINE):
+                        try:
+                            st["sent"] += s.send(FAT_LINE[st["sent"]:])
+                        except BlockingIOError:
+                            pass
+                        except OSError:
+                            end = "reset"
+                        if st["sent"] == len(FAT_LINE):
+                            sel.modify(s, selectors.EVENT_READ, st)
+                    if mask & selectors.EVENT_READ and end is None:
+                        try:
+                            chunk = s.recv(4096)
+                            if chunk:
+                                st["got"] += chunk
+                            else:
+                                end = "eof"
+                        except BlockingIOError:
+                            pass
+                        except OSError:
+                            end = "reset"
+                    if end:
+                        sel.unregister(s)
+                        s.close()
+                        judge("fat_line", st["got"], end, LINE_ENDS)
+                        reopen[st["slot"]] = time.monotonic() + 0.05
+        finally:
+            for key in list(sel.get_map().values()):
+                key.fileobj.close()
+            sel.close()
+    return body
+
+def hoarder(i):
+    """Says HELLO, then never reads: the talker's pushes pile up in the server for it. Without
+    reading it cannot see the server drop it (the FIN waits behind pushes its full window
+    refuses), so each session ends after 3-6 s, with a reset, or sooner if a reset or a FIN
+    does show in the TCP state; then a new session, with a new name."""
+    session = [0]
+    def body():
+        session[0] += 1
+        s = connect(LINE, timeout=2.0)
+        s.sendall(b"HELLO hoard%dx%d\n" % (i, session[0]))
+        count("hoarder_sessions")
+        end = min(DEADLINE, time.monotonic() + rng.uniform(3, 6))
+        while time.monotonic() < end:
+            if s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] != TCP_ESTABLISHED:
+                count("hoarder_closed_seen")
+                break
+            time.sleep(0.1)
+        rst(s)
+        time.sleep(0.05)
+    return body
+
+def talker():
+    session = [0]
+    say = b"SAY " + b"y" * (60 * 1024) + b"\n"
+    def body():
+        session[0] += 1
+        name = b"talker%d" % session[0]
+        s = connect(LINE, timeout=5.0)
+        replies = s.makefile("rb")
+        s.sendall(b"HELLO " + name + b"\n")
+        line = replies.readline()
+        while line == b"OK\n" or line == b"WELCOME " + name + b"\n":
+            count("talker_says" if line == b"OK\n" else "talker_sessions")
+            if not running():
+                s.close()
+                return
+            time.sleep(0.02)  # 50 SAYs/s: 3 MB/s to each hoarder
+            s.sendall(say)
+            line = replies.readline()
+        rest, end = hold(s)
+        s.close()
+        judge("talker", line + rest, end, LINE_ENDS)
+        time.sleep(0.05)
+    return body
+
+memory_threads = [
+    *[guarded(f"partial_frame{i}", partial_frame) for i in range(8)],
+    guarded("fat_lines", fat_lines(100)),
+    *[guarded(f"hoarder{i}", hoarder(i)) for i in range(4)],
+    guarded("talker", talker()),
+] if MEMORY_ATTACK else []
+
+threads = memory_threads + [
     guarded("garbage", garbage),
     guarded("http_frame", http_frame),
     guarded("http_line", http_line),
@@ -382,7 +571,7 @@ LOAD_LOGIN=$!
 PIDS+=("$LOAD_LOGIN")
 # Let tcp-load connect before the floods fill --max-connections (its 1 s warmup covers this).
 sleep 0.5
-python3 "$WORK/abuse.py" "$LINE_ADDR" "$FRAME_ADDR" "$TLS_ADDR" "$DURATION" >"$WORK/abuse.json" 2>"$WORK/abuse.err" &
+python3 "$WORK/abuse.py" "$LINE_ADDR" "$FRAME_ADDR" "$TLS_ADDR" "$DURATION" "$MEMORY_ATTACK" >"$WORK/abuse.json" 2>"$WORK/abuse.err" &
 ABUSE=$!
 PIDS+=("$ABUSE")
 
@@ -453,6 +642,16 @@ END_RSS=$(rss_kib)
 check "rss" $(( ${END_RSS:-999999999} <= BASE_RSS + RSS_SLACK_KIB )) \
     "baseline ${BASE_RSS} KiB, now ${END_RSS:-?} KiB (limit +$RSS_SLACK_KIB KiB)"
 
+# VmHWM: the most the server's RSS ever was, soak and settling included.
+PEAK_RSS=$(peak_rss_kib)
+PEAK_LIMIT_KIB=$(( CLIENT_MEMORY_KIB + BASE_RSS + PEAK_ALLOWANCE_KIB ))
+if (( ${#MEMORY_FLAGS[@]} )); then
+    check "peak rss" $(( ${PEAK_RSS:-999999999} <= PEAK_LIMIT_KIB )) \
+        "VmHWM ${PEAK_RSS:-?} KiB, limit $PEAK_LIMIT_KIB KiB ($CLIENT_MEMORY budget + baseline ${BASE_RSS} KiB + $PEAK_ALLOWANCE_KIB KiB)"
+else
+    printf '%-28s %-6s %s\n' "peak rss (info)" "-" "VmHWM ${PEAK_RSS:-?} KiB (no memory budget)"
+fi
+
 S=$(stats 2>/dev/null) || S=
 ACCEPTED=$(stat_field "$S" accepted); ACTIVE=$(stat_field "$S" active); CLOSED=$(stat_field "$S" closed)
 check "stats active" $(( ${ACTIVE:--1} == 1 )) "active=${ACTIVE:-?} (the STATS client itself)"
@@ -465,6 +664,14 @@ check "stats logins" $(( ${LOGINS:--1} >= LOGIN_REQUESTS && LOGIN_REQUESTS > 0 )
     "logins=${LOGINS:-?}, tcp-load login requests answered $LOGIN_REQUESTS"
 check "stats login_failures" $(( ${LOGIN_FAILURES:--1} >= 3 * GUESSERS && GUESSERS > 0 )) \
     "login_failures=${LOGIN_FAILURES:-?}, guessers turned away $GUESSERS (3 failures each)"
+EVICTIONS=$(stat_field "$S" memory_evictions)
+MEMORY_NOW=$(stat_field "$S" client_memory); MEMORY_PEAK=$(stat_field "$S" client_memory_peak)
+if [[ $MEMORY_ATTACK == 1 && -n $EVICTIONS ]]; then
+    check "stats memory_evictions" $(( EVICTIONS > 0 )) \
+        "memory_evictions=$EVICTIONS, client_memory_peak=${MEMORY_PEAK:-?} client_memory=${MEMORY_NOW:-?}"
+elif [[ $MEMORY_ATTACK == 1 ]]; then
+    printf '%-28s %-6s %s\n' "stats memory_evictions" "-" "not in this server's STATS"
+fi
 echo "    $S"
 
 # More seeds of the randomized shutdown test than `cargo test` runs (it runs 1-5).
