@@ -104,6 +104,20 @@ def mem_available_kib():
     return 0
 
 
+def tcp_memory_pages():
+    """Pages all TCP sockets hold in the kernel (/proc/net/sockstat), and the pressure mark
+    (tcp_mem's middle value): over it the kernel shrinks every socket's buffers, the PING
+    clients' too, so a slow PING there is not the server's doing alone."""
+    try:
+        with open("/proc/net/sockstat") as f:
+            used = int(re.search(r"^TCP:.* mem (\d+)", f.read(), re.M).group(1))
+        with open("/proc/sys/net/ipv4/tcp_mem") as f:
+            pressure = int(f.read().split()[1])
+        return used, pressure
+    except (OSError, AttributeError, ValueError, IndexError):
+        return None, None
+
+
 def pinned(command, core):
     return (["taskset", "-c", str(core)] + command) if shutil.which("taskset") else command
 
@@ -416,6 +430,7 @@ def run_cell(budget, attackers, opts, log_path):
                               "exit": load.returncode, "stderr": err[-2000:]}
         result["peak_rss_kib"] = server.hwm_kib()
         result["server_cpu_s"] = server.cpu_seconds()
+        result["tcp_mem_pages"], result["tcp_mem_pressure_pages"] = tcp_memory_pages()
         result["server_alive"] = server.proc.poll() is None
         stats = server.stats()
         result["stats"] = stats
@@ -611,6 +626,13 @@ def main():
             if attack.get("connected", attack.get("attackers")) != attack.get("attackers"):
                 notes.append(f"{where}: {attack['attackers'] - attack['connected']} attackers "
                              f"could not connect")
+            used, pressure = run.get("tcp_mem_pages"), run.get("tcp_mem_pressure_pages")
+            if used and pressure and used > pressure:
+                page = os.sysconf("SC_PAGE_SIZE")
+                notes.append(f"{where}: the kernel's TCP memory was over its pressure mark at "
+                             f"the end ({used * page / MIB:,.0f} MiB, mark "
+                             f"{pressure * page / MIB:,.0f} MiB): every socket's buffers were "
+                             f"being shrunk")
             if run["ping"]["errors"] is None:
                 notes.append(f"{where}: tcp-load gave no summary: {run['ping'].get('stderr')}")
             elif run["ping"]["errors"]:
