@@ -17,8 +17,8 @@ started on free ports (port 0, the bound addresses read from its log), pinned to
     what the server sent it is decoded as frames: "told" counts the attackers that got exactly
     one Error frame with body `server out of memory`;
   - the server's VmRSS is sampled every 100 ms; when tcp-load ends, VmHWM (the peak RSS) and
-    STATS are read (client_memory_peak, memory_evictions: absent on a server that predates
-    --client-memory), then the attackers close. A close hands the server what their send
+    STATS are read (client_memory_peak, memory_evictions, memory_throttles: absent on a server
+    that predates --client-memory), then the attackers close. A close hands the server what their send
     buffers still held, then the FIN, so the peak may come after it: once STATS shows every
     attacker gone (at most --settle s) and 1 s more, VmRSS ("RSS after") and VmHWM again
     ("VmHWM after the close") are read.
@@ -436,6 +436,7 @@ def run_cell(budget, attackers, opts, log_path):
         result["stats"] = stats
         result["client_memory_peak"] = stats.get("client_memory_peak")
         result["memory_evictions"] = stats.get("memory_evictions")
+        result["memory_throttles"] = stats.get("memory_throttles")
         if attack:
             attack.stop()
             result["attack"] = attack.summary()
@@ -489,6 +490,7 @@ COLUMNS = [
     ("VmHWM after the close MiB", lambda r: r["peak_rss_at_exit_kib"], 1, 1024),
     ("client_memory_peak MiB", lambda r: r["client_memory_peak"], 1, MIB),
     ("memory_evictions", lambda r: r["memory_evictions"], 0, 1),
+    ("memory_throttles", lambda r: r["memory_throttles"], 0, 1),
     ("attackers closed by server", lambda r: r["attack"]["closed_by_server"], 0, 1),
     ('attackers told "server out of memory"', lambda r: r["attack"]["told_out_of_memory"], 0, 1),
     ("PING p50 ms", lambda r: r["ping"]["p50_ms"], 3, 1),
