@@ -141,6 +141,7 @@ impl Buffer {
 
     /// Frees the memory of an empty buffer that holds more than `keep` bytes: after a large
     /// frame or a burst, a connection should not go on owning megabytes it no longer needs.
+    #[inline]
     pub fn release_if_larger_than(&mut self, keep: usize) {
         if self.capacity() > keep {
             self.release();

@@ -115,6 +115,20 @@ pub struct Config {
     )]
     pub max_unauthenticated_request_bytes: usize,
 
+    /// The memory budget for everything held on the clients' behalf, all connections
+    /// together: input of incomplete or held-back requests and replies not yet written, by
+    /// allocated size (and a fixed charge per TLS session). As it runs short, connections
+    /// whose requests would need more than is left stop being read; past it, the connections
+    /// holding the most are closed, largest first, told `ERR server out of memory` (an Error
+    /// frame on the frame port). Bytes, `KiB`, `MiB` or `GiB`; `0` means no limit.
+    #[arg(
+        long = "client-memory",
+        value_name = "BYTES",
+        default_value = "1GiB",
+        value_parser = parse_size
+    )]
+    pub client_memory_bytes: usize,
+
     /// What to do instead of serving; none runs the server.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -153,6 +167,11 @@ impl Config {
             "--frame-addr",
             "127.0.0.1:0",
         ])
+    }
+
+    /// The client-memory budget, or `None` when disabled with `0`.
+    pub fn client_memory(&self) -> Option<usize> {
+        (self.client_memory_bytes != 0).then_some(self.client_memory_bytes)
     }
 
     /// The request timeout, or `None` when disabled with `0`.

@@ -310,6 +310,8 @@ pub enum Notice {
     IdleTimeout,
     RequestTimeout,
     ServerFull,
+    /// Closed to keep the server within `--client-memory`.
+    OutOfMemory,
 }
 
 impl Notice {
@@ -318,6 +320,7 @@ impl Notice {
             Notice::IdleTimeout => "idle timeout",
             Notice::RequestTimeout => "request timeout",
             Notice::ServerFull => "server full",
+            Notice::OutOfMemory => "server out of memory",
         }
     }
 }

@@ -74,6 +74,17 @@ counters! {
     /// Sockets whose session has ended (our FIN is sent, counted in `closed`) still reading
     /// and discarding input until the peer's EOF, for at most the linger deadline.
     lingering,
+    /// Bytes held now on the clients' behalf (buffer capacity, TLS sessions): what
+    /// `--client-memory` bounds.
+    client_memory,
+    /// The most `client_memory` has been.
+    client_memory_peak,
+    /// Connections closed to bring `client_memory` back under `--client-memory`, largest
+    /// first, told `ERR server out of memory`.
+    memory_evictions,
+    /// Times a connection stopped being read because its request would have needed more
+    /// client memory than was left.
+    memory_throttles,
 }
 
 #[cfg(test)]
@@ -93,10 +104,11 @@ mod tests {
         assert!(text.starts_with("accepted=3 active=0 closed=0 "), "{text}");
         assert!(
             text.ends_with(
-                " slow_reader_drops=1 accept_emfile=0 logins=0 login_failures=0 lingering=0"
+                " slow_reader_drops=1 accept_emfile=0 logins=0 login_failures=0 lingering=0 \
+                 client_memory=0 client_memory_peak=0 memory_evictions=0 memory_throttles=0"
             ),
             "{text}"
         );
-        assert_eq!(text.split(' ').count(), 22);
+        assert_eq!(text.split(' ').count(), 26);
     }
 }

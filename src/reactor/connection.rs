@@ -8,6 +8,8 @@
 //!    |       output < LOW_WATER       |
 //!    |  LOGIN           verdict
 //!    +--------> Verifying ------> Open    (a password is being checked off the loop)
+//!    |  client memory short    memory freed
+//!    +--------> Throttled ------> Open    (its request would need more than is left)
 //!    |              |                 |
 //!    |              | shutdown, 3rd failed login (after the verdict), idle timeout
 //!    |              v                 |    QUIT, protocol error, peer EOF, idle timeout,
@@ -66,6 +68,13 @@ pub const LINGER: Duration = Duration::from_secs(5);
 /// that a connection sending a request every few hundred milliseconds reallocates each time.
 pub const QUIET: Duration = Duration::from_secs(2);
 
+/// What a TLS session is charged in the client-memory ledger, beyond the connection's own
+/// buffers: rustls keeps its records and plaintext in buffers it does not expose. Measured:
+/// 1,000 established sessions at one request a second each added 8.3 MiB of RSS; this
+/// charges about twice that, room for one 16 KiB record in flight (docs/ARCHITECTURE.md,
+/// "Where the memory goes").
+pub const TLS_SESSION_BYTES: usize = 16 * 1024;
+
 /// The configured per-connection timeouts (`None`: disabled).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
@@ -92,12 +101,19 @@ pub enum CloseReason {
     ServerFull,
     /// The server is shutting down.
     Shutdown,
+    /// Closed to bring the client memory back under `--client-memory`: it held the most.
+    OutOfMemory,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
     /// Read, execute, reply.
     Open,
+    /// The client memory is short and the incomplete request in `input` would need more than
+    /// is left: no reading until memory frees (the loop resumes it); its idle and request
+    /// timeouts keep running. Declared next to Open: "Open or Throttled", asked on every
+    /// request deadline, is then one compare.
+    Throttled,
     /// Replies are piling up unread: no reading or executing until they drain below
     /// `LOW_WATER`.
     Paused,
@@ -173,6 +189,9 @@ pub struct Connection {
     /// The TLS session of a connection accepted on a TLS listener: every byte read or
     /// written passes through it. Boxed: a plain connection pays one pointer for it.
     tls: Option<Box<TlsSession>>,
+    /// What this connection is counted for in the loop's client-memory ledger: its
+    /// [`Connection::footprint`] when last looked at.
+    charged: usize,
 }
 
 impl Connection {
@@ -194,7 +213,43 @@ impl Connection {
             timer: None,
             request_started: None,
             tls,
+            charged: 0,
         }
+    }
+
+    /// The memory this connection holds for its client, as RSS sees it: the allocated size of
+    /// its buffers, and a fixed charge for a TLS session (rustls's own buffers, which it does
+    /// not expose). Zero once Closed: closing frees it all.
+    #[inline]
+    pub fn footprint(&self) -> usize {
+        let tls = if self.tls.is_some() {
+            TLS_SESSION_BYTES
+        } else {
+            0
+        };
+        self.input.capacity() + self.output.capacity() + tls
+    }
+
+    /// What the ledger counts this connection for.
+    #[inline]
+    pub fn charged(&self) -> usize {
+        self.charged
+    }
+
+    pub fn set_charged(&mut self, bytes: usize) {
+        self.charged = bytes;
+    }
+
+    /// Memory held for input: the incomplete request being received.
+    pub fn input_capacity(&self) -> usize {
+        self.input.capacity()
+    }
+
+    /// How many more bytes the incomplete request in `input` may still need, at most: to the
+    /// size its frame header declared, or to the line limit.
+    pub fn request_need(&self, limits: Limits) -> usize {
+        handler::request_bound(self.session.protocol, self.input.data(), limits)
+            .saturating_sub(self.input.len())
     }
 
     pub fn token(&self) -> Token {
@@ -309,10 +364,12 @@ impl Connection {
         true
     }
 
-    /// Forgets the requests not executed yet and queues `notice` as the last reply, before a
-    /// close the client is told about (a timeout, server full).
+    /// Forgets the requests not executed yet (and frees their memory) and queues `notice` as
+    /// the last reply, before a close the client is told about (a timeout, server full, out
+    /// of memory).
     pub fn notify(&mut self, notice: Notice) {
         self.input.clear();
+        self.input.release();
         handler::write_notice(self.session.protocol, notice, &mut self.output);
     }
 
@@ -482,6 +539,12 @@ impl Connection {
             );
             return;
         }
+        if next == State::Closed {
+            // Nothing is read or written from here: the memory goes now, not at the reap.
+            self.input = Buffer::new();
+            self.output = Buffer::new();
+            self.tls = None;
+        }
         trace!(
             "conn={} {:?}=>{:?}",
             token::show(self.token),
@@ -523,7 +586,7 @@ impl Connection {
     /// deadline, the moment its buffers may be given back, or its linger deadline.
     pub fn deadline(&self, timeouts: Timeouts) -> Option<Instant> {
         match self.state {
-            State::Open | State::Paused | State::Verifying => {
+            State::Open | State::Paused | State::Verifying | State::Throttled => {
                 let idle = timeouts.idle.map(|timeout| self.last_activity + timeout);
                 let quiet = self.holds_idle_memory().then(|| self.last_activity + QUIET);
                 [idle, quiet, self.request_deadline(timeouts)]
@@ -537,10 +600,12 @@ impl Connection {
     }
 
     /// When the incomplete request being received must be complete. Only an Open connection
-    /// is waiting on its client; a Paused one is waiting on the server's own output. A TLS
-    /// handshake is a request like any other: it must be over this long after the accept.
+    /// is waiting on its client; a Paused one is waiting on the server's own output. A
+    /// Throttled one is waiting on memory, but its clock keeps running: a client cannot hold
+    /// memory for longer by being too large to serve. A TLS handshake is a request like any
+    /// other: it must be over this long after the accept.
     pub fn request_deadline(&self, timeouts: Timeouts) -> Option<Instant> {
-        if self.state != State::Open {
+        if !matches!(self.state, State::Open | State::Throttled) {
             return None;
         }
         let timeout = timeouts.request?;

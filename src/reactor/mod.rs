@@ -51,6 +51,7 @@
 pub mod accept;
 pub mod connection;
 pub mod logins;
+pub mod memory;
 pub mod tls;
 pub mod token;
 
@@ -80,6 +81,7 @@ use connection::{
     CloseReason, Connection, Discarded, QUIET, State, Timeouts, Written, count_written,
 };
 use logins::{LoginBridge, Submitted};
+use memory::Budget;
 use tls::TlsSession;
 
 /// The timer wheel's slot width. Idle timeouts are whole seconds in practice; 10 ms keeps the
@@ -181,6 +183,8 @@ pub struct Server {
     epoch: Instant,
     /// The time of the current wakeup: read once per wakeup, used for every deadline in it.
     now: Instant,
+    /// The tick `now` falls in, worked out once per wakeup.
+    now_tick: u64,
     /// Every read lands here first; only the unfinished tail of a request is copied into the
     /// connection's own buffer. So a connection between requests owns no input memory.
     scratch_in: Box<[u8]>,
@@ -195,6 +199,14 @@ pub struct Server {
     flush_later: Vec<Token>,
     /// Slow readers to disconnect after a broadcast.
     doomed: Vec<usize>,
+    /// `--client-memory`; see [`memory`].
+    budget: Option<Budget>,
+    /// Connections not read for lack of client memory, with what each may still need.
+    throttled: Vec<(usize, Token)>,
+    /// Every connection's footprint and key, largest first, while choosing whom to evict.
+    by_size: Vec<(usize, usize)>,
+    /// The highest `client_memory` since the allocator last gave memory back.
+    trim_high: u64,
     /// Set once a shutdown has begun: when it must be over.
     shutdown_deadline: Option<Instant>,
     /// A second signal: exit now.
@@ -227,8 +239,9 @@ impl Server {
             checked: config.users.is_some(),
             max_unauthenticated_bytes: config.max_unauthenticated_request_bytes,
         };
+        let budget = Budget::new(config.client_memory());
         let now = Instant::now();
-        Ok(Server {
+        let server = Server {
             limits: Limits {
                 max_line_bytes: config.max_line_bytes,
                 max_frame_bytes: config.max_frame_bytes,
@@ -252,6 +265,7 @@ impl Server {
             fired: Vec::new(),
             epoch: now,
             now,
+            now_tick: 0,
             scratch_in: vec![0; READ_CHUNK].into_boxed_slice(),
             scratch_out: Buffer::new(),
             room: Room::default(),
@@ -259,9 +273,15 @@ impl Server {
             revisit: Vec::new(),
             flush_later: Vec::new(),
             doomed: Vec::new(),
+            budget,
+            throttled: Vec::new(),
+            by_size: Vec::new(),
+            trim_high: 0,
             shutdown_deadline: None,
             exit_now: false,
-        })
+        };
+        server.log_budget();
+        Ok(server)
     }
 
     pub fn line_addr(&self) -> SocketAddr {
@@ -296,10 +316,12 @@ impl Server {
         let mut pairs = Vec::new();
         let _ = self.stats.write_pairs(&mut pairs);
         info!(
-            "exit summary: served {} connections, {} bytes in, {} bytes out; {}",
+            "exit summary: served {} connections, {} bytes in, {} bytes out, peak client \
+             memory {} bytes; {}",
             self.stats.accepted,
             self.stats.bytes_in,
             self.stats.bytes_out,
+            self.stats.client_memory_peak,
             String::from_utf8_lossy(&pairs)
         );
         Ok(self.stats)
@@ -318,6 +340,7 @@ impl Server {
             Err(e) => return Err(e),
         }
         self.now = Instant::now();
+        self.now_tick = nanos_since(self.epoch, self.now) / TICK_NANOS;
         self.stats.wakeups += 1;
         self.handle_events();
         if self.exit_now {
@@ -327,7 +350,9 @@ impl Server {
         self.handle_revisits();
         self.flush_pushed();
         self.fire_timers();
+        self.resume_throttled();
         self.reap();
+        self.trim_allocator();
         let Some(deadline) = self.shutdown_deadline else {
             return Ok(false);
         };
@@ -526,10 +551,12 @@ impl Server {
         self.settle(key);
     }
 
-    /// After any work on a connection: write what it is owed, then make sure its timer is
-    /// due by its next deadline. Both do nothing for a connection that closed meanwhile.
+    /// After any work on a connection: write what it is owed, bring the client-memory ledger
+    /// up to date with it, then make sure its timer is due by its next deadline. All do
+    /// nothing for a connection that closed meanwhile.
     fn settle(&mut self, key: usize) {
         self.flush(key);
+        self.account(key);
         self.arm_timer(key);
     }
 
@@ -546,7 +573,7 @@ impl Server {
             let conn = &mut self.connections[key];
             match conn.state() {
                 State::Open => {}
-                State::Paused | State::Verifying | State::Closed => return,
+                State::Paused | State::Verifying | State::Throttled | State::Closed => return,
                 State::Draining { .. } | State::Lingering(_) => return self.discard_input(key),
             }
             match conn.receive(&mut self.scratch_in) {
@@ -659,6 +686,8 @@ impl Server {
                 return self.close(key, "write error");
             }
         }
+        // A batch of large replies must not leave the loop holding megabytes for good.
+        self.scratch_out.release_if_larger_than(KEEP_BYTES);
         self.after_write(key);
     }
 
@@ -819,6 +848,7 @@ impl Server {
     /// Makes sure the connection's timer is due no later than its next deadline. Deadlines
     /// only move later with activity, so a read or write leaves the wheel alone; the timer
     /// then fires early, finds the connection active, and is re-armed (lazy re-arming).
+    #[inline]
     fn arm_timer(&mut self, key: usize) {
         let conn = &self.connections[key];
         let Some(deadline) = conn.deadline(self.timeouts()) else {
@@ -876,7 +906,7 @@ impl Server {
         let conn = &mut self.connections[key];
         let token = token::show(conn.token());
         match conn.state() {
-            State::Open | State::Paused | State::Verifying => {
+            State::Open | State::Paused | State::Verifying | State::Throttled => {
                 let idle = timeouts
                     .idle
                     .is_some_and(|timeout| now >= conn.last_activity() + timeout);
@@ -959,7 +989,7 @@ impl Server {
     /// A connection's part of a shutdown: answer what it sent before the signal, then close.
     fn shut_down_connection(&mut self, key: usize) {
         let conn = &mut self.connections[key];
-        if conn.state() == State::Paused {
+        if matches!(conn.state(), State::Paused | State::Throttled) {
             conn.set_state(State::Open);
         }
         if conn.may_execute() {
@@ -1071,6 +1101,8 @@ impl Server {
         let refusal = conn.is_refusal();
         conn.set_state(State::Closed);
         conn.deregister(self.poll.registry());
+        self.recount(key, 0);
+        let conn = &mut self.connections[key];
         if let Some((id, _)) = conn.timer() {
             self.wheel.cancel(id);
             conn.set_timer(None);
@@ -1098,7 +1130,7 @@ impl Server {
 
     /// The tick `now` falls in.
     fn tick_now(&self) -> u64 {
-        nanos_since(self.epoch, self.now) / TICK_NANOS
+        self.now_tick
     }
 
     fn instant_of(&self, tick: u64) -> Instant {

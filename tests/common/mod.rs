@@ -44,7 +44,7 @@ pub const ERROR: u8 = 4;
 pub const DEFAULT_MAX_FRAME: u32 = 10 * 1024 * 1024;
 
 /// Every key of the STATS line, in the order the spec lists them.
-pub const STATS_KEYS: [&str; 22] = [
+pub const STATS_KEYS: [&str; 26] = [
     "accepted",
     "active",
     "closed",
@@ -67,6 +67,10 @@ pub const STATS_KEYS: [&str; 22] = [
     "logins",
     "login_failures",
     "lingering",
+    "client_memory",
+    "client_memory_peak",
+    "memory_evictions",
+    "memory_throttles",
 ];
 
 /// A running `tcp-reactor` child process.
@@ -290,14 +294,23 @@ impl TestServer {
 
     /// Resident set size of the server, from `/proc/PID/status` `VmRSS`.
     pub fn rss_kib(&self) -> u64 {
+        self.status_kib("VmRSS:")
+    }
+
+    /// The highest resident set size the server has had, from `/proc/PID/status` `VmHWM`.
+    pub fn peak_rss_kib(&self) -> u64 {
+        self.status_kib("VmHWM:")
+    }
+
+    fn status_kib(&self, field: &str) -> u64 {
         let path = format!("/proc/{}/status", self.pid());
         let status = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(field))
             .and_then(|v| v.split_whitespace().next())
             .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no VmRSS in {path}:\n{status}"))
+            .unwrap_or_else(|| panic!("no {field} in {path}:\n{status}"))
     }
 
     /// Every stderr line logged so far.
