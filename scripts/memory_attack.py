@@ -28,7 +28,10 @@ takes (`256MiB`, `1GiB`, `0` = no limit). With no budget in force (`0`, or a ser
 the flag), a cell whose attackers would offer more than half of MemAvailable is skipped rather
 than run into the OOM killer.
 
-Prints a Markdown table, one row per (budget, attackers), medians over the repeats.
+Prints a Markdown table, one row per (budget, attackers), medians over the repeats, and under
+it notes per run: what the closed attackers were sent, and the kernel's own trouble (TCP memory
+over its pressure mark; retransmit timeouts and receive-queue drops, machine-wide, over the
+run), which tells a slow PING that the kernel caused from one the server did.
 --json FILE also writes every run's figures. --check-peak-rss MIB turns it into a test: a
 PASS/FAIL line per cell and exit 1 unless every run's VmHWM (the later reading, so the whole
 run) is under MIB MiB and PING saw 0 errors.
@@ -116,6 +119,29 @@ def tcp_memory_pages():
         return used, pressure
     except (OSError, AttributeError, ValueError, IndexError):
         return None, None
+
+
+# Machine-wide kernel TCP counters (/proc/net/snmp, /proc/net/netstat) whose growth over a run
+# says the kernel, not the server, dropped or delayed packets: retransmits, retransmit
+# timeouts, segments dropped for a full receive queue, queues pruned under memory pressure.
+KERNEL_COUNTERS = ("Tcp:RetransSegs", "TcpExt:TCPTimeouts", "TcpExt:TCPRcvQDrop",
+                   "TcpExt:PruneCalled", "TcpExt:TCPMemoryPressures")
+
+
+def kernel_tcp_counters():
+    counters = {}
+    for path in ("/proc/net/snmp", "/proc/net/netstat"):
+        try:
+            with open(path) as f:
+                lines = f.read().splitlines()
+        except OSError:
+            continue
+        for names, values in zip(lines[::2], lines[1::2]):
+            prefix = names.split()[0]
+            for name, value in zip(names.split()[1:], values.split()[1:]):
+                if prefix + name in KERNEL_COUNTERS:
+                    counters[prefix + name] = int(value)
+    return counters
 
 
 def pinned(command, core):
@@ -406,6 +432,7 @@ def run_cell(budget, attackers, opts, log_path):
     attack = Attackers(server.frame, attackers, opts.frame_bytes) if attackers else None
     load = None
     result = {"budget": budget, "attackers": attackers, "server_command": server.command}
+    kernel_before = kernel_tcp_counters()
     try:
         sampler.start()
         load = run_ping(server, opts)
@@ -431,6 +458,9 @@ def run_cell(budget, attackers, opts, log_path):
         result["peak_rss_kib"] = server.hwm_kib()
         result["server_cpu_s"] = server.cpu_seconds()
         result["tcp_mem_pages"], result["tcp_mem_pressure_pages"] = tcp_memory_pages()
+        kernel_after = kernel_tcp_counters()
+        result["kernel_tcp"] = {k: kernel_after[k] - kernel_before.get(k, 0)
+                                for k in kernel_after}
         result["server_alive"] = server.proc.poll() is None
         stats = server.stats()
         result["stats"] = stats
@@ -635,6 +665,10 @@ def main():
                              f"the end ({used * page / MIB:,.0f} MiB, mark "
                              f"{pressure * page / MIB:,.0f} MiB): every socket's buffers were "
                              f"being shrunk")
+            kernel = run.get("kernel_tcp", {})
+            if kernel.get("TcpExt:TCPTimeouts") or kernel.get("TcpExt:TCPRcvQDrop"):
+                notes.append(f"{where}: kernel TCP counters over the PING run (machine-wide): " +
+                             ", ".join(f"{k.split(':')[1]} {v:,}" for k, v in kernel.items()))
             if run["ping"]["errors"] is None:
                 notes.append(f"{where}: tcp-load gave no summary: {run['ping'].get('stderr')}")
             elif run["ping"]["errors"]:
