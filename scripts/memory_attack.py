@@ -531,7 +531,6 @@ COLUMNS = [
 
 
 def interrupted(signum, frame):
-    """SIGTERM unwinds like Ctrl-C, so the `finally`s stop every server and client."""
     raise KeyboardInterrupt
 
 
@@ -582,10 +581,14 @@ def main():
     raise_nofile()
     if shutil.which("taskset") and os.cpu_count() > CLIENT_CORE:
         os.sched_setaffinity(0, {CLIENT_CORE})  # the attackers share tcp-load's core
+    # Ctrl-C and SIGTERM unwind through the `finally`s (even where SIGINT came in ignored, as
+    # in a background job), so every server and client is stopped.
+    signal.signal(signal.SIGINT, interrupted)
     signal.signal(signal.SIGTERM, interrupted)
 
     started = time.monotonic()
     cells = []
+    stopped_early = False
     with tempfile.TemporaryDirectory(prefix="memory-attack.") as tmp:
         try:
             for budget in budgets:
@@ -615,6 +618,7 @@ def main():
                               f"{run['ping']['errors']}, server CPU {fmt(run['server_cpu_s'], 2)} s",
                               file=sys.stderr, flush=True)
         except KeyboardInterrupt:
+            stopped_early = True
             print("interrupted: the table has the runs finished so far", file=sys.stderr)
     elapsed = time.monotonic() - started
 
@@ -658,6 +662,12 @@ def main():
             if attack.get("connected", attack.get("attackers")) != attack.get("attackers"):
                 notes.append(f"{where}: {attack['attackers'] - attack['connected']} attackers "
                              f"could not connect")
+            after = run.get("stats_after", {})
+            if after.get("active", 1) > 1:
+                notes.append(f"{where}: {run['settle_s']:.0f} s after the attackers closed, the "
+                             f"server still had {after['active'] - 1} connections open and "
+                             f"client_memory {fmt(after.get('client_memory'), 1, MIB)} MiB "
+                             f"(RSS after is read then)")
             used, pressure = run.get("tcp_mem_pages"), run.get("tcp_mem_pressure_pages")
             if used and pressure and used > pressure:
                 page = os.sysconf("SC_PAGE_SIZE")
@@ -701,7 +711,7 @@ def main():
             json.dump({"settings": {k: v for k, v in vars(opts).items()},
                        "server_has_client_memory": has_budget, "elapsed_s": elapsed,
                        "cells": cells}, f, indent=1, sort_keys=True)
-    sys.exit(1 if failed else 0)
+    sys.exit(130 if stopped_early else 1 if failed else 0)
 
 
 if __name__ == "__main__":
