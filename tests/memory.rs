@@ -357,3 +357,39 @@ fn a_32_mib_budget_holds_against_fat_partial_frames_and_lines() {
         "RSS {rss} KiB after the attack, {before} KiB before"
     );
 }
+
+/// A throttled connection is not read, but its client's reset still closes it at once and
+/// frees what it held, rather than at the request timeout 30 s later.
+#[test]
+fn a_throttled_connection_whose_client_resets_is_closed_at_once() {
+    let server = TestServer::start(&["--client-memory", "1MiB"]);
+    let mut stream = server.connect_frame();
+    stream
+        .set_write_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let writer = thread::spawn(move || {
+        // 1.5 MiB of a 2 MiB frame: the server reads about 1 MiB of it, then stops.
+        let bytes = Port::Frame.partial(3 * MIB / 2, 2 * MIB);
+        let _ = stream.write_all(&bytes);
+        stream
+    });
+    assert!(
+        wait_until(
+            after(Duration::from_secs(5)),
+            || server.stats()["memory_throttles"] == 1
+        ),
+        "the connection was not throttled: {:?}",
+        server.stats()
+    );
+    let stream = writer.join().unwrap();
+    assert_eq!(server.stats()["memory_evictions"], 0);
+    socket2::SockRef::from(&stream)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(stream);
+    let closed = wait_until(after(Duration::from_secs(2)), || {
+        let stats = server.stats();
+        stats["active"] == 1 && stats["client_memory"] < 4 * KIB as u64
+    });
+    assert!(closed, "still held after the reset: {:?}", server.stats());
+}

@@ -434,6 +434,13 @@ impl Connection {
         fresh.len()
     }
 
+    /// Whether the incomplete request being received has already taken more than `chunk`
+    /// bytes: a large frame or a long line, arriving over many reads.
+    #[inline]
+    pub fn receives_bulk(&self, chunk: usize) -> bool {
+        self.input.len() >= chunk
+    }
+
     /// Whether requests received earlier wait to be executed (held back by a pause or a
     /// login).
     pub fn holds_requests(&self) -> bool {

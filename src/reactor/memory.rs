@@ -46,8 +46,11 @@ pub const THROTTLE_FLOOR: usize = 16 * 1024;
 /// How far the ledger must fall below its high point before the allocator is asked to give
 /// the freed memory back to the kernel. glibc keeps freed chunks for reuse, and after large
 /// frees raises its own thresholds, so without asking RSS stays near its peak long after the
-/// clients have gone; asking costs a walk of the heap, so it is done only after a real drop.
+/// clients have gone; asking costs a walk of the heap, so it is done only after a real drop:
+/// `TRIM_STEP`, or half of what was held if that is at least `TRIM_MIN` (so that the last
+/// few MiB are given back too when everything has gone).
 const TRIM_STEP: u64 = 8 << 20;
+const TRIM_MIN: u64 = 1 << 20;
 
 /// The configured budget and the mark where backpressure begins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -211,14 +214,20 @@ impl Server {
         self.arm_timer(key);
     }
 
-    /// At the end of a turn: once client memory has fallen by `TRIM_STEP` from its high point,
-    /// has the allocator give the freed pages back to the kernel.
+    /// At the end of a turn: once client memory has fallen far enough from its high point
+    /// (`TRIM_STEP`), has the allocator give the freed pages back to the kernel.
     #[inline]
     pub(super) fn trim_allocator(&mut self) {
         let held = self.stats.client_memory;
         if held > self.trim_high {
             self.trim_high = held;
-        } else if held + TRIM_STEP < self.trim_high {
+        } else if self.trim_high - held >= TRIM_STEP
+            || (self.trim_high - held >= TRIM_MIN && held <= self.trim_high / 2)
+        {
+            debug!(
+                "client memory down from {} to {held} bytes: freed memory back to the kernel",
+                self.trim_high
+            );
             self.trim_high = held;
             trim();
         }

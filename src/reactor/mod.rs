@@ -104,6 +104,14 @@ const READ_CHUNK: usize = 64 * 1024;
 /// fire-hose client gets its turn again on the next iteration, after everyone else.
 const READ_BUDGET: usize = 4 * READ_CHUNK;
 
+/// Bytes read per wakeup, over all connections, into requests that take more than one read
+/// (large frames, long lines). Past it, such connections wait for the next wakeup. A wakeup
+/// that read 256 KiB from each of a thousand connections sending large requests would keep
+/// every other client waiting for that quarter gigabyte to be copied (and, the first time,
+/// faulted in); with this, the wait behind bulk transfers is about a millisecond, and the
+/// transfers themselves lose little: the next wakeup comes at once (poll with no timeout).
+const BULK_BUDGET: usize = 16 * READ_CHUNK;
+
 /// Events taken from one `poll`.
 const EVENTS_CAPACITY: usize = 1024;
 
@@ -185,6 +193,10 @@ pub struct Server {
     now: Instant,
     /// The tick `now` falls in, worked out once per wakeup.
     now_tick: u64,
+    /// Bytes read during this wakeup into requests larger than one read; see `BULK_BUDGET`.
+    bulk_read: usize,
+    /// Connections whose bulk reads wait for the next wakeup, served first then.
+    deferred: Vec<Token>,
     /// Every read lands here first; only the unfinished tail of a request is copied into the
     /// connection's own buffer. So a connection between requests owns no input memory.
     scratch_in: Box<[u8]>,
@@ -266,6 +278,8 @@ impl Server {
             epoch: now,
             now,
             now_tick: 0,
+            bulk_read: 0,
+            deferred: Vec::new(),
             scratch_in: vec![0; READ_CHUNK].into_boxed_slice(),
             scratch_out: Buffer::new(),
             room: Room::default(),
@@ -341,6 +355,7 @@ impl Server {
         }
         self.now = Instant::now();
         self.now_tick = nanos_since(self.epoch, self.now) / TICK_NANOS;
+        self.bulk_read = 0;
         self.stats.wakeups += 1;
         self.handle_events();
         if self.exit_now {
@@ -348,6 +363,7 @@ impl Server {
             return Ok(true);
         }
         self.handle_revisits();
+        self.queue_deferred();
         self.flush_pushed();
         self.fire_timers();
         self.resume_throttled();
@@ -444,6 +460,50 @@ impl Server {
         pending.clear();
         if self.revisit.is_empty() {
             self.revisit = pending;
+        }
+    }
+
+    /// Connections left over by the bulk budget are revisited next turn, ahead of the rest,
+    /// so that none waits twice in a row.
+    fn queue_deferred(&mut self) {
+        if !self.deferred.is_empty() {
+            self.deferred.append(&mut self.revisit);
+            std::mem::swap(&mut self.deferred, &mut self.revisit);
+        }
+    }
+
+    /// Whether this wakeup's bulk budget is spent and the connection is receiving a large
+    /// request, so that its next read waits for the next wakeup. Not during a shutdown: what
+    /// arrived before the signal is read in the shutdown's own turn.
+    #[inline]
+    fn bulk_spent(&self, key: usize) -> bool {
+        self.bulk_read >= BULK_BUDGET && self.shutdown_deadline.is_none() && {
+            let conn = &self.connections[key];
+            conn.may_execute() && conn.receives_bulk(READ_CHUNK)
+        }
+    }
+
+    /// Counts a full read into a large request against the wakeup's bulk budget; `true`: the
+    /// connection has had its read for this wakeup and is revisited in the next.
+    fn count_bulk(&mut self, key: usize, n: usize) -> bool {
+        if !self.connections[key].receives_bulk(READ_CHUNK) {
+            return false;
+        }
+        self.bulk_read += n;
+        true
+    }
+
+    /// A connection left for the next wakeup by the bulk budget.
+    fn defer(&mut self, token: Token) {
+        self.deferred.push(token);
+    }
+
+    /// A throttled connection that must be looked at anyway: its peer reset or closed.
+    #[cold]
+    fn wake_throttled(&mut self, key: usize) {
+        let conn = &mut self.connections[key];
+        if conn.state() == State::Throttled {
+            conn.set_state(State::Open);
         }
     }
 
@@ -545,6 +605,11 @@ impl Server {
             trace!("conn={} stale event ignored", token::show(token));
             return;
         };
+        if readiness == Readiness::ReadToEnd {
+            // A throttled connection whose peer has reset or finished sending is read now:
+            // the read finds the error (and closes it) or the rest of its request.
+            self.wake_throttled(key);
+        }
         if readiness != Readiness::Writable {
             self.read_ready(key, READ_BUDGET, readiness == Readiness::ReadToEnd);
         }
@@ -570,6 +635,9 @@ impl Server {
         let to_end = to_end || !conn.short_read_drains();
         let mut left = budget;
         loop {
+            if self.bulk_spent(key) {
+                return self.defer(token);
+            }
             let conn = &mut self.connections[key];
             match conn.state() {
                 State::Open => {}
@@ -601,7 +669,7 @@ impl Server {
                         return; // drained: later bytes raise a new edge
                     }
                     left = left.saturating_sub(n);
-                    if left == 0 {
+                    if left == 0 || self.count_bulk(key, n) {
                         self.revisit.push(token);
                         return;
                     }
