@@ -192,6 +192,9 @@ pub struct Connection {
     /// What this connection is counted for in the loop's client-memory ledger: its
     /// [`Connection::footprint`] when last looked at.
     charged: usize,
+    /// The connection is on the loop's list of work for the next turn (or for later in this
+    /// one), so that it is on it once.
+    queued: bool,
 }
 
 impl Connection {
@@ -214,7 +217,18 @@ impl Connection {
             request_started: None,
             tls,
             charged: 0,
+            queued: false,
         }
+    }
+
+    /// Marks the connection as on the loop's revisit list; `false` if it already was.
+    pub fn mark_queued(&mut self) -> bool {
+        !std::mem::replace(&mut self.queued, true)
+    }
+
+    /// The loop has taken the connection off its revisit list to serve it.
+    pub fn unmark_queued(&mut self) {
+        self.queued = false;
     }
 
     /// The memory this connection holds for its client, as RSS sees it: the allocated size of

@@ -256,7 +256,7 @@ impl Server {
             if let Some(key) = self.key_of(token) {
                 self.connections[key].set_state(State::Open);
                 // Bytes that arrived meanwhile raise no new edge: come back for them.
-                self.revisit.push(token);
+                self.revisit_next_turn(key);
             }
         }
         self.throttled = waiting;

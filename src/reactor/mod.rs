@@ -14,8 +14,13 @@
 //!   -> flush connections that received chat pushes
 //!   -> advance the timer wheel: idle, request and TLS-handshake timeouts, linger deadlines,
 //!      buffers to give back, accept pauses
+//!   -> let connections throttled for client memory read again, as far as memory allows
 //!   -> reap: free the slab slots of the connections closed during this turn
+//!   -> after a large drop in client memory, have the allocator give the pages back
 //! ```
+//!
+//! Every connection settled after work is charged its buffers in the client-memory ledger
+//! ([`memory`]); reads into large requests share a per-wakeup bulk budget.
 //!
 //! The readiness rules this relies on (mio's `Poll` documentation, and Linux epoll in
 //! edge-triggered mode, which is what mio uses):
@@ -447,8 +452,9 @@ impl Server {
             let Some(key) = self.key_of(token) else {
                 continue;
             };
+            let conn = &mut self.connections[key];
+            conn.unmark_queued();
             // Requests held back while the connection was paused or verifying come first.
-            let conn = &self.connections[key];
             if conn.may_execute() && conn.holds_requests() {
                 self.execute(key, 0);
             }
@@ -493,9 +499,23 @@ impl Server {
         true
     }
 
-    /// A connection left for the next wakeup by the bulk budget.
-    fn defer(&mut self, token: Token) {
-        self.deferred.push(token);
+    /// Queues a connection to be served again (next turn, or later in this one if the
+    /// revisits have not run yet), once however often it is asked.
+    fn revisit_next_turn(&mut self, key: usize) {
+        let conn = &mut self.connections[key];
+        if conn.mark_queued() {
+            self.revisit.push(conn.token());
+        }
+    }
+
+    /// A connection left for the next wakeup by the bulk budget: served first then. Once,
+    /// however often it is asked: every new segment from a sender raises an event, and a
+    /// connection queued once per event would pile up while the budget stays spent.
+    fn defer(&mut self, key: usize) {
+        let conn = &mut self.connections[key];
+        if conn.mark_queued() {
+            self.deferred.push(conn.token());
+        }
     }
 
     /// A throttled connection that must be looked at anyway: its peer reset or closed.
@@ -636,7 +656,7 @@ impl Server {
         let mut left = budget;
         loop {
             if self.bulk_spent(key) {
-                return self.defer(token);
+                return self.defer(key);
             }
             let conn = &mut self.connections[key];
             match conn.state() {
@@ -670,8 +690,7 @@ impl Server {
                     }
                     left = left.saturating_sub(n);
                     if left == 0 || self.count_bulk(key, n) {
-                        self.revisit.push(token);
-                        return;
+                        return self.revisit_next_turn(key);
                     }
                 }
             }
@@ -809,8 +828,9 @@ impl Server {
             }
             State::Paused if pending < LOW_WATER => {
                 conn.set_state(State::Open);
+                conn.release_large_buffers(KEEP_BYTES);
                 // Held-back requests and unread bytes raise no new edge: come back for them.
-                self.revisit.push(conn.token());
+                return self.revisit_next_turn(key);
             }
             State::Draining { reason, peer_done } if pending == 0 => {
                 return self.finish_draining(key, reason, peer_done);
@@ -874,7 +894,7 @@ impl Server {
                 }
             }
         }
-        self.revisit.push(token);
+        self.revisit_next_turn(key);
     }
 
     /// Delivers `message` to every identified session but the sender; sessions too far
@@ -1131,7 +1151,7 @@ impl Server {
             return self.shut_down_connection(key);
         } else {
             // The requests held behind the LOGIN, then whatever the socket holds.
-            self.revisit.push(token);
+            self.revisit_next_turn(key);
         }
         self.settle(key);
     }
@@ -1333,6 +1353,24 @@ mod tests {
             .unwrap();
         let mut byte = [0u8; 1];
         assert!(matches!(client.read(&mut byte), Ok(0) | Err(_)), "closed");
+    }
+
+    #[test]
+    fn a_connection_is_queued_for_the_next_turn_once_however_often_it_is_asked() {
+        let mut server = server();
+        let _client = StdStream::connect(server.line_addr()).unwrap();
+        turn_until(&mut server, |s| s.connections.len() == 1);
+        let (key, _) = token::split(only_token(&server));
+        server.revisit.clear();
+        server.revisit_next_turn(key);
+        server.revisit_next_turn(key);
+        server.defer(key);
+        assert_eq!((server.revisit.len(), server.deferred.len()), (1, 0));
+        // Once served from the list, it may be queued again.
+        server.turn(Some(Duration::from_millis(1))).unwrap();
+        assert!(server.revisit.is_empty());
+        server.defer(key);
+        assert_eq!(server.deferred.len(), 1);
     }
 
     #[test]
