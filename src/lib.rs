@@ -10,6 +10,8 @@
 //!   - `reactor::connection`: one connection's socket, buffers and state machine; hides TLS.
 //!   - `reactor::logins`: the blocking-work bridge: login verification on worker threads,
 //!     verdicts through the waker.
+//!   - `reactor::memory`: the client-memory budget: the ledger, throttling, evictions
+//!     largest first, giving freed memory back.
 //!   - `reactor::tls`: TLS on a non-blocking socket, rustls driven by readiness.
 //! - [`net`]: socket helpers shared by the server and the tools: `read_some`, `write_some`,
 //!   the listening socket, the open-files limit.
