@@ -111,8 +111,7 @@ pub enum State {
     Open,
     /// The client memory is short and the incomplete request in `input` would need more than
     /// is left: no reading until memory frees (the loop resumes it); its idle and request
-    /// timeouts keep running. Declared next to Open: "Open or Throttled", asked on every
-    /// request deadline, is then one compare.
+    /// timeouts keep running.
     Throttled,
     /// Replies are piling up unread: no reading or executing until they drain below
     /// `LOW_WATER`.
