@@ -10,7 +10,13 @@ Run through scripts/profile.sh, which builds everything first. For each server a
 - syscalls per request: `strace -c -f` attached to the server (not under valgrind) for a run
   of N requests; every syscall it made in that window divided by N.
 
-Usage: scripts/profile.sh [--requests N] [--only reactor,tokio,floor]
+Usage: scripts/profile.sh [--requests N] [--only reactor,tokio,floor] [--workers 1,2]
+                         [--balance least-conn|reuseport]
+
+--workers gives tcp-reactor's `--workers` values to measure (a comma-separated list; the
+other servers have one loop): with several, the table ends with each one's cost relative to
+the first, the cost of being several loops. With 2 workers on 2 cores tcp-load shares a core
+with a worker, so only the instruction counts (not throughput) mean anything here.
 """
 
 import argparse
@@ -29,10 +35,11 @@ TCP_LOAD = os.path.join(RELEASE, "tcp-load")
 LINE_PORT, FRAME_PORT = 23080, 23888
 
 
-def server_command(name):
+def server_command(name, workers=1, balance="least-conn"):
     if name == "reactor":
         return [os.path.join(RELEASE, "tcp-reactor"), "--line-addr", f"127.0.0.1:{LINE_PORT}",
-                "--frame-addr", f"127.0.0.1:{FRAME_PORT}"]
+                "--frame-addr", f"127.0.0.1:{FRAME_PORT}", "--workers", str(workers),
+                "--balance", balance]
     if name == "tokio":
         return [os.path.join(RELEASE, "examples", "tokio_server"), "--line-addr",
                 f"127.0.0.1:{LINE_PORT}", "--frame-addr", f"127.0.0.1:{FRAME_PORT}"]
@@ -69,12 +76,13 @@ def load(workload, requests):
         raise RuntimeError(f"tcp-load failed: {done.stdout} {done.stderr[-1000:]}")
 
 
-def instructions(name, workload, requests):
-    """Total user-space instructions of the server process for one run of `requests`."""
+def instructions(name, workload, requests, workers=1, balance="least-conn"):
+    """Total user-space instructions of the server process (all its threads) for one run of
+    `requests`."""
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "callgrind.out")
         proc = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
-                                 *server_command(name)],
+                                 *server_command(name, workers, balance)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 env=dict(os.environ, RUST_LOG="warn"))
         try:
@@ -101,8 +109,8 @@ def instructions(name, workload, requests):
         return total
 
 
-def syscalls(name, workload, requests):
-    proc = subprocess.Popen(server_command(name), stdout=subprocess.DEVNULL,
+def syscalls(name, workload, requests, workers=1, balance="least-conn"):
+    proc = subprocess.Popen(server_command(name, workers, balance), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env=dict(os.environ, RUST_LOG="warn"))
     with tempfile.NamedTemporaryFile(mode="r", suffix=".strace") as summary:
         try:
@@ -129,26 +137,46 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=100_000)
     parser.add_argument("--only", default="reactor,tokio,floor")
+    parser.add_argument("--workers", default="1",
+                        help="tcp-reactor --workers values to measure, e.g. 1,2")
+    parser.add_argument("--balance", default="least-conn", choices=["least-conn", "reuseport"])
     opts = parser.parse_args()
     names = opts.only.split(",")
+    worker_counts = [int(w) for w in opts.workers.split(",")]
     n = opts.requests
     print(f"# profile: c=50 P=16, N={n:,} requests (instructions: runs of N and 2N, "
-          f"difference / N)")
+          f"difference / N); tcp-reactor --workers {opts.workers} --balance {opts.balance}")
     print()
     print("| workload | server | user-space instructions/request | syscalls/request | "
           "syscalls by name (per 1000 requests) |")
     print("|---|---|---|---|---|")
+    reactor = {}
     for workload in WORKLOADS:
         for name in names:
-            small = instructions(name, workload, n)
-            large = instructions(name, workload, 2 * n)
-            per_request = (large - small) / n
-            calls = syscalls(name, workload, n)
-            total = sum(calls.values())
-            top = ", ".join(f"{k} {1000 * v / n:.0f}" for k, v in
-                            sorted(calls.items(), key=lambda kv: -kv[1])[:5])
-            print(f"| {workload} | {name} | {per_request:,.0f} | {total / n:.3f} | {top} |",
-                  flush=True)
+            for workers in (worker_counts if name == "reactor" else [1]):
+                small = instructions(name, workload, n, workers, opts.balance)
+                large = instructions(name, workload, 2 * n, workers, opts.balance)
+                per_request = (large - small) / n
+                calls = syscalls(name, workload, n, workers, opts.balance)
+                total = sum(calls.values())
+                top = ", ".join(f"{k} {1000 * v / n:.0f}" for k, v in
+                                sorted(calls.items(), key=lambda kv: -kv[1])[:5])
+                label = name if name != "reactor" or len(worker_counts) == 1 and workers == 1 \
+                    else f"{name} --workers {workers}"
+                if name == "reactor":
+                    reactor[(workload, workers)] = per_request
+                print(f"| {workload} | {label} | {per_request:,.0f} | {total / n:.3f} | {top} |",
+                      flush=True)
+    if "reactor" in names and len(worker_counts) > 1:
+        base = worker_counts[0]
+        print()
+        print(f"| workload | " + " | ".join(f"--workers {w} / --workers {base}"
+                                            for w in worker_counts[1:]) + " |")
+        print("|---|" + "---|" * (len(worker_counts) - 1))
+        for workload in WORKLOADS:
+            ratios = " | ".join(f"{reactor[(workload, w)] / reactor[(workload, base)]:.3f}x"
+                                for w in worker_counts[1:])
+            print(f"| {workload} | {ratios} |")
 
 
 if __name__ == "__main__":

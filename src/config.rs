@@ -129,9 +129,67 @@ pub struct Config {
     )]
     pub client_memory_bytes: usize,
 
+    /// Event loops to run, one per thread, each with its own poll, connections, timers and
+    /// buffers (shared-nothing): a number, or `auto` for the cores available to the process.
+    /// The limits (--max-connections, --client-memory, the login pool) and the chat room
+    /// stay those of the whole process; --client-memory is split evenly among the loops.
+    #[arg(long, value_name = "N|auto", default_value = "1", value_parser = parse_workers)]
+    pub workers: Workers,
+
+    /// With several workers, how connections reach them. `least-conn`: one loop accepts and
+    /// hands each socket to the worker with the fewest connections (long-lived sessions).
+    /// `reuseport`: every worker has its own SO_REUSEPORT listeners and the kernel spreads
+    /// the connects by a hash of their addresses (many short connections).
+    #[arg(long, value_name = "MODE", value_enum, default_value_t = Balance::LeastConn)]
+    pub balance: Balance,
+
     /// What to do instead of serving; none runs the server.
     #[command(subcommand)]
     pub command: Option<Command>,
+}
+
+/// `--workers`: a count, or as many as the cores available.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workers {
+    Count(usize),
+    Auto,
+}
+
+impl Workers {
+    /// How many loops to run: `auto` is the cores this process may run on (its CPU
+    /// affinity and cgroup quota, as `std::thread::available_parallelism` reads them).
+    pub fn count(self) -> usize {
+        match self {
+            Workers::Count(n) => n,
+            Workers::Auto => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
+    }
+}
+
+/// The most workers accepted: far past any core count, low enough that a typo (`--workers
+/// 10000`) is refused instead of starting ten thousand threads.
+pub const MAX_WORKERS: usize = 1024;
+
+/// Parses `--workers`: `auto`, or a whole number from 1 to `MAX_WORKERS`.
+pub fn parse_workers(text: &str) -> Result<Workers, String> {
+    if text == "auto" {
+        return Ok(Workers::Auto);
+    }
+    match text.parse::<usize>() {
+        Ok(n @ 1..=MAX_WORKERS) => Ok(Workers::Count(n)),
+        _ => Err(format!(
+            "expected `auto` or a number of workers from 1 to {MAX_WORKERS}, got {text:?}"
+        )),
+    }
+}
+
+/// `--balance`: how accepted connections are spread over the workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Balance {
+    /// One loop accepts and hands each socket to the least loaded worker.
+    LeastConn,
+    /// Each worker accepts on its own SO_REUSEPORT listeners.
+    Reuseport,
 }
 
 /// The subcommands: tools that run and exit instead of serving.
@@ -256,6 +314,28 @@ mod tests {
         ] {
             assert!(parse_size(text).is_err(), "{text:?} accepted");
         }
+    }
+
+    #[test]
+    fn workers_as_a_count_or_auto_and_the_refused_forms() {
+        assert_eq!(parse_workers("1"), Ok(Workers::Count(1)));
+        assert_eq!(parse_workers("16"), Ok(Workers::Count(16)));
+        assert_eq!(parse_workers("auto"), Ok(Workers::Auto));
+        assert!(Workers::Auto.count() >= 1);
+        for text in ["0", "-1", "", "two", "1025", "AUTO"] {
+            assert!(parse_workers(text).is_err(), "{text:?} accepted");
+        }
+        let config = Config::on_free_ports();
+        assert_eq!(
+            (config.workers, config.balance),
+            (Workers::Count(1), Balance::LeastConn)
+        );
+        let config =
+            Config::parse_from(["tcp-reactor", "--workers", "2", "--balance", "reuseport"]);
+        assert_eq!(
+            (config.workers.count(), config.balance),
+            (2, Balance::Reuseport)
+        );
     }
 
     #[test]

@@ -21,14 +21,15 @@
 //!   check ([`LoginRules::checked`] is false): a LOGIN is answered `OK` (a Login frame
 //!   LoginAck `OK`) at once, as the original protocol does.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::buffer::Buffer;
 use crate::protocol::frame::{self, Frame};
 use crate::protocol::line::{self, Command};
 use crate::protocol::{Decoded, ProtocolError};
-use crate::stats::Stats;
+use crate::stats::{Stats, Totals};
 
 /// Which protocol a connection speaks; decided by the listener that accepted it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,14 +144,49 @@ pub struct Limits {
     pub max_frame_bytes: u32,
 }
 
-/// The chat room: who is identified.
+/// The chat room as one loop sees it: its own identified sessions, the ones it delivers to.
+///
+/// With several loops in the process the room is still one room: names are unique across
+/// all of them, held in one [`Names`] that every loop's room shares. Only HELLO and a
+/// session's end touch it (a lock each), never another request.
 #[derive(Debug, Default)]
 pub struct Room {
     members: HashMap<Box<str>, SessionId>,
+    shared: Option<Arc<Names>>,
+}
+
+/// The names held in every loop's room at once: what makes HELLO unique process-wide.
+#[derive(Debug, Default)]
+pub struct Names(Mutex<HashSet<Box<str>>>);
+
+impl Names {
+    /// Takes `name` if nobody holds it; `false`: it is taken.
+    fn claim(&self, name: &str) -> bool {
+        let mut held = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if held.contains(name) {
+            return false;
+        }
+        held.insert(name.into())
+    }
+
+    fn release(&self, name: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(name);
+    }
 }
 
 impl Room {
-    /// Sessions that have identified themselves.
+    /// One loop's part of a room whose names are held in `names`, with the other loops'.
+    pub fn shared(names: Arc<Names>) -> Room {
+        Room {
+            members: HashMap::new(),
+            shared: Some(names),
+        }
+    }
+
+    /// This loop's sessions that have identified themselves.
     pub fn members(&self) -> impl Iterator<Item = SessionId> + '_ {
         self.members.values().copied()
     }
@@ -169,7 +205,24 @@ impl Room {
             && self.members.get(name) == Some(&session.id)
         {
             self.members.remove(name);
+            if let Some(names) = &self.shared {
+                names.release(name);
+            }
         }
+    }
+
+    /// Takes `name` for `id`; `false`: someone has it, in this loop or another.
+    fn join(&mut self, name: &str, id: SessionId) -> bool {
+        if self.members.contains_key(name) {
+            return false;
+        }
+        if let Some(names) = &self.shared
+            && !names.claim(name)
+        {
+            return false;
+        }
+        self.members.insert(name.into(), id);
+        true
     }
 }
 
@@ -210,6 +263,8 @@ pub struct Context<'a> {
     pub limits: Limits,
     pub room: &'a mut Room,
     pub stats: &'a mut Stats,
+    /// What STATS reports: these counters summed with the other loops' ([`Totals`]).
+    pub totals: &'a dyn Totals,
     pub logins: LoginRules,
 }
 
@@ -439,7 +494,7 @@ fn execute_line(
         Command::Stats => {
             out.extend_from_slice(b"STATS ");
             // Writing into a Buffer cannot fail.
-            let _ = cx.stats.write_pairs(out);
+            let _ = cx.totals.write_stats(cx.stats, out);
             out.extend_from_slice(b"\n");
         }
         Command::Hello(name) => hello(session, name, out, cx.room),
@@ -476,14 +531,12 @@ fn hello(session: &mut Session, name: &[u8], out: &mut Buffer, room: &mut Room) 
         write_line(out, &[b"ERR invalid name: use 1-32 of A-Z a-z 0-9 _ -"]);
         return;
     };
-    if room.members.contains_key(name) {
+    if !room.join(name, session.id) {
         write_line(out, &[b"ERR name taken"]);
         return;
     }
-    let name: Box<str> = name.into();
-    room.members.insert(name.clone(), session.id);
     write_line(out, &[b"WELCOME ", name.as_bytes()]);
-    session.name = Some(name);
+    session.name = Some(name.into());
 }
 
 /// Executes one frame. `raw` is the frame as received, header included: a Heartbeat's reply
@@ -592,6 +645,7 @@ mod tests {
                 },
                 room: &mut self.room,
                 stats: &mut self.stats,
+                totals: &crate::stats::Alone,
                 logins: self.logins,
             };
             let processed = process(session, input, &mut out, usize::MAX, &mut cx);
@@ -672,6 +726,7 @@ mod tests {
             },
             room: &mut fixture.room,
             stats: &mut fixture.stats,
+            totals: &crate::stats::Alone,
             logins: fixture.logins,
         };
         let processed = process(&mut line(1), b"PING\nPING\nPING\n", &mut out, 6, &mut cx);
@@ -700,6 +755,23 @@ mod tests {
             fixture.run(&mut other, b"HELLO alice\n").0,
             b"WELCOME alice\n"
         );
+    }
+
+    #[test]
+    fn names_are_unique_across_rooms_that_share_them() {
+        let names = Arc::new(Names::default());
+        let (mut one, mut two) = (Fixture::new(), Fixture::new());
+        one.room = Room::shared(Arc::clone(&names));
+        two.room = Room::shared(names);
+        let (mut alice, mut other) = (line(1), line(1));
+        assert_eq!(one.run(&mut alice, b"HELLO alice\n").0, b"WELCOME alice\n");
+        assert_eq!(two.run(&mut other, b"HELLO alice\n").0, b"ERR name taken\n");
+        // Leaving a room one never joined frees nothing.
+        two.room.leave(&other);
+        assert_eq!(two.run(&mut other, b"HELLO alice\n").0, b"ERR name taken\n");
+        one.room.leave(&alice);
+        assert_eq!(two.run(&mut other, b"HELLO alice\n").0, b"WELCOME alice\n");
+        assert_eq!((one.room.len(), two.room.len()), (0, 1));
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //!   - `reactor::token`: what a mio `Token` means; generations against stale events.
 //!   - `reactor::accept`: the acceptor: accept bursts, the per-wakeup cap, surviving EMFILE.
 //!   - `reactor::connection`: one connection's socket, buffers and state machine; hides TLS.
+//!   - `reactor::fleet`: several loops in one process (`--workers`): placing connections,
+//!     the shared limits, chat across workers, summed STATS, the worker threads.
 //!   - `reactor::logins`: the blocking-work bridge: login verification on worker threads,
 //!     verdicts through the waker.
 //!   - `reactor::memory`: the client-memory budget: the ledger, throttling, evictions

@@ -6,10 +6,11 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
 use log::{error, info, warn};
+use tcp_reactor::Config;
 use tcp_reactor::auth::{check_name, hash_line, wipe};
 use tcp_reactor::config::Command;
 use tcp_reactor::net::raise_fd_limit;
-use tcp_reactor::{Config, Server};
+use tcp_reactor::reactor::fleet;
 
 /// Exit status for a bad NAME or an empty password: clap's own status for bad usage.
 const USAGE: u8 = 2;
@@ -29,27 +30,48 @@ fn main() -> ExitCode {
     if let Some(Command::Passwd { name }) = &config.command {
         return passwd(name);
     }
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    init_logging(config.workers.count() > 1);
 
     pin_mmap_threshold();
     match raise_fd_limit() {
         Ok((soft, hard)) => info!("open files limit: soft {soft} raised to hard {hard}"),
         Err(e) => warn!("could not raise the open files limit: {e}"),
     }
-    let server = match Server::bind(config) {
-        Ok(server) => server,
-        Err(e) => {
-            error!("{e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match server.run() {
+    match fleet::run(config) {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
-            error!("event loop failed: {e}");
+            error!("{e}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// `RUST_LOG` (default `info`) to stderr. With several workers each line names the worker
+/// that wrote it, by its thread's name: `w1 conn=3.1 closed: ...`.
+fn init_logging(name_workers: bool) {
+    let mut builder =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    if name_workers {
+        builder.format(|buf, record| {
+            let thread = std::thread::current();
+            let worker = thread
+                .name()
+                .filter(|name| name.starts_with('w') && name[1..].parse::<usize>().is_ok());
+            let style = buf.default_level_style(record.level());
+            write!(
+                buf,
+                "[{} {style}{:<5}{style:#} {}] ",
+                buf.timestamp(),
+                record.level(),
+                record.target()
+            )?;
+            if let Some(worker) = worker {
+                write!(buf, "{worker} ")?;
+            }
+            writeln!(buf, "{}", record.args())
+        });
+    }
+    builder.init();
 }
 
 /// `tcp-reactor passwd NAME`: the password is the first line of stdin, without its `\n` or

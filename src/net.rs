@@ -70,10 +70,16 @@ pub fn raise_fd_limit() -> io::Result<(u64, u64)> {
 const LISTEN_BACKLOG: i32 = 4096;
 
 /// A non-blocking listener on `addr` with `SO_REUSEADDR` (a restart does not wait out
-/// TIME_WAIT) and a backlog of `LISTEN_BACKLOG`.
-pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+/// TIME_WAIT) and a backlog of `LISTEN_BACKLOG`. With `reuse_port`, also `SO_REUSEPORT`:
+/// several sockets of this process (one per worker) then listen on the same address, each
+/// with its own backlog, and the kernel gives each new connection to one of them by a hash
+/// of its addresses.
+pub fn listen(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
     socket.set_nonblocking(true)?;

@@ -15,7 +15,7 @@ macro_rules! counters {
 
         impl Stats {
             /// Writes `key=value` pairs separated by spaces, in declaration order.
-            pub fn write_pairs(&self, out: &mut impl Write) -> io::Result<()> {
+            pub fn write_pairs(&self, out: &mut (impl Write + ?Sized)) -> io::Result<()> {
                 let mut separator = "";
                 $(
                     write!(out, "{separator}{}={}", stringify!($name), self.$name)?;
@@ -23,6 +23,13 @@ macro_rules! counters {
                 )*
                 let _ = separator;
                 Ok(())
+            }
+
+            /// Adds `other`'s counters to these: the process's figures are the sums over its
+            /// loops (`client_memory_peak` so becomes the sum of each loop's peak, an upper
+            /// bound of the process's).
+            pub fn absorb(&mut self, other: &Stats) {
+                $(self.$name += other.$name;)*
             }
         }
     };
@@ -87,6 +94,23 @@ counters! {
     memory_throttles,
 }
 
+/// Where the STATS line gets the whole process's figures: the loop answering passes its own
+/// counters (live), the implementor adds those of the other loops, then the two keys that
+/// describe the loops: `workers=N active_by_worker=a,b,...`.
+pub trait Totals {
+    fn write_stats(&self, own: &Stats, out: &mut dyn Write) -> io::Result<()>;
+}
+
+/// A loop alone in its process: its counters are the process's.
+pub struct Alone;
+
+impl Totals for Alone {
+    fn write_stats(&self, own: &Stats, out: &mut dyn Write) -> io::Result<()> {
+        own.write_pairs(out)?;
+        write!(out, " workers=1 active_by_worker={}", own.active)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,5 +134,24 @@ mod tests {
             "{text}"
         );
         assert_eq!(text.split(' ').count(), 26);
+    }
+
+    #[test]
+    fn a_loop_alone_reports_itself_as_the_one_worker() {
+        let stats = Stats {
+            active: 4,
+            accepted: 9,
+            ..Stats::default()
+        };
+        let mut sum = stats.clone();
+        sum.absorb(&stats);
+        assert_eq!((sum.active, sum.accepted, sum.closed), (8, 18, 0));
+        let mut out = Vec::new();
+        Alone.write_stats(&stats, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.ends_with(" memory_throttles=0 workers=1 active_by_worker=4"),
+            "{text}"
+        );
     }
 }

@@ -135,15 +135,16 @@ pub enum Burst {
 }
 
 impl Acceptor {
-    /// Binds every listener the configuration asks for.
-    pub fn bind(config: &Config) -> io::Result<Self> {
+    /// Binds every listener the configuration asks for; with `reuse_port`, as one of
+    /// several sockets on each address (see [`listen`]).
+    pub fn bind(config: &Config, reuse_port: bool) -> io::Result<Self> {
         let mut sockets = [None, None, None, None];
         let mut addrs = [None; 4];
         for id in ListenerId::ALL {
             let Some(addr) = id.configured(config) else {
                 continue;
             };
-            let listener = listen(addr).map_err(|e| {
+            let listener = listen(addr, reuse_port).map_err(|e| {
                 io::Error::new(
                     e.kind(),
                     format!("cannot listen for {} on {addr}: {e}", id.name()),
@@ -162,6 +163,18 @@ impl Acceptor {
             last_warning: None,
             unreported: 0,
         })
+    }
+
+    /// An acceptor with no listeners: a worker that is handed its sockets by another.
+    pub fn none() -> Self {
+        Acceptor {
+            sockets: [None, None, None, None],
+            addrs: [None; 4],
+            reserve: None,
+            paused_until: None,
+            last_warning: None,
+            unreported: 0,
+        }
     }
 
     /// Registers every open listener with the poll.

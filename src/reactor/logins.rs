@@ -8,8 +8,10 @@
 //! ([`LoginBridge::next_verdict`]). The same pattern fits any blocking work a reactor must do.
 //!
 //! Invariants:
-//! - At most [`MAX_LOGINS_IN_FLIGHT`] jobs are queued or being verified, all connections
-//!   together; past that a LOGIN is answered "busy" at once ([`Submitted::Busy`]), so a flood
+//! - One pool serves every loop of the process ([`Logins`]); each job carries the channel
+//!   and waker of the loop that submitted it ([`Reply`]), so its verdict goes back there.
+//! - At most [`MAX_LOGINS_IN_FLIGHT`] jobs are queued or being verified, all connections of
+//!   all loops together; past that a LOGIN is answered "busy" at once ([`Submitted::Busy`]), so a flood
 //!   of logins cannot queue minutes of hashing. A connection has at most one job in flight
 //!   (it waits in `Verifying`).
 //! - Every job submitted gets exactly one [`LoginResult`], even if a worker panics or every
@@ -25,7 +27,7 @@
 
 use std::io;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
@@ -59,57 +61,132 @@ pub enum Submitted {
     Busy,
 }
 
-/// The loop's side of the bridge: the users, the pool (started on first use) and the count of
-/// jobs in flight.
-pub struct LoginBridge {
+/// What every loop of the process shares of the bridge: the users, the one pool of workers
+/// (started on first use) and the count of jobs in flight, all loops together.
+///
+/// Only a LOGIN touches it (a lock to start the pool or queue a job, an atomic for the cap):
+/// nothing on the path of any other request.
+pub struct Logins {
     users: Arc<Users>,
-    waker: Arc<Waker>,
-    pool: Option<VerifierPool>,
-    in_flight: usize,
+    pool: Mutex<Option<VerifierPool>>,
+    in_flight: AtomicUsize,
+}
+
+impl Logins {
+    pub fn new(users: Users) -> Arc<Logins> {
+        Arc::new(Logins {
+            users: Arc::new(users),
+            pool: Mutex::new(None),
+            in_flight: AtomicUsize::new(0),
+        })
+    }
+
+    /// Takes a slot under `MAX_LOGINS_IN_FLIGHT`; `false`: all are taken.
+    fn reserve(&self) -> bool {
+        self.in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_LOGINS_IN_FLIGHT).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    fn release(&self) {
+        let _ = self
+            .in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    }
+
+    /// Queues `job` on the pool, starting it first if this is the first LOGIN.
+    fn queue(&self, job: LoginJob) -> Result<(), LoginJob> {
+        let mut pool = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
+        if pool.is_none() {
+            match VerifierPool::new(Arc::clone(&self.users), login_threads()) {
+                Ok(started) => *pool = Some(started),
+                Err(e) => {
+                    warn!("cannot start the login workers: {e}");
+                    return Err(job);
+                }
+            }
+        }
+        match pool.as_ref() {
+            Some(pool) => {
+                pool.submit(job);
+                Ok(())
+            }
+            None => Err(job),
+        }
+    }
+}
+
+/// One loop's side of the bridge: the shared [`Logins`], and the channel and waker its
+/// verdicts come back through.
+pub struct LoginBridge {
+    shared: Arc<Logins>,
+    reply: Reply,
+    verdicts: Receiver<LoginResult>,
 }
 
 impl LoginBridge {
-    pub fn new(users: Users, waker: Arc<Waker>) -> LoginBridge {
+    pub fn new(shared: Arc<Logins>, waker: Arc<Waker>) -> LoginBridge {
+        let (results, verdicts) = mpsc::channel();
         LoginBridge {
-            users: Arc::new(users),
-            waker,
-            pool: None,
-            in_flight: 0,
+            shared,
+            reply: Reply { results, waker },
+            verdicts,
         }
     }
 
     /// Hands `credentials` to the workers; the verdict for `ticket` comes back later.
     pub fn submit(&mut self, ticket: Token, credentials: Credentials) -> Submitted {
-        if self.in_flight >= MAX_LOGINS_IN_FLIGHT {
+        if !self.shared.reserve() {
             return Submitted::Busy;
         }
-        if self.pool.is_none() {
-            let threads = login_threads();
-            match VerifierPool::new(Arc::clone(&self.users), threads, Arc::clone(&self.waker)) {
-                Ok(pool) => self.pool = Some(pool),
-                Err(e) => {
-                    warn!("cannot start the login workers: {e}");
-                    return Submitted::Busy;
-                }
-            }
-        }
-        let Some(pool) = &self.pool else {
-            return Submitted::Busy;
-        };
-        pool.submit(LoginJob {
+        let job = LoginJob {
             ticket: ticket.0 as u64,
             credentials,
-        });
-        self.in_flight += 1;
-        Submitted::Verifying
+            reply: self.reply.clone(),
+        };
+        match self.shared.queue(job) {
+            Ok(()) => Submitted::Verifying,
+            Err(_) => {
+                self.shared.release();
+                Submitted::Busy
+            }
+        }
     }
 
     /// The next verdict waiting, if any: the connection's token and whether the password was
     /// right. Never blocks.
     pub fn next_verdict(&mut self) -> Option<(Token, bool)> {
-        let result = self.pool.as_ref()?.try_recv()?;
-        self.in_flight = self.in_flight.saturating_sub(1);
+        let result = self.verdicts.try_recv().ok()?;
+        self.shared.release();
         Some((Token(result.ticket as usize), result.ok))
+    }
+}
+
+/// Where a job's verdict goes: the submitting loop's channel, and its waker.
+#[derive(Clone)]
+pub struct Reply {
+    results: Sender<LoginResult>,
+    waker: Arc<Waker>,
+}
+
+impl Reply {
+    /// Sends the verdict and wakes its loop. A loop that has exited has dropped its
+    /// receiver: the verdict has nobody to go to, and that is fine.
+    fn send(&self, result: LoginResult) {
+        if self.results.send(result).is_err() {
+            return;
+        }
+        if let Err(e) = self.waker.wake() {
+            error!("login verifier: wake failed: {e}");
+        }
+    }
+}
+
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Reply")
     }
 }
 
@@ -119,6 +196,7 @@ impl LoginBridge {
 pub struct LoginJob {
     pub ticket: u64,
     pub credentials: Credentials,
+    pub reply: Reply,
 }
 
 /// The answer to one [`LoginJob`].
@@ -128,13 +206,13 @@ pub struct LoginResult {
     pub ok: bool,
 }
 
-/// Worker threads verifying logins off the event loop.
+/// Worker threads verifying logins off the event loops: one pool for the whole process.
 ///
-/// The job queue has no bound of its own: [`LoginBridge`] keeps at most
-/// [`MAX_LOGINS_IN_FLIGHT`] jobs queued or running, and a connection has at most one (it waits
-/// in `Verifying`), so a client cannot queue a second login behind its first. Results come
-/// back on a channel of the same bound; after sending each one the worker calls
-/// `waker.wake()`, and the loop drains them all with [`VerifierPool::try_recv`].
+/// The job queue has no bound of its own: [`Logins`] keeps at most [`MAX_LOGINS_IN_FLIGHT`]
+/// jobs queued or running, and a connection has at most one (it waits in `Verifying`), so a
+/// client cannot queue a second login behind its first. Each job carries its [`Reply`]: the
+/// worker sends the verdict to the loop that submitted it and wakes that loop, which drains
+/// its verdicts with [`LoginBridge::next_verdict`].
 ///
 /// Dropping the pool closes the job queue, abandons the jobs still queued (their passwords
 /// are wiped as they are dropped), and joins the threads, which waits for at most one
@@ -142,11 +220,7 @@ pub struct LoginResult {
 pub struct VerifierPool {
     /// `None` only inside `drop`, to close the queue before joining.
     jobs: Option<Sender<LoginJob>>,
-    /// The loop's own handle on the result channel, to answer a job no worker can take.
-    results_tx: Sender<LoginResult>,
-    results: Receiver<LoginResult>,
     stopping: Arc<AtomicBool>,
-    waker: Arc<mio::Waker>,
     workers: Vec<JoinHandle<()>>,
 }
 
@@ -174,11 +248,7 @@ fn lower_priority() {
 
 impl VerifierPool {
     /// Starts `threads` workers, named `argon2-0`, `argon2-1`, ...; at least one is needed.
-    pub fn new(
-        users: Arc<Users>,
-        threads: usize,
-        waker: Arc<mio::Waker>,
-    ) -> io::Result<VerifierPool> {
+    pub fn new(users: Arc<Users>, threads: usize) -> io::Result<VerifierPool> {
         if threads == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -189,22 +259,16 @@ impl VerifierPool {
         // std's receiver has one owner; the workers take turns at it through the mutex, and
         // only while waiting for a job, never while verifying one.
         let job_rx = Arc::new(Mutex::new(job_rx));
-        let (results_tx, results) = mpsc::channel();
         let mut pool = VerifierPool {
             jobs: Some(jobs),
-            results_tx,
-            results,
             stopping: Arc::new(AtomicBool::new(false)),
-            waker,
             workers: Vec::with_capacity(threads),
         };
         for n in 0..threads {
             let worker = Worker {
                 jobs: Arc::clone(&job_rx),
-                results: pool.results_tx.clone(),
                 users: Arc::clone(&users),
                 stopping: Arc::clone(&pool.stopping),
-                waker: Arc::clone(&pool.waker),
             };
             // On failure `pool` is dropped here, which stops and joins the workers started.
             let handle = thread::Builder::new()
@@ -219,32 +283,25 @@ impl VerifierPool {
         Ok(pool)
     }
 
-    /// Queues a job; its result arrives later through [`VerifierPool::try_recv`].
+    /// Queues a job; its verdict goes to the job's [`Reply`].
     pub fn submit(&self, job: LoginJob) {
-        let ticket = job.ticket;
-        let sent = match &self.jobs {
-            Some(jobs) => jobs.send(job).is_ok(),
-            None => false,
+        let job = match &self.jobs {
+            Some(jobs) => match jobs.send(job) {
+                Ok(()) => return,
+                Err(mpsc::SendError(job)) => job,
+            },
+            None => job,
         };
-        if !sent {
-            // Every worker is gone (each would have had to panic outside a verification).
-            // Refuse the login rather than leave the caller waiting for ever.
-            error!("login verifier pool has no threads left: refusing ticket {ticket}");
-            self.answer(LoginResult { ticket, ok: false });
-        }
-    }
-
-    /// The next finished result, if any; never blocks.
-    pub fn try_recv(&self) -> Option<LoginResult> {
-        self.results.try_recv().ok()
-    }
-
-    fn answer(&self, result: LoginResult) {
-        // The receiver is `self.results`, alive as long as `self`: the send cannot fail.
-        let _ = self.results_tx.send(result);
-        if let Err(e) = self.waker.wake() {
-            error!("login verifier pool: wake failed: {e}");
-        }
+        // Every worker is gone (each would have had to panic outside a verification).
+        // Refuse the login rather than leave the caller waiting for ever.
+        error!(
+            "login verifier pool has no threads left: refusing ticket {}",
+            job.ticket
+        );
+        job.reply.send(LoginResult {
+            ticket: job.ticket,
+            ok: false,
+        });
     }
 }
 
@@ -263,10 +320,8 @@ impl Drop for VerifierPool {
 /// What one worker thread owns.
 struct Worker {
     jobs: Arc<Mutex<Receiver<LoginJob>>>,
-    results: Sender<LoginResult>,
     users: Arc<Users>,
     stopping: Arc<AtomicBool>,
-    waker: Arc<mio::Waker>,
 }
 
 impl Worker {
@@ -293,16 +348,10 @@ impl Worker {
                 error!("login verification panicked: ticket {} refused", job.ticket);
                 false
             });
-            let result = LoginResult {
+            job.reply.send(LoginResult {
                 ticket: job.ticket,
                 ok,
-            };
-            if self.results.send(result).is_err() {
-                return; // the pool is gone
-            }
-            if let Err(e) = self.waker.wake() {
-                error!("login verifier: wake failed: {e}");
-            }
+            });
         }
     }
 }
@@ -323,13 +372,17 @@ mod tests {
 
     #[test]
     fn a_job_never_shows_its_password() {
+        let poll = mio::Poll::new().expect("poll");
+        let waker = Arc::new(mio::Waker::new(poll.registry(), mio::Token(0)).expect("waker"));
+        let (results, _verdicts) = mpsc::channel();
         let job = LoginJob {
             ticket: 7,
             credentials: credentials(b"alice", b"hunter2"),
+            reply: Reply { results, waker },
         };
         assert_eq!(
             format!("{job:?}"),
-            r#"LoginJob { ticket: 7, credentials: Credentials { user: "alice", password: "<hidden>" } }"#
+            r#"LoginJob { ticket: 7, credentials: Credentials { user: "alice", password: "<hidden>" }, reply: Reply }"#
         );
         assert!(!format!("{job:#?}").contains("hunter2"));
     }
@@ -345,7 +398,12 @@ mod tests {
         let users = Arc::new(Users::parse(&text).expect("parse"));
         let mut poll = mio::Poll::new().expect("poll");
         let waker = Arc::new(mio::Waker::new(poll.registry(), WAKE).expect("waker"));
-        let pool = VerifierPool::new(users, 2, waker).expect("pool");
+        let pool = VerifierPool::new(users, 2).expect("pool");
+        let (results_tx, verdicts) = mpsc::channel();
+        let reply = Reply {
+            results: results_tx,
+            waker,
+        };
 
         let jobs: [(u64, &[u8], &[u8], bool); 6] = [
             (1, b"alice", b"a-pw", true),
@@ -359,6 +417,7 @@ mod tests {
             pool.submit(LoginJob {
                 ticket,
                 credentials: credentials(user, password),
+                reply: reply.clone(),
             });
         }
 
@@ -370,7 +429,7 @@ mod tests {
             assert!(!left.is_zero(), "results so far: {results:?}");
             poll.poll(&mut events, Some(left)).expect("poll");
             if events.iter().any(|e| e.token() == WAKE) {
-                while let Some(result) = pool.try_recv() {
+                while let Ok(result) = verdicts.try_recv() {
                     assert!(results.insert(result.ticket, result.ok).is_none());
                 }
             }
@@ -378,7 +437,7 @@ mod tests {
         for (ticket, user, _, ok) in jobs {
             assert_eq!(results.get(&ticket), Some(&ok), "ticket {ticket} {user:?}");
         }
-        assert_eq!(pool.try_recv(), None);
+        assert!(verdicts.try_recv().is_err());
     }
 
     #[test]
@@ -386,13 +445,15 @@ mod tests {
         let users = Arc::new(Users::parse(&cheap_line("alice", b"pw")).expect("parse"));
         let poll = mio::Poll::new().expect("poll");
         let waker = Arc::new(mio::Waker::new(poll.registry(), mio::Token(0)).expect("waker"));
-        let none = VerifierPool::new(Arc::clone(&users), 0, Arc::clone(&waker));
+        let none = VerifierPool::new(Arc::clone(&users), 0);
         assert_eq!(
             none.err().map(|e| e.kind()),
             Some(io::ErrorKind::InvalidInput)
         );
 
-        let pool = VerifierPool::new(users, 1, waker).expect("pool");
+        let pool = VerifierPool::new(users, 1).expect("pool");
+        let (results, _verdicts) = mpsc::channel();
+        let reply = Reply { results, waker };
         let names: Vec<String> = pool
             .workers
             .iter()
@@ -403,6 +464,7 @@ mod tests {
             pool.submit(LoginJob {
                 ticket,
                 credentials: credentials(b"alice", b"pw"),
+                reply: reply.clone(),
             });
         }
         drop(pool); // joins; the jobs still queued are abandoned, and wiped as they drop

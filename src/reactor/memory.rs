@@ -106,9 +106,17 @@ impl Budget {
 }
 
 impl Server {
-    /// The budget, logged once at start.
+    /// The budget, logged once at start (by worker 0 for all, with several).
     pub(super) fn log_budget(&self) {
+        if self.mailbox.index() != 0 {
+            return;
+        }
+        let workers = self.mailbox.fleet().workers();
         match self.budget {
+            Some(budget) if workers > 1 => info!(
+                "client memory budget: {} MiB per worker, {workers} workers (--client-memory)",
+                budget.limit() >> 20
+            ),
             Some(budget) => info!(
                 "client memory budget: {} MiB (--client-memory)",
                 budget.limit() >> 20

@@ -55,6 +55,7 @@
 
 pub mod accept;
 pub mod connection;
+pub mod fleet;
 pub mod logins;
 pub mod memory;
 pub mod tls;
@@ -85,7 +86,8 @@ use accept::{Acceptor, Burst, ListenerId};
 use connection::{
     CloseReason, Connection, Discarded, QUIET, State, Timeouts, Written, count_written,
 };
-use logins::{LoginBridge, Submitted};
+use fleet::{Census, Fleet, Mailbox};
+use logins::{LoginBridge, Logins, Submitted};
 use memory::Budget;
 use tls::TlsSession;
 
@@ -210,6 +212,12 @@ pub struct Server {
     scratch_out: Buffer,
     room: Room,
     stats: Stats,
+    /// This worker's place among the loops of the process (alone, with `--workers 1`).
+    mailbox: Mailbox,
+    /// What STATS reports: these counters and the other workers'.
+    census: Census,
+    /// Workers that were handed sockets or posted chat messages this turn, to wake.
+    to_wake: Vec<usize>,
     /// Work deferred to the next turn: listeners and connections that stopped early.
     revisit: Vec<Token>,
     /// Connections that received chat pushes during this turn.
@@ -231,32 +239,68 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds the listeners and sets up the loop; nothing is served until [`Server::run`].
+    /// Binds the listeners and sets up the loop, alone in its process; nothing is served
+    /// until [`Server::run`].
     pub fn bind(config: Config) -> io::Result<Server> {
+        let (logins, tls) = Server::shared_setup(&config)?;
+        let seat = Fleet::seats(&config, 1, logins, tls)?
+            .pop()
+            .ok_or_else(|| io::Error::other("no seat for the one worker"))?;
+        Server::bind_worker(config, seat)
+    }
+
+    /// What every worker of the process shares and that is read from files once: the users
+    /// (in the login pool) and the TLS configuration.
+    pub fn shared_setup(
+        config: &Config,
+    ) -> io::Result<(Arc<Logins>, Option<Arc<rustls::ServerConfig>>)> {
         if config.require_login && config.users.is_none() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "--require-login needs --users FILE: without a users file nobody could log in",
             ));
         }
-        let tls_config = match (&config.tls_cert, &config.tls_key) {
+        let tls = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => Some(tls::load_config(cert, key)?),
             _ => None,
         };
-        let poll = Poll::new()?;
-        let mut acceptor = Acceptor::bind(&config)?;
+        Ok((Logins::new(load_users(config)?), tls))
+    }
+
+    /// Sets up one worker of a fleet ([`fleet`]) in its seat: its listeners, if it has any
+    /// of its own (worker 0, or every worker with `--balance reuseport`), its signals, and
+    /// its share of the client-memory budget.
+    pub fn bind_worker(config: Config, seat: fleet::Seat) -> io::Result<Server> {
+        let fleet::Seat {
+            poll,
+            waker,
+            mailbox,
+        } = seat;
+        let fleet = mailbox.fleet();
+        let workers = fleet.workers();
+        let mut acceptor = if fleet.listens(mailbox.index()) {
+            Acceptor::bind(&config, fleet.reuse_port())?
+        } else {
+            Acceptor::none()
+        };
         let registry = poll.registry();
         acceptor.register(registry)?;
         let mut signals = Signals::new([SIGINT, SIGTERM])?;
         registry.register(&mut signals, token::SIGNALS, Interest::READABLE)?;
-        let waker = Arc::new(Waker::new(registry, token::WAKER)?);
-        let users = load_users(&config)?;
         let login_rules = LoginRules {
             required: config.require_login,
             checked: config.users.is_some(),
             max_unauthenticated_bytes: config.max_unauthenticated_request_bytes,
         };
-        let budget = Budget::new(config.client_memory());
+        // An even share each: a connection's memory is its own worker's business.
+        let budget = Budget::new(config.client_memory().map(|bytes| (bytes / workers).max(1)));
+        let room = match fleet.names() {
+            Some(names) => Room::shared(names),
+            None => Room::default(),
+        };
+        let logins = LoginBridge::new(fleet.logins(), Arc::clone(&waker));
+        let tls_config = fleet.tls();
+        let census = mailbox.census();
         let now = Instant::now();
         let server = Server {
             limits: Limits {
@@ -271,7 +315,7 @@ impl Server {
             accepted: Vec::new(),
             tls_config,
             signals,
-            logins: LoginBridge::new(users, Arc::clone(&waker)),
+            logins,
             waker,
             shutdown_requested: Arc::new(AtomicBool::new(false)),
             connections: Slab::new(),
@@ -287,8 +331,11 @@ impl Server {
             deferred: Vec::new(),
             scratch_in: vec![0; READ_CHUNK].into_boxed_slice(),
             scratch_out: Buffer::new(),
-            room: Room::default(),
+            room,
             stats: Stats::default(),
+            mailbox,
+            census,
+            to_wake: Vec::new(),
             revisit: Vec::new(),
             flush_later: Vec::new(),
             doomed: Vec::new(),
@@ -332,17 +379,15 @@ impl Server {
     /// Serves until a shutdown has completed; returns the final counters.
     pub fn run(mut self) -> io::Result<Stats> {
         while !self.turn(None)? {}
-        let mut pairs = Vec::new();
-        let _ = self.stats.write_pairs(&mut pairs);
-        info!(
-            "exit summary: served {} connections, {} bytes in, {} bytes out, peak client \
-             memory {} bytes; {}",
-            self.stats.accepted,
-            self.stats.bytes_in,
-            self.stats.bytes_out,
-            self.stats.client_memory_peak,
-            String::from_utf8_lossy(&pairs)
-        );
+        if self.mailbox.fleet().is_alone() {
+            log_summary(&self.stats);
+        } else {
+            // The fleet logs the sums once every worker is done.
+            self.mailbox
+                .fleet()
+                .publish(self.mailbox.index(), &self.stats);
+            debug!("worker done: served {} connections", self.stats.accepted);
+        }
         Ok(self.stats)
     }
 
@@ -374,6 +419,9 @@ impl Server {
         self.resume_throttled();
         self.reap();
         self.trim_allocator();
+        if !self.mailbox.fleet().is_alone() {
+            self.tell_fleet();
+        }
         let Some(deadline) = self.shutdown_deadline else {
             return Ok(false);
         };
@@ -543,9 +591,10 @@ impl Server {
         let mut batch = std::mem::take(&mut self.accepted);
         let burst = self.acceptor.accept_ready(id, self.now, &mut batch);
         for (socket, peer) in batch.drain(..) {
-            self.admit(socket, peer, id);
+            self.place(socket, peer, id);
         }
         self.accepted = batch;
+        self.wake_others();
         match burst {
             Burst::Drained => {}
             // More may be waiting, and no new edge will say so.
@@ -564,14 +613,13 @@ impl Server {
     /// would need a whole handshake before it could read it, so TLS refusals are plain closes.
     fn admit(&mut self, mut socket: TcpStream, peer: SocketAddr, id: ListenerId) {
         self.stats.accepted += 1;
-        let served = self.stats.active - self.rejecting as u64;
-        let full = served >= self.config.max_connections as u64;
+        let full = !self.mailbox.fleet().take_slot(self.config.max_connections);
         if full {
             self.stats.rejected_full += 1;
             if self.rejecting >= MAX_REJECTING || id.is_tls() {
                 debug!("refusing {peer}: server full, closed at once");
                 self.stats.closed += 1;
-                return;
+                return self.mailbox.fleet().leave(self.mailbox.index());
             }
         }
         let entry = self.connections.vacant_entry();
@@ -585,8 +633,7 @@ impl Server {
             Interest::READABLE | Interest::WRITABLE,
         ) {
             warn!("register {peer}: {e}");
-            self.stats.closed += 1;
-            return;
+            return self.never_served(full);
         }
         let tls = match (&self.tls_config, id.is_tls()) {
             (Some(config), true) => match TlsSession::new(config, self.now) {
@@ -594,8 +641,7 @@ impl Server {
                 Err(e) => {
                     warn!("TLS session for {peer}: {e}");
                     let _ = registry.deregister(&mut socket);
-                    self.stats.closed += 1;
-                    return;
+                    return self.never_served(full);
                 }
             },
             _ => None,
@@ -613,7 +659,21 @@ impl Server {
             debug!("conn={shown} accepted from {peer} ({})", id.name());
         }
         entry.insert(conn);
+        if self.shutdown_deadline.is_some() {
+            // Handed over by the acceptor just before its shutdown began.
+            return self.shut_down_connection(key);
+        }
         self.settle(key);
+    }
+
+    /// An accepted socket that could not be set up: counted as closed, its slot given back.
+    fn never_served(&mut self, refusal: bool) {
+        self.stats.closed += 1;
+        let fleet = self.mailbox.fleet();
+        if !refusal {
+            fleet.free_slot();
+        }
+        fleet.leave(self.mailbox.index());
     }
 
     /// Readiness for a connection: read (and execute) if readable, then write what is owed.
@@ -708,6 +768,7 @@ impl Server {
                 limits: self.limits,
                 room: &mut self.room,
                 stats: &mut self.stats,
+                totals: &self.census,
                 logins: self.login_rules,
             };
             let Some((processed, over_limit)) = self.connections[key].execute_some(
@@ -901,8 +962,16 @@ impl Server {
     /// behind are disconnected instead.
     fn broadcast(&mut self, sender_key: usize, message: &[u8]) {
         let sender = self.connections[sender_key].session().id;
+        if !self.mailbox.fleet().is_alone() {
+            self.post_to_others(message);
+        }
+        self.deliver(message, Some(sender));
+    }
+
+    /// Pushes `message` to every identified session of this worker but `except`.
+    fn deliver(&mut self, message: &[u8], except: Option<SessionId>) {
         for member in self.room.members() {
-            if member == sender {
+            if Some(member) == except {
                 continue;
             }
             let token = Token(member.0 as usize);
@@ -1104,6 +1173,9 @@ impl Server {
         while let Some((token, ok)) = self.logins.next_verdict() {
             self.finish_login(token, ok);
         }
+        if !self.mailbox.fleet().is_alone() {
+            self.take_mail();
+        }
     }
 
     /// Hands the LOGIN that stopped `execute` to the workers; the connection waits in
@@ -1171,6 +1243,8 @@ impl Server {
         self.stats.closed += 1;
         if refusal {
             self.rejecting -= 1;
+        } else {
+            self.mailbox.fleet().free_slot();
         }
     }
 
@@ -1201,6 +1275,7 @@ impl Server {
         } else {
             self.end_session(refusal);
         }
+        self.mailbox.fleet().leave(self.mailbox.index());
         self.closed.push(key);
     }
 
@@ -1224,6 +1299,21 @@ impl Server {
     fn instant_of(&self, tick: u64) -> Instant {
         self.epoch + TICK * u32::try_from(tick).unwrap_or(u32::MAX)
     }
+}
+
+/// The exit summary: the counters of the loop, or the sums over the workers.
+pub fn log_summary(stats: &Stats) {
+    let mut pairs = Vec::new();
+    let _ = stats.write_pairs(&mut pairs);
+    info!(
+        "exit summary: served {} connections, {} bytes in, {} bytes out, peak client memory \
+         {} bytes; {}",
+        stats.accepted,
+        stats.bytes_in,
+        stats.bytes_out,
+        stats.client_memory_peak,
+        String::from_utf8_lossy(&pairs)
+    );
 }
 
 /// The users file, or, without `--users`, no users at all (logins are then not checked).

@@ -44,7 +44,7 @@ pub const ERROR: u8 = 4;
 pub const DEFAULT_MAX_FRAME: u32 = 10 * 1024 * 1024;
 
 /// Every key of the STATS line, in the order the spec lists them.
-pub const STATS_KEYS: [&str; 26] = [
+pub const STATS_KEYS: [&str; 28] = [
     "accepted",
     "active",
     "closed",
@@ -71,6 +71,8 @@ pub const STATS_KEYS: [&str; 26] = [
     "client_memory_peak",
     "memory_evictions",
     "memory_throttles",
+    "workers",
+    "active_by_worker",
 ];
 
 /// A running `tcp-reactor` child process.
@@ -474,7 +476,8 @@ pub fn expect_error_frame_then_eof(stream: &mut TcpStream, reason: &str) {
 }
 
 /// Parses `STATS k=v k=v ...\n` into a map, asserting the shape (prefix, numeric values,
-/// no duplicate keys).
+/// no duplicate keys). `active_by_worker`, a comma-separated list, is mapped to the sum of
+/// its entries (which must equal `active`); [`active_by_worker`] gives the list itself.
 pub fn parse_stats(line: &[u8]) -> BTreeMap<String, u64> {
     let text = std::str::from_utf8(line).unwrap_or_else(|_| panic!("STATS: {}", show(line)));
     let text = text
@@ -488,12 +491,41 @@ pub fn parse_stats(line: &[u8]) -> BTreeMap<String, u64> {
         let (k, v) = pair
             .split_once('=')
             .unwrap_or_else(|| panic!("STATS field {pair:?} is not key=value in {text:?}"));
-        let v: u64 = v
-            .parse()
-            .unwrap_or_else(|_| panic!("STATS {k}={v:?} is not a number"));
+        let v: u64 = if k == "active_by_worker" {
+            parse_list(v).iter().sum()
+        } else {
+            v.parse()
+                .unwrap_or_else(|_| panic!("STATS {k}={v:?} is not a number"))
+        };
         assert!(map.insert(k.to_string(), v).is_none(), "duplicate key {k}");
     }
+    if let (Some(by_worker), Some(active)) = (map.get("active_by_worker"), map.get("active")) {
+        assert_eq!(
+            by_worker, active,
+            "active_by_worker does not add up in {text:?}"
+        );
+    }
     map
+}
+
+fn parse_list(value: &str) -> Vec<u64> {
+    value
+        .split(',')
+        .map(|n| {
+            n.parse()
+                .unwrap_or_else(|_| panic!("active_by_worker={value:?} is not a list of numbers"))
+        })
+        .collect()
+}
+
+/// The `active_by_worker` list of a STATS line: each worker's active connections.
+pub fn active_by_worker(line: &[u8]) -> Vec<u64> {
+    let text = String::from_utf8_lossy(line);
+    let value = text
+        .split_whitespace()
+        .find_map(|pair| pair.strip_prefix("active_by_worker="))
+        .unwrap_or_else(|| panic!("no active_by_worker in {text:?}"));
+    parse_list(value)
 }
 
 /// A line-protocol client that buffers what it reads, so bytes after a newline are kept for
@@ -773,4 +805,80 @@ impl Drop for UsersFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
     }
+}
+
+/// How many loops the server under test runs, and how they share the listeners: the test
+/// matrix of the behaviours that must not change with `--workers`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workers {
+    /// The default: one loop.
+    One,
+    /// `--workers 2`: worker 0 accepts and hands sockets over by least connections, so
+    /// clients connecting one after another alternate between the workers.
+    TwoLeastConn,
+    /// `--workers 2 --balance reuseport`: the kernel picks each connection's worker.
+    TwoReuseport,
+}
+
+impl Workers {
+    /// The server flags of this case.
+    pub fn args(self) -> &'static [&'static str] {
+        match self {
+            Workers::One => &[],
+            Workers::TwoLeastConn => &["--workers", "2"],
+            Workers::TwoReuseport => &["--workers", "2", "--balance", "reuseport"],
+        }
+    }
+
+    /// `TestServer::start(args)` with this case's flags added.
+    pub fn start(self, args: &[&str]) -> TestServer {
+        TestServer::start(&self.with(args))
+    }
+
+    /// `args` followed by this case's flags.
+    pub fn with<'a>(self, args: &[&'a str]) -> Vec<&'a str> {
+        let mut all = args.to_vec();
+        all.extend_from_slice(self.args());
+        all
+    }
+
+    pub fn count(self) -> usize {
+        match self {
+            Workers::One => 1,
+            Workers::TwoLeastConn | Workers::TwoReuseport => 2,
+        }
+    }
+}
+
+/// Declares a test run once per [`Workers`] case: `over_workers! { fn name(workers) { ... } }`
+/// makes the module `name` with the tests `one`, `two_least_conn` and `two_reuseport`, so a
+/// failure names its case (`chat::say_reaches_everyone::two_least_conn`).
+#[macro_export]
+macro_rules! over_workers {
+    ($($(#[$meta:meta])* fn $name:ident($workers:ident) $body:block)*) => {
+        $(
+            $(#[$meta])*
+            mod $name {
+                #[allow(unused_imports)]
+                use super::*;
+
+                fn case($workers: $crate::common::Workers) $body
+
+                #[test]
+                fn one() {
+                    case($crate::common::Workers::One)
+                }
+
+                #[test]
+                fn two_least_conn() {
+                    case($crate::common::Workers::TwoLeastConn)
+                }
+
+                #[test]
+                fn two_reuseport() {
+                    case($crate::common::Workers::TwoReuseport)
+                }
+            }
+        )*
+    };
 }

@@ -28,7 +28,7 @@ use tcp_reactor::handler::{
 use tcp_reactor::protocol::frame::{self, Command as FrameCommand, HEADER_LEN, MAGIC, VERSION};
 use tcp_reactor::protocol::line::{self, Command};
 use tcp_reactor::protocol::{Decoded, ProtocolError};
-use tcp_reactor::stats::Stats;
+use tcp_reactor::stats::{Alone, Stats};
 
 // ---------------------------------------------------------------------------------------------
 // Feeding a codec as the reactor does.
@@ -322,6 +322,7 @@ pub fn serve(protocol: Protocol, limits: Limits, reads: &[&[u8]], out_limit: usi
         },
         room: &mut room,
         stats: &mut stats,
+        totals: &Alone,
         logins,
     };
     process(&mut peer, b"HELLO peer\n", &mut out, usize::MAX, &mut cx);
@@ -341,6 +342,7 @@ pub fn serve(protocol: Protocol, limits: Limits, reads: &[&[u8]], out_limit: usi
                 limits,
                 room: &mut room,
                 stats: &mut stats,
+                totals: &Alone,
                 logins,
             };
             let processed = process(&mut session, &carry, &mut out, out_limit, &mut cx);

@@ -1,0 +1,584 @@
+//! Several loops in one process (`--workers N`): what they share, and how they talk.
+//!
+//! Each worker is a whole [`Server`](super::Server) on its own thread: its own poll, slab,
+//! timer wheel, buffers and counters. Serving a request touches nothing but that worker's
+//! own memory, so the loops scale like separate processes (nginx's workers, gnet's loops).
+//! What they share lives here, in one [`Fleet`], and is touched only by events rarer than a
+//! request:
+//!
+//! - **Placing connections** ([`Balance`]). With `least-conn`, worker 0 alone owns the
+//!   listeners: it accepts a burst, picks for each socket the worker with the fewest
+//!   connections (a load count per worker, raised by the acceptor as it places, lowered by
+//!   the owner as a connection closes), and sends it down that worker's hand-off channel.
+//!   With `reuseport`, every worker binds its own `SO_REUSEPORT` listeners and the kernel
+//!   picks, by a hash of the connection's addresses.
+//! - **The limits.** `--max-connections` is one count for the process (an atomic taken at
+//!   admission, given back when the session ends); the login pool is one pool
+//!   ([`Logins`]); `--client-memory` is split evenly, each worker holding its share.
+//! - **The chat room.** Names are unique across workers ([`Names`], a lock taken by HELLO and
+//!   by a session's end). A SAY is delivered by its own worker to its local sessions, and
+//!   posted once to every other worker's inbox: a channel of shared message bytes, bounded
+//!   at [`INBOX_BYTES`], that its owner drains on its next wakeup and delivers to its own
+//!   sessions. One sender's messages enter each inbox in the order sent and leave it in that
+//!   order, so every session sees each sender's messages in order, once.
+//! - **STATS.** Each worker publishes a copy of its counters at the end of every turn; the
+//!   worker answering STATS adds the others' copies to its own live counters.
+//!
+//! Waking: a worker that hands a socket over or posts a message sets the receiver's
+//! `signalled` flag and, if it was clear, calls its `mio::Waker` (one eventfd write); the
+//! receiver clears the flag before it drains. So a burst of hand-offs or posts costs one
+//! wakeup, however many it holds.
+//!
+//! What it refuses to do: block. An inbox that is full does not make the sender wait; the
+//! message is not queued and the receiving worker is told it lost one: before delivering
+//! anything further it disconnects its identified sessions as slow readers (they missed a
+//! message, and a session never silently misses one; it is dropped, as at the push cap).
+//! A worker that falls behind therefore costs its own sessions, never the other workers.
+
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use log::{error, info, warn};
+use mio::net::TcpStream;
+use mio::{Poll, Token, Waker};
+
+use super::Server;
+use super::accept::ListenerId;
+use super::logins::Logins;
+use super::token;
+use crate::config::{Balance, Config};
+use crate::handler::Names;
+use crate::stats::{Stats, Totals};
+
+/// Chat bytes one worker may have waiting in its inbox from the others. A worker drains its
+/// inbox on every wakeup, so this is reached only by one that has stopped keeping up: 8 MiB
+/// is eight full push caps (`PUSH_CAP`), several thousand SAYs of ordinary length.
+pub const INBOX_BYTES: usize = 8 << 20;
+
+/// A socket accepted by the worker that owns the listeners, for another one to serve.
+pub struct Handoff {
+    pub socket: TcpStream,
+    pub peer: SocketAddr,
+    pub listener: ListenerId,
+}
+
+/// What the other workers may touch of one worker. Aligned to two cache lines so that one
+/// worker's counters never share a line with another's (adjacent-line prefetch included).
+#[repr(align(128))]
+struct Member {
+    waker: Arc<Waker>,
+    /// Set by whoever hands over or posts; cleared by the owner before it drains.
+    signalled: AtomicBool,
+    handoffs: Sender<Handoff>,
+    inbox: Sender<Arc<[u8]>>,
+    /// Bytes posted to the inbox and not yet taken out.
+    inbox_bytes: AtomicUsize,
+    /// A message could not be posted: the owner's sessions have missed one.
+    lost: AtomicBool,
+    /// Connections placed on this worker and not yet closed (least-conn only).
+    load: AtomicUsize,
+    /// The worker's counters as of the end of its last turn.
+    published: Mutex<Stats>,
+}
+
+/// The workers of one process and what they share; see the module doc.
+pub struct Fleet {
+    members: Box<[Member]>,
+    balance: Balance,
+    /// Sessions served now (not counting refusals), all workers together.
+    served: AtomicUsize,
+    names: Arc<Names>,
+    logins: Arc<Logins>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// What one worker is given to be built from: its poll (with the waker the others use
+/// already registered) and its mailbox.
+pub struct Seat {
+    pub poll: Poll,
+    pub waker: Arc<Waker>,
+    pub mailbox: Mailbox,
+}
+
+/// One worker's place in the fleet: its index, the fleet, and the receiving ends of its
+/// hand-off channel and chat inbox.
+pub struct Mailbox {
+    index: usize,
+    fleet: Arc<Fleet>,
+    handoffs: Receiver<Handoff>,
+    inbox: Receiver<Arc<[u8]>>,
+}
+
+impl Fleet {
+    /// The shared state of `workers` loops, and a seat for each.
+    pub fn seats(
+        config: &Config,
+        workers: usize,
+        logins: Arc<Logins>,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> io::Result<Vec<Seat>> {
+        let mut polls = Vec::with_capacity(workers);
+        let mut members = Vec::with_capacity(workers);
+        let mut receivers = Vec::with_capacity(workers);
+        for _ in 0..workers {
+            let poll = Poll::new()?;
+            let waker = Arc::new(Waker::new(poll.registry(), token::WAKER)?);
+            let (handoffs, handoffs_rx) = mpsc::channel();
+            let (inbox, inbox_rx) = mpsc::channel();
+            members.push(Member {
+                waker: Arc::clone(&waker),
+                signalled: AtomicBool::new(false),
+                handoffs,
+                inbox,
+                inbox_bytes: AtomicUsize::new(0),
+                lost: AtomicBool::new(false),
+                load: AtomicUsize::new(0),
+                published: Mutex::new(Stats::default()),
+            });
+            polls.push((poll, waker));
+            receivers.push((handoffs_rx, inbox_rx));
+        }
+        let fleet = Arc::new(Fleet {
+            members: members.into_boxed_slice(),
+            balance: config.balance,
+            served: AtomicUsize::new(0),
+            names: Arc::new(Names::default()),
+            logins,
+            tls,
+        });
+        Ok(polls
+            .into_iter()
+            .zip(receivers)
+            .enumerate()
+            .map(|(index, ((poll, waker), (handoffs, inbox)))| Seat {
+                poll,
+                waker,
+                mailbox: Mailbox {
+                    index,
+                    fleet: Arc::clone(&fleet),
+                    handoffs,
+                    inbox,
+                },
+            })
+            .collect())
+    }
+
+    /// How many workers there are.
+    pub fn workers(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Whether this worker is the only one: then nothing here is ever contended or posted.
+    pub fn is_alone(&self) -> bool {
+        self.members.len() == 1
+    }
+
+    pub fn logins(&self) -> Arc<Logins> {
+        Arc::clone(&self.logins)
+    }
+
+    pub fn tls(&self) -> Option<Arc<rustls::ServerConfig>> {
+        self.tls.clone()
+    }
+
+    /// The names every worker's room shares; `None` for a worker alone, whose room needs
+    /// no lock.
+    pub fn names(&self) -> Option<Arc<Names>> {
+        (!self.is_alone()).then(|| Arc::clone(&self.names))
+    }
+
+    /// Whether `worker` binds listeners of its own.
+    pub fn listens(&self, worker: usize) -> bool {
+        worker == 0 || self.balance == Balance::Reuseport
+    }
+
+    /// Whether the listeners are bound with `SO_REUSEPORT`, shared by every worker.
+    pub fn reuse_port(&self) -> bool {
+        !self.is_alone() && self.balance == Balance::Reuseport
+    }
+
+    /// Takes one of the `max` session slots of the process; `false`: all are taken.
+    pub fn take_slot(&self, max: usize) -> bool {
+        self.served
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// A session has ended: its slot is free.
+    pub fn free_slot(&self) {
+        self.served.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Whether connections are placed by their count (least-conn over several workers).
+    fn places(&self) -> bool {
+        !self.is_alone() && self.balance == Balance::LeastConn
+    }
+
+    /// The worker that should serve the next accepted socket: the one with the fewest
+    /// connections (the lowest index among equals), which is counted as having one more.
+    pub fn place(&self, from: usize) -> usize {
+        if !self.places() {
+            return from;
+        }
+        let (target, _) = self
+            .members
+            .iter()
+            .enumerate()
+            .map(|(index, member)| (index, member.load.load(Ordering::Relaxed)))
+            .min_by_key(|&(index, load)| (load, index))
+            .unwrap_or((from, 0));
+        self.members[target].load.fetch_add(1, Ordering::Relaxed);
+        target
+    }
+
+    /// A connection placed on `worker` has closed (or never became one).
+    pub fn leave(&self, worker: usize) {
+        if self.places() {
+            let _ =
+                self.members[worker]
+                    .load
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        }
+    }
+
+    /// A socket placed on `from` is served by `to` after all.
+    pub fn moved(&self, from: usize, to: usize) {
+        if self.places() {
+            self.leave(from);
+            self.members[to].load.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Sends a socket to `worker`; it is woken by [`Fleet::wake`]. A worker that has already
+    /// exited gives the socket back.
+    pub fn hand_off(&self, worker: usize, handoff: Handoff) -> Result<(), Handoff> {
+        self.members[worker]
+            .handoffs
+            .send(handoff)
+            .map_err(|mpsc::SendError(handoff)| handoff)
+    }
+
+    /// Posts a chat message to `worker`'s inbox; it is woken by [`Fleet::wake`]. Over
+    /// `INBOX_BYTES` the message is not queued, and the worker learns that it lost one.
+    pub fn post(&self, worker: usize, message: &Arc<[u8]>) {
+        let member = &self.members[worker];
+        let len = message.len();
+        let waiting = member.inbox_bytes.fetch_add(len, Ordering::AcqRel);
+        if waiting + len > INBOX_BYTES {
+            member.inbox_bytes.fetch_sub(len, Ordering::AcqRel);
+            member.lost.store(true, Ordering::Release);
+            return;
+        }
+        if member.inbox.send(Arc::clone(message)).is_err() {
+            // The worker has exited: nobody is left there to deliver to.
+            member.inbox_bytes.fetch_sub(len, Ordering::AcqRel);
+        }
+    }
+
+    /// Wakes `worker` unless it was woken since it last drained its mail.
+    pub fn wake(&self, worker: usize) -> io::Result<()> {
+        let member = &self.members[worker];
+        if member.signalled.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        member.waker.wake()
+    }
+
+    /// Publishes `worker`'s counters for the others' STATS.
+    pub fn publish(&self, worker: usize, stats: &Stats) {
+        self.members[worker]
+            .published
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone_from(stats);
+    }
+
+    /// The sums over every worker, `own` (the caller's live counters) standing for
+    /// `worker`'s, and each worker's active connections in worker order.
+    pub fn totals(&self, worker: usize, own: &Stats) -> (Stats, Vec<u64>) {
+        let mut sum = Stats::default();
+        let mut active = Vec::with_capacity(self.members.len());
+        for (index, member) in self.members.iter().enumerate() {
+            if index == worker {
+                sum.absorb(own);
+                active.push(own.active);
+            } else {
+                let published = member
+                    .published
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                sum.absorb(&published);
+                active.push(published.active);
+            }
+        }
+        (sum, active)
+    }
+}
+
+impl Mailbox {
+    /// This worker's index: 0 to `workers - 1`.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    pub fn fleet(&self) -> &Fleet {
+        &self.fleet
+    }
+
+    /// Begins taking the mail: the `signalled` flag is cleared first, so anything handed
+    /// over or posted after this call wakes the worker again.
+    pub fn open(&self) {
+        self.fleet.members[self.index]
+            .signalled
+            .store(false, Ordering::Release);
+    }
+
+    /// The next piece of mail, if any: sockets first, then messages in the order posted.
+    pub fn next(&self) -> Option<Delivery> {
+        let member = &self.fleet.members[self.index];
+        if let Ok(handoff) = self.handoffs.try_recv() {
+            return Some(Delivery::Socket(handoff));
+        }
+        if let Ok(bytes) = self.inbox.try_recv() {
+            member.inbox_bytes.fetch_sub(bytes.len(), Ordering::AcqRel);
+            // Read after the message: a sender marks a loss before it posts anything after
+            // it, so a message posted after a loss always finds the loss marked here.
+            let lost = member.lost.swap(false, Ordering::AcqRel);
+            return Some(Delivery::Message { bytes, lost });
+        }
+        member
+            .lost
+            .swap(false, Ordering::AcqRel)
+            .then_some(Delivery::Lost)
+    }
+
+    /// STATS's view of the process from this worker.
+    pub fn census(&self) -> Census {
+        Census {
+            fleet: Arc::clone(&self.fleet),
+            index: self.index,
+        }
+    }
+}
+
+/// One piece of mail: a socket to serve, or a chat message to deliver.
+pub enum Delivery {
+    Socket(Handoff),
+    /// `lost`: messages were dropped before this one for want of inbox room.
+    Message {
+        bytes: Arc<[u8]>,
+        lost: bool,
+    },
+    /// Messages were dropped and none came after them.
+    Lost,
+}
+
+/// STATS from one worker: its own counters summed with the others' published ones.
+pub struct Census {
+    fleet: Arc<Fleet>,
+    index: usize,
+}
+
+impl Totals for Census {
+    fn write_stats(&self, own: &Stats, out: &mut dyn Write) -> io::Result<()> {
+        if self.fleet.is_alone() {
+            return crate::stats::Alone.write_stats(own, out);
+        }
+        let (sum, active) = self.fleet.totals(self.index, own);
+        sum.write_pairs(&mut *out)?;
+        write!(out, " workers={} active_by_worker=", self.fleet.workers())?;
+        for (n, count) in active.iter().enumerate() {
+            let separator = if n == 0 { "" } else { "," };
+            write!(out, "{separator}{count}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Pieces of mail taken per wakeup: past it the worker wakes itself and takes the rest in
+/// its next turn, so a stream of chat from the other workers cannot hold its own clients up.
+const MAIL_BUDGET: usize = 1024;
+
+/// The loop's side: placing accepted sockets, taking mail, posting chat, publishing.
+impl Server {
+    /// Serves an accepted socket here, or hands it to the worker with the fewest
+    /// connections (woken at the end of the accept burst).
+    pub(super) fn place(&mut self, socket: TcpStream, peer: SocketAddr, id: ListenerId) {
+        let me = self.mailbox.index();
+        let fleet = self.mailbox.fleet();
+        let target = fleet.place(me);
+        if target == me {
+            return self.admit(socket, peer, id);
+        }
+        let handoff = Handoff {
+            socket,
+            peer,
+            listener: id,
+        };
+        match fleet.hand_off(target, handoff) {
+            Ok(()) => self.wake_later(target),
+            Err(handoff) => {
+                // That worker has exited (a shutdown is under way): serve it here.
+                fleet.moved(target, me);
+                self.admit(handoff.socket, handoff.peer, handoff.listener);
+            }
+        }
+    }
+
+    fn wake_later(&mut self, worker: usize) {
+        if !self.to_wake.contains(&worker) {
+            self.to_wake.push(worker);
+        }
+    }
+
+    /// Wakes the workers handed sockets or posted messages since the last call.
+    pub(super) fn wake_others(&mut self) {
+        for worker in self.to_wake.drain(..) {
+            if let Err(e) = self.mailbox.fleet().wake(worker) {
+                error!("waking worker {worker}: {e}");
+            }
+        }
+    }
+
+    /// The end of a turn with other workers about: counters for their STATS, and a wake
+    /// for the ones given work.
+    pub(super) fn tell_fleet(&mut self) {
+        self.mailbox
+            .fleet()
+            .publish(self.mailbox.index(), &self.stats);
+        self.wake_others();
+    }
+
+    /// A SAY's message for the sessions of the other workers: one shared copy, posted to
+    /// each inbox in the order the SAYs were executed.
+    pub(super) fn post_to_others(&mut self, message: &[u8]) {
+        let me = self.mailbox.index();
+        let bytes: Arc<[u8]> = Arc::from(message);
+        for worker in (0..self.mailbox.fleet().workers()).filter(|&w| w != me) {
+            self.mailbox.fleet().post(worker, &bytes);
+            self.wake_later(worker);
+        }
+    }
+
+    /// Woken by the other workers: serve the sockets they handed over, deliver the chat
+    /// messages they posted.
+    pub(super) fn take_mail(&mut self) {
+        self.mailbox.open();
+        for _ in 0..MAIL_BUDGET {
+            match self.mailbox.next() {
+                None => return,
+                Some(Delivery::Socket(handoff)) => {
+                    self.admit(handoff.socket, handoff.peer, handoff.listener);
+                }
+                Some(Delivery::Message { bytes, lost }) => {
+                    if lost {
+                        self.drop_chat_sessions();
+                    }
+                    self.deliver(&bytes, None);
+                }
+                Some(Delivery::Lost) => self.drop_chat_sessions(),
+            }
+        }
+        // More may be waiting, and nothing else would wake us for it.
+        let me = self.mailbox.index();
+        if let Err(e) = self.mailbox.fleet().wake(me) {
+            error!("waking worker {me} for its mail: {e}");
+        }
+    }
+
+    /// Messages for this worker's sessions were lost (its inbox was full): every identified
+    /// session has missed one, and is disconnected as a slow reader rather than go on with
+    /// a gap it cannot see.
+    #[cold]
+    fn drop_chat_sessions(&mut self) {
+        warn!("chat inbox over {INBOX_BYTES} bytes: dropping this worker's chat sessions");
+        let mut doomed = std::mem::take(&mut self.doomed);
+        doomed.extend(
+            self.room
+                .members()
+                .filter_map(|id| self.key_of(Token(id.0 as usize))),
+        );
+        for &key in &doomed {
+            self.stats.slow_reader_drops += 1;
+            self.close(key, "slow reader: its worker's chat inbox overflowed");
+        }
+        doomed.clear();
+        self.doomed = doomed;
+    }
+}
+
+/// Runs `--workers` loops until every one has finished its shutdown, and returns the sums
+/// of their counters (also logged as the exit summary). One worker runs on the calling
+/// thread as a plain [`Server`]; several run on threads named `w0`, `w1`, ..., which is how
+/// their log lines name them. Should one fail, the others are shut down.
+pub fn run(config: Config) -> io::Result<Stats> {
+    let workers = config.workers.count();
+    if workers == 1 {
+        return Server::bind(config)?.run();
+    }
+    let (logins, tls) = Server::shared_setup(&config)?;
+    let seats = Fleet::seats(&config, workers, logins, tls)?;
+    let mut config = config;
+    let mut servers = Vec::with_capacity(workers);
+    for seat in seats {
+        let server = Server::bind_worker(config.clone(), seat)?;
+        if servers.is_empty() {
+            // Worker 0 resolved any port 0: the others' listeners share its ports.
+            config.line_addr = server.line_addr();
+            config.frame_addr = server.frame_addr();
+            config.line_tls_addr = server.addr(ListenerId::LineTls);
+            config.frame_tls_addr = server.addr(ListenerId::FrameTls);
+        }
+        servers.push(server);
+    }
+    info!(
+        "{workers} workers, connections placed by {}",
+        match config.balance {
+            Balance::LeastConn => "least-conn: worker 0 accepts and hands them over",
+            Balance::Reuseport => "reuseport: each worker accepts on its own listeners",
+        }
+    );
+    let handles: Vec<_> = servers.iter().map(Server::shutdown_handle).collect();
+    let (done, finished) = mpsc::channel();
+    let mut threads = Vec::with_capacity(workers);
+    for (index, server) in servers.into_iter().enumerate() {
+        let done = done.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("w{index}"))
+            .spawn(move || {
+                let result =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| server.run()))
+                        .unwrap_or_else(|_| Err(io::Error::other("the worker panicked")));
+                let _ = done.send((index, result));
+            })?;
+        threads.push(thread);
+    }
+    drop(done);
+    let mut sum = Stats::default();
+    let mut failure = None;
+    for (index, result) in finished.iter() {
+        match result {
+            Ok(stats) => sum.absorb(&stats),
+            Err(e) => {
+                error!("worker {index} failed: {e}; shutting the others down");
+                for handle in &handles {
+                    let _ = handle.shutdown();
+                }
+                failure.get_or_insert(e);
+            }
+        }
+    }
+    for thread in threads {
+        let _ = thread.join();
+    }
+    super::log_summary(&sum);
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(sum),
+    }
+}
