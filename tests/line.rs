@@ -133,52 +133,53 @@ fn usage_errors_keep_the_connection_open() {
     }
 }
 
-#[test]
-fn stats_has_every_key_and_counters_move() {
-    let server = TestServer::start(&[]);
-    let mut c = server.line_client();
-    let first = c.request(b"STATS");
-    assert!(first.starts_with(b"STATS accepted="), "{}", show(&first));
-    assert_eq!(first.iter().filter(|&&b| b == b'\n').count(), 1);
-    let before = parse_stats(&first);
-    for key in STATS_KEYS {
-        assert!(
-            before.contains_key(key),
-            "STATS lacks {key}: {}",
-            show(&first)
-        );
-    }
-    assert!(before["accepted"] >= 1, "{before:?}");
-    assert!(before["active"] >= 1, "{before:?}");
+over_workers! {
+    fn stats_has_every_key_and_counters_move(workers) {
+        let server = workers.start(&[]);
+        let mut c = server.line_client();
+        let first = c.request(b"STATS");
+        assert!(first.starts_with(b"STATS accepted="), "{}", show(&first));
+        assert_eq!(first.iter().filter(|&&b| b == b'\n').count(), 1);
+        let before = parse_stats(&first);
+        for key in STATS_KEYS {
+            assert!(
+                before.contains_key(key),
+                "STATS lacks {key}: {}",
+                show(&first)
+            );
+        }
+        assert!(before["accepted"] >= 1, "{before:?}");
+        assert!(before["active"] >= 1, "{before:?}");
 
-    for i in 0..3 {
+        for i in 0..3 {
+            assert_eq!(
+                c.request(format!("PING {i}").as_bytes()),
+                format!("PONG {i}\n").as_bytes()
+            );
+        }
+        let after = parse_stats(&c.request(b"stats"));
+        for key in STATS_KEYS {
+            assert!(after.contains_key(key), "STATS lacks {key}: {after:?}");
+        }
+        assert!(
+            after["requests"] >= before["requests"] + 3,
+            "requests did not count 3 PINGs: {} -> {}",
+            before["requests"],
+            after["requests"]
+        );
+        assert!(
+            after["bytes_in"] > before["bytes_in"],
+            "{before:?} -> {after:?}"
+        );
+        assert!(
+            after["bytes_out"] > before["bytes_out"],
+            "{before:?} -> {after:?}"
+        );
         assert_eq!(
-            c.request(format!("PING {i}").as_bytes()),
-            format!("PONG {i}\n").as_bytes()
+            after["accepted"], before["accepted"],
+            "no new connection was made"
         );
     }
-    let after = parse_stats(&c.request(b"stats"));
-    for key in STATS_KEYS {
-        assert!(after.contains_key(key), "STATS lacks {key}: {after:?}");
-    }
-    assert!(
-        after["requests"] >= before["requests"] + 3,
-        "requests did not count 3 PINGs: {} -> {}",
-        before["requests"],
-        after["requests"]
-    );
-    assert!(
-        after["bytes_in"] > before["bytes_in"],
-        "{before:?} -> {after:?}"
-    );
-    assert!(
-        after["bytes_out"] > before["bytes_out"],
-        "{before:?} -> {after:?}"
-    );
-    assert_eq!(
-        after["accepted"], before["accepted"],
-        "no new connection was made"
-    );
 }
 
 #[test]

@@ -42,166 +42,172 @@ fn is_refused(addr: SocketAddr) -> bool {
     }
 }
 
-#[test]
-fn pipelined_requests_are_answered_after_sigterm() {
-    const PINGS: usize = 10_000;
-    let mut server = TestServer::start(&["--shutdown-timeout", "5s"]);
-    let mut requests = Vec::new();
-    for i in 0..PINGS {
-        requests.extend_from_slice(format!("PING {i}\n").as_bytes());
-    }
-    let mut clients: Vec<LineClient> = (0..3).map(|_| server.line_client()).collect();
-    for c in &mut clients {
-        c.send(&requests);
-    }
-    let mut frames = Vec::new();
-    for i in 0..1000u32 {
-        frames.extend(frame(HEARTBEAT, &i.to_be_bytes()));
-    }
-    let mut frame_client = server.connect_frame();
-    send(&mut frame_client, &frames);
-
-    // Nothing has been read yet.
-    server.signal(libc::SIGTERM);
-
-    for (n, c) in clients.iter_mut().enumerate() {
+over_workers! {
+    fn pipelined_requests_are_answered_after_sigterm(workers) {
+        const PINGS: usize = 10_000;
+        let mut server = workers.start(&["--shutdown-timeout", "5s"]);
+        let mut requests = Vec::new();
         for i in 0..PINGS {
-            let line = c.read_line();
+            requests.extend_from_slice(format!("PING {i}\n").as_bytes());
+        }
+        let mut clients: Vec<LineClient> = (0..3).map(|_| server.line_client()).collect();
+        for c in &mut clients {
+            c.send(&requests);
+        }
+        let mut frames = Vec::new();
+        for i in 0..1000u32 {
+            frames.extend(frame(HEARTBEAT, &i.to_be_bytes()));
+        }
+        let mut frame_client = server.connect_frame();
+        send(&mut frame_client, &frames);
+
+        // Nothing has been read yet.
+        server.signal(libc::SIGTERM);
+
+        for (n, c) in clients.iter_mut().enumerate() {
+            for i in 0..PINGS {
+                let line = c.read_line();
+                assert_eq!(
+                    show(&line),
+                    show(format!("PONG {i}\n").as_bytes()),
+                    "client {n}"
+                );
+            }
+            c.expect_eof();
+        }
+        for i in 0..1000u32 {
             assert_eq!(
-                show(&line),
-                show(format!("PONG {i}\n").as_bytes()),
-                "client {n}"
+                read_frame(&mut frame_client),
+                (HEARTBEAT, i.to_be_bytes().to_vec())
             );
         }
-        c.expect_eof();
+        expect_eof(&mut frame_client);
+        drop((clients, frame_client));
+        assert_clean_exit(&mut server, Duration::from_secs(5) + EXIT_SLACK);
     }
-    for i in 0..1000u32 {
-        assert_eq!(
-            read_frame(&mut frame_client),
-            (HEARTBEAT, i.to_be_bytes().to_vec())
+}
+
+over_workers! {
+    fn new_connections_are_refused_after_sigterm(workers) {
+        let mut server = workers.start(&["--shutdown-timeout", "3s"]);
+        // A client that writes without reading keeps the server busy draining after the signal.
+        let mut stalled = server.line_client();
+        let stall = write_until_stalled(
+            &mut stalled.stream,
+            Duration::from_millis(1000),
+            256 * 1024 * 1024,
+            |i| format!("PING {i}\n").into_bytes(),
+        );
+        assert!(stall.stalled, "server never pushed back");
+        let (line_addr, frame_addr) = (server.line_addr(), server.frame_addr());
+
+        server.signal(libc::SIGTERM);
+        let refused = wait_until(after(Duration::from_secs(2)), || {
+            is_refused(line_addr) && is_refused(frame_addr)
+        });
+        assert!(refused, "listeners still accept connections after SIGTERM");
+
+        // Whatever replies were produced are correct and in order; then the socket closes.
+        let mut i = 0u64;
+        let end = loop {
+            match stalled.try_read_line() {
+                Ok(Some(line)) => {
+                    assert_eq!(show(&line), show(format!("PONG {i}\n").as_bytes()));
+                    i += 1;
+                }
+                Ok(None) => break "EOF",
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => break "reset",
+                Err(e) => panic!("after {i} replies: {e}"),
+            }
+        };
+        eprintln!("stalled client: {i} of {} replies, then {end}", stall.lines);
+        drop(stalled);
+        assert_clean_exit(&mut server, Duration::from_secs(3) + EXIT_SLACK);
+    }
+}
+
+over_workers! {
+    fn idle_clients_are_closed_at_shutdown_and_exit_is_prompt(workers) {
+        // A long shutdown timeout: idle clients owe nothing, so the exit must not wait for it.
+        let mut server = workers.start(&["--shutdown-timeout", "10s"]);
+        let mut silent_line = server.connect_line();
+        let mut silent_frame = server.connect_frame();
+        let mut served = server.line_client();
+        assert_eq!(served.request(b"PING"), b"PONG\n");
+        let mut served_frame = server.connect_frame();
+        send(&mut served_frame, &frame(HEARTBEAT, b""));
+        assert_eq!(read_frame(&mut served_frame), (HEARTBEAT, Vec::new()));
+        // Both silent clients are surely accepted once the STATS connection sees them.
+        assert!(wait_until(after(Duration::from_secs(5)), || {
+            server.stats()["active"] >= 5
+        }));
+
+        let signalled = Instant::now();
+        server.signal(libc::SIGTERM);
+        expect_eof(&mut silent_line);
+        expect_eof(&mut silent_frame);
+        served.expect_eof();
+        expect_eof(&mut served_frame);
+        // Like any client, close on EOF (the server may wait for our FIN before its close).
+        drop((silent_line, silent_frame, served, served_frame));
+        assert_clean_exit(&mut server, Duration::from_secs(3));
+        assert!(
+            signalled.elapsed() < Duration::from_secs(5),
+            "exit took {:?}",
+            signalled.elapsed()
         );
     }
-    expect_eof(&mut frame_client);
-    drop((clients, frame_client));
-    assert_clean_exit(&mut server, Duration::from_secs(5) + EXIT_SLACK);
 }
 
-#[test]
-fn new_connections_are_refused_after_sigterm() {
-    let mut server = TestServer::start(&["--shutdown-timeout", "3s"]);
-    // A client that writes without reading keeps the server busy draining after the signal.
-    let mut stalled = server.line_client();
-    let stall = write_until_stalled(
-        &mut stalled.stream,
-        Duration::from_millis(1000),
-        256 * 1024 * 1024,
-        |i| format!("PING {i}\n").into_bytes(),
-    );
-    assert!(stall.stalled, "server never pushed back");
-    let (line_addr, frame_addr) = (server.line_addr(), server.frame_addr());
-
-    server.signal(libc::SIGTERM);
-    let refused = wait_until(after(Duration::from_secs(2)), || {
-        is_refused(line_addr) && is_refused(frame_addr)
-    });
-    assert!(refused, "listeners still accept connections after SIGTERM");
-
-    // Whatever replies were produced are correct and in order; then the socket closes.
-    let mut i = 0u64;
-    let end = loop {
-        match stalled.try_read_line() {
-            Ok(Some(line)) => {
-                assert_eq!(show(&line), show(format!("PONG {i}\n").as_bytes()));
-                i += 1;
-            }
-            Ok(None) => break "EOF",
-            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => break "reset",
-            Err(e) => panic!("after {i} replies: {e}"),
-        }
-    };
-    eprintln!("stalled client: {i} of {} replies, then {end}", stall.lines);
-    drop(stalled);
-    assert_clean_exit(&mut server, Duration::from_secs(3) + EXIT_SLACK);
-}
-
-#[test]
-fn idle_clients_are_closed_at_shutdown_and_exit_is_prompt() {
-    // A long shutdown timeout: idle clients owe nothing, so the exit must not wait for it.
-    let mut server = TestServer::start(&["--shutdown-timeout", "10s"]);
-    let mut silent_line = server.connect_line();
-    let mut silent_frame = server.connect_frame();
-    let mut served = server.line_client();
-    assert_eq!(served.request(b"PING"), b"PONG\n");
-    let mut served_frame = server.connect_frame();
-    send(&mut served_frame, &frame(HEARTBEAT, b""));
-    assert_eq!(read_frame(&mut served_frame), (HEARTBEAT, Vec::new()));
-    // Both silent clients are surely accepted once the STATS connection sees them.
-    assert!(wait_until(after(Duration::from_secs(5)), || {
-        server.stats()["active"] >= 5
-    }));
-
-    let signalled = Instant::now();
-    server.signal(libc::SIGTERM);
-    expect_eof(&mut silent_line);
-    expect_eof(&mut silent_frame);
-    served.expect_eof();
-    expect_eof(&mut served_frame);
-    // Like any client, close on EOF (the server may wait for our FIN before its close).
-    drop((silent_line, silent_frame, served, served_frame));
-    assert_clean_exit(&mut server, Duration::from_secs(3));
-    assert!(
-        signalled.elapsed() < Duration::from_secs(5),
-        "exit took {:?}",
-        signalled.elapsed()
-    );
-}
-
-#[test]
-fn sigint_shuts_down_gracefully_too() {
-    let mut server = TestServer::start(&[]);
-    let mut c = server.line_client();
-    c.send(b"PING 1\nPING 2\n");
-    server.signal(libc::SIGINT);
-    assert_eq!(c.read_line(), b"PONG 1\n");
-    assert_eq!(c.read_line(), b"PONG 2\n");
-    c.expect_eof();
-    drop(c);
-    assert_clean_exit(&mut server, Duration::from_secs(5) + EXIT_SLACK);
-}
-
-#[test]
-fn sigterm_with_no_clients_exits_zero_promptly() {
-    let mut server = TestServer::start(&["--shutdown-timeout", "10s"]);
-    server.signal(libc::SIGTERM);
-    assert_clean_exit(&mut server, Duration::from_secs(3));
-    let mut buf = [0u8; 1];
-    // The listeners are gone with the process.
-    match TcpStream::connect_timeout(&server.line_addr(), Duration::from_secs(1)) {
-        Err(e) => assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused),
-        Ok(mut s) => panic!("connected after exit, read {:?}", s.read(&mut buf)),
+over_workers! {
+    fn sigint_shuts_down_gracefully_too(workers) {
+        let mut server = workers.start(&[]);
+        let mut c = server.line_client();
+        c.send(b"PING 1\nPING 2\n");
+        server.signal(libc::SIGINT);
+        assert_eq!(c.read_line(), b"PONG 1\n");
+        assert_eq!(c.read_line(), b"PONG 2\n");
+        c.expect_eof();
+        drop(c);
+        assert_clean_exit(&mut server, Duration::from_secs(5) + EXIT_SLACK);
     }
 }
 
-#[test]
-fn a_second_signal_exits_at_once() {
-    // A client that never reads keeps the graceful shutdown from finishing for a minute.
-    let mut server = TestServer::start(&["--shutdown-timeout", "60s"]);
-    let mut stuck = server.connect_line();
-    let stall = write_until_stalled(&mut stuck, Duration::from_secs(1), 64 << 20, |i| {
-        format!("PING {i}\n").into_bytes()
-    });
-    assert!(
-        stall.stalled,
-        "the server kept reading a client that never reads"
-    );
-    server.signal(libc::SIGTERM);
-    // Still flushing to the stuck client.
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(server.is_running(), "exited before the shutdown timeout");
-    let second = Instant::now();
-    server.signal(libc::SIGTERM);
-    assert_clean_exit(&mut server, Duration::from_secs(2));
-    assert!(second.elapsed() < Duration::from_secs(2));
-    assert!(server.logged("second signal"));
-    drop(stuck);
+over_workers! {
+    fn sigterm_with_no_clients_exits_zero_promptly(workers) {
+        let mut server = workers.start(&["--shutdown-timeout", "10s"]);
+        server.signal(libc::SIGTERM);
+        assert_clean_exit(&mut server, Duration::from_secs(3));
+        let mut buf = [0u8; 1];
+        // The listeners are gone with the process.
+        match TcpStream::connect_timeout(&server.line_addr(), Duration::from_secs(1)) {
+            Err(e) => assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused),
+            Ok(mut s) => panic!("connected after exit, read {:?}", s.read(&mut buf)),
+        }
+    }
+}
+
+over_workers! {
+    fn a_second_signal_exits_at_once(workers) {
+        // A client that never reads keeps the graceful shutdown from finishing for a minute.
+        let mut server = workers.start(&["--shutdown-timeout", "60s"]);
+        let mut stuck = server.connect_line();
+        let stall = write_until_stalled(&mut stuck, Duration::from_secs(1), 64 << 20, |i| {
+            format!("PING {i}\n").into_bytes()
+        });
+        assert!(
+            stall.stalled,
+            "the server kept reading a client that never reads"
+        );
+        server.signal(libc::SIGTERM);
+        // Still flushing to the stuck client.
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(server.is_running(), "exited before the shutdown timeout");
+        let second = Instant::now();
+        server.signal(libc::SIGTERM);
+        assert_clean_exit(&mut server, Duration::from_secs(2));
+        assert!(second.elapsed() < Duration::from_secs(2));
+        assert!(server.logged("second signal"));
+        drop(stuck);
+    }
 }
