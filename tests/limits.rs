@@ -183,7 +183,7 @@ over_workers! {
         let mut c = server.line_client();
         assert_eq!(c.read_line(), b"ERR idle timeout\n");
         c.expect_eof();
-        let stats = server.stats();
+        let stats = common::stats_when(&mut server.line_client(), |s| s["idle_timeouts"] >= 1);
         assert!(stats["idle_timeouts"] >= 1, "{stats:?}");
     }
 }
@@ -279,7 +279,7 @@ over_workers! {
         assert_eq!(third.read_line(), b"ERR server full\n");
         third.expect_eof();
         // STATS via an admitted client: a new connection would be refused.
-        let stats = common::parse_stats(&l.request(b"STATS"));
+        let stats = common::stats_when(&mut l, |s| s["rejected_full"] >= 1);
         assert!(stats["rejected_full"] >= 1, "{stats:?}");
     }
 }
@@ -300,7 +300,9 @@ over_workers! {
 
         let mut newcomer = server.line_client();
         assert_eq!(newcomer.request(b"PING new"), b"PONG new\n");
-        let stats = common::parse_stats(&clients[1].request(b"STATS"));
+        let stats = common::stats_when(&mut clients[1], |s| {
+            s["accepted"] == 4 && s["lingering"] == 1
+        });
         assert_eq!(
             (
                 stats["accepted"],

@@ -7,27 +7,14 @@
 
 mod common;
 
-use common::{LineClient, TestServer, Workers, active_by_worker, after, parse_stats, show};
-use std::collections::BTreeMap;
+use common::{
+    LineClient, TestServer, Workers, active_by_worker, after, parse_stats, show, stats_line_when,
+};
 use std::process::Command;
 
 /// The STATS line of `client`, raw.
 fn stats_line(client: &mut LineClient) -> Vec<u8> {
     client.request(b"STATS")
-}
-
-/// Waits until STATS, asked on `client`, satisfies `done`; the other workers' counters are
-/// copies as of the end of their last turn, so a change on another worker shows a moment
-/// later. Returns the last line read.
-fn stats_when(client: &mut LineClient, done: impl Fn(&BTreeMap<String, u64>) -> bool) -> Vec<u8> {
-    let deadline = after(std::time::Duration::from_secs(5));
-    loop {
-        let line = stats_line(client);
-        if done(&parse_stats(&line)) || std::time::Instant::now() >= deadline {
-            return line;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
 }
 
 #[test]
@@ -41,7 +28,7 @@ fn least_conn_spreads_200_connections_within_one_of_even() {
             c
         })
         .collect();
-    let line = stats_when(&mut clients[0], |s| s["active"] == 200);
+    let line = stats_line_when(&mut clients[0], |s| s["active"] == 200);
     let stats = parse_stats(&line);
     assert_eq!(
         (stats["workers"], stats["active"]),
@@ -65,7 +52,7 @@ fn reuseport_workers_share_the_ports_and_serve_everything() {
         let ping = format!("PING {i}");
         assert_eq!(c.request(ping.as_bytes()), format!("PONG {i}\n").as_bytes());
     }
-    let line = stats_when(&mut clients[0], |s| s["active"] == 64);
+    let line = stats_line_when(&mut clients[0], |s| s["active"] == 64);
     let stats = parse_stats(&line);
     assert_eq!(
         (stats["workers"], stats["active"]),
@@ -121,7 +108,7 @@ fn sums_over_the_workers_keep_accepted_equal_to_closed_plus_active() {
             c.expect_eof();
         }
         drop(others);
-        let line = stats_when(&mut keeper, |s| s["active"] == 1 && s["accepted"] == 11);
+        let line = stats_line_when(&mut keeper, |s| s["active"] == 1 && s["accepted"] == 11);
         let s = parse_stats(&line);
         assert_eq!(
             (s["accepted"], s["active"], s["closed"]),

@@ -194,6 +194,9 @@ pub struct Connection {
     /// The connection is on the loop's list of work for the next turn (or for later in this
     /// one), so that it is on it once.
     queued: bool,
+    /// The connection holds one of the process's `--max-connections` slots: from its
+    /// admission (a refusal holds none) until the session ends.
+    holds_slot: bool,
 }
 
 impl Connection {
@@ -217,7 +220,18 @@ impl Connection {
             tls,
             charged: 0,
             queued: false,
+            holds_slot: false,
         }
+    }
+
+    /// Records that the connection was admitted into one of the `--max-connections` slots.
+    pub fn hold_slot(&mut self) {
+        self.holds_slot = true;
+    }
+
+    /// Gives its slot up (the session is ending); `true` if it held one.
+    pub fn release_slot(&mut self) -> bool {
+        std::mem::take(&mut self.holds_slot)
     }
 
     /// Marks the connection as on the loop's revisit list; `false` if it already was.

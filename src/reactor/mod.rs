@@ -648,6 +648,9 @@ impl Server {
         };
         let session = Session::new(id.protocol(), SessionId(conn_token.0 as u64));
         let mut conn = Connection::new(socket, conn_token, session, tls, self.now);
+        if !full {
+            conn.hold_slot();
+        }
         self.stats.active += 1;
         let shown = token::show(conn_token);
         if full {
@@ -906,6 +909,7 @@ impl Server {
     /// everything, then EOF. From here the session is over (counted `closed`, its slot free);
     /// the socket lingers until the peer's EOF, unless that came already.
     fn finish_draining(&mut self, key: usize, reason: CloseReason, peer_done: bool) {
+        self.release_slot(key);
         let conn = &mut self.connections[key];
         match conn.send_fin() {
             Ok(true) => {}
@@ -1243,7 +1247,14 @@ impl Server {
         self.stats.closed += 1;
         if refusal {
             self.rejecting -= 1;
-        } else {
+        }
+    }
+
+    /// Gives the connection's `--max-connections` slot back, if it still holds one. Done
+    /// before our FIN goes out: a client that has read its EOF must find the slot free, on
+    /// whichever worker its next connection lands.
+    fn release_slot(&mut self, key: usize) {
+        if self.connections[key].release_slot() {
             self.mailbox.fleet().free_slot();
         }
     }
@@ -1261,6 +1272,8 @@ impl Server {
         }
         debug!("conn={} closed: {why}", token::show(conn.token()));
         let refusal = conn.is_refusal();
+        self.release_slot(key);
+        let conn = &mut self.connections[key];
         conn.set_state(State::Closed);
         conn.deregister(self.poll.registry());
         self.recount(key, 0);

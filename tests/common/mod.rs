@@ -518,6 +518,32 @@ fn parse_list(value: &str) -> Vec<u64> {
         .collect()
 }
 
+/// Asks `client` for STATS until `done` holds of them (or 5 s have passed) and returns the
+/// last ones read. With several workers the other workers' counters are copies as of the
+/// end of their last turn: an effect a client has just seen (a reply, an EOF) may show in
+/// them a moment later. The caller asserts on what is returned.
+pub fn stats_when(
+    client: &mut LineClient,
+    done: impl Fn(&BTreeMap<String, u64>) -> bool,
+) -> BTreeMap<String, u64> {
+    parse_stats(&stats_line_when(client, done))
+}
+
+/// [`stats_when`], returning the STATS line itself (for `active_by_worker`).
+pub fn stats_line_when(
+    client: &mut LineClient,
+    done: impl Fn(&BTreeMap<String, u64>) -> bool,
+) -> Vec<u8> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let line = client.request(b"STATS");
+        if done(&parse_stats(&line)) || Instant::now() >= deadline {
+            return line;
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// The `active_by_worker` list of a STATS line: each worker's active connections.
 pub fn active_by_worker(line: &[u8]) -> Vec<u64> {
     let text = String::from_utf8_lossy(line);
