@@ -629,6 +629,44 @@ fn many_connections_from_several_source_addresses() {
     assert!(json["requests"].as_u64().unwrap() > 0, "{json}");
 }
 
+/// `--addr` twice: connection j goes to address j mod 2, so of 5 connections the first
+/// server accepts 3 and the second 2 (each also accepts the STATS client that asks).
+#[test]
+fn connections_are_spread_over_several_addresses_in_turn() {
+    let first = TestServer::start(&[]);
+    let second = TestServer::start(&[]);
+    let (a, b) = (
+        first.line_addr().to_string(),
+        second.line_addr().to_string(),
+    );
+    let run = tcp_load(&[
+        "--addr",
+        &a,
+        "--addr",
+        &b,
+        "--protocol",
+        "line",
+        "--workload",
+        "ping",
+        "--requests",
+        "1000",
+        "--connections",
+        "5",
+        "--threads",
+        "2",
+        "--json",
+    ]);
+    assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
+    let json = run.json();
+    assert_no_errors(&json, "two addresses");
+    assert_eq!(json["requests"], 1000, "{json}");
+    assert_eq!(json["connections"], 5, "{json}");
+    assert_eq!(json["settings"]["addr"], a.as_str());
+    assert_eq!(json["settings"]["addrs"], serde_json::json!([a, b]));
+    assert_eq!(first.stats()["accepted"], 3 + 1);
+    assert_eq!(second.stats()["accepted"], 2 + 1);
+}
+
 #[test]
 fn server_pid_reports_the_servers_cpu_over_the_window() {
     let server = TestServer::start(&[]);

@@ -1,7 +1,7 @@
 //! tcp-load: the load generator that measures tcp-reactor (or any line server, e.g. Redis).
 //!
 //! ```text
-//! tcp-load --addr HOST:PORT --protocol line|frame --workload echo|ping|raw|heartbeat|message|login
+//! tcp-load --addr HOST:PORT [--addr HOST:PORT ...] --protocol line|frame --workload echo|ping|raw|heartbeat|message|login
 //!          [--size BYTES (64)] [--request TEXT (raw only)]
 //!          [--connections N (50)] [--connect-rate PER_SEC (2000)] [--pipeline P (1)]
 //!          [--duration DUR (10s)] [--warmup DUR (1s)] | [--requests N]
@@ -14,6 +14,9 @@
 //!
 //! `--connections` are dealt round-robin to `--threads` workers (`worker.rs`), each with its
 //! own `mio::Poll`, connections and histogram. Connects are paced at `--connect-rate` in total.
+//! With several `--addr`, connection `j` (counted over all threads) goes to address `j mod n`,
+//! so the addresses take turns and their shares differ by at most one; the summary's title
+//! and the JSON `settings.addrs` list them all (`settings.addr` stays the first).
 //! Each connection keeps up to `--pipeline` requests in flight:
 //!
 //! - **closed loop** (default): a reply frees a slot and the slot is refilled at once; all the
@@ -38,7 +41,9 @@
 //! # Over TLS (`--tls`)
 //!
 //! Each connection runs a rustls client session inside the same non-blocking loop (flags and
-//! config in [`crate::client::tls`]). The handshake is part of connecting: a connection is up,
+//! config in [`crate::client::tls`]). The name verified and sent as SNI is `--server-name`, or
+//! else the host part of the connection's own `--addr` (`settings.server_name` shows the
+//! first address's). The handshake is part of connecting: a connection is up,
 //! and its requests start, once the handshake is done; a handshake that fails (a certificate
 //! that does not verify, say) or is not done within `--timeout` is a `connect` error, and its
 //! reason is listed in the summary. Handshakes are timed from the TCP connection's
@@ -76,7 +81,7 @@ use clap::{CommandFactory, Parser};
 use log::{debug, warn};
 use serde_json::{Map, Value, json};
 
-use crate::client::tls::{TlsArgs, TlsConfig};
+use crate::client::tls::{TlsArgs, TlsConfig, TlsError};
 use crate::config::parse_duration;
 use crate::net::raise_fd_limit;
 use cpu::{CpuSample, CpuSpent};
@@ -84,7 +89,7 @@ use crew::Crew;
 use pacing::Pacer;
 use report::Report;
 use totals::Totals;
-use worker::{Plan, Shared, UNKNOWN, clock_ns};
+use worker::{Destination, Plan, Shared, UNKNOWN, clock_ns};
 use workload::{Exchange, MAX_SIZE, Protocol, Workload};
 
 /// Default `--warmup` with `--duration`.
@@ -104,12 +109,16 @@ const DEFAULT_WARMUP: Duration = Duration::from_secs(1);
                   --tls speaks TLS on every connection (with --ca FILE or --insecure): a \
                   connection is up once its handshake is done, a failed handshake is a \
                   connect error with its reason in the summary, and the summary adds the \
-                  handshake count and times (p50, p99)."
+                  handshake count and times (p50, p99).\n\n\
+                  --addr may be given several times: connection j goes to address j mod n; \
+                  over TLS each address's host part is its default server name."
 )]
 pub struct LoadConfig {
-    /// Server address; a host name is resolved once, at start.
-    #[arg(long, value_name = "HOST:PORT", value_parser = parse_addr)]
-    pub addr: Target,
+    /// Server address; a host name is resolved once, at start. Given more than once, the
+    /// connections are spread over the addresses in turn: connection j goes to address
+    /// j mod n (the n addresses in the order given).
+    #[arg(long = "addr", value_name = "HOST:PORT", value_parser = parse_addr, required = true)]
+    pub addrs: Vec<Target>,
 
     /// Protocol spoken: `line` (echo, ping, raw) or `frame` (heartbeat, message, login).
     #[arg(long, value_enum)]
@@ -193,7 +202,7 @@ pub struct LoadConfig {
     pub tls: TlsArgs,
 }
 
-/// `--addr`: as given (its host part is the default TLS server name) and as resolved.
+/// One `--addr`: as given (its host part is its default TLS server name) and as resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     pub text: String,
@@ -289,7 +298,56 @@ impl LoadConfig {
         if self.timeout.is_zero() {
             return Err("--timeout must be more than 0".to_string());
         }
-        self.tls.check(&self.addr.text)
+        if self.addrs.is_empty() {
+            return Err("--addr is required".to_string());
+        }
+        self.addrs
+            .iter()
+            .try_for_each(|addr| self.tls.check(&addr.text))
+    }
+
+    /// The first `--addr` (there is always one: parsing requires it).
+    #[must_use]
+    pub fn addr(&self) -> &Target {
+        self.addrs
+            .first()
+            .expect("try_parse_args_from refuses a config without --addr")
+    }
+
+    /// The `--addr` values as shown: resolved, comma-separated.
+    fn addrs_shown(&self) -> String {
+        let shown: Vec<String> = self.addrs.iter().map(ToString::to_string).collect();
+        shown.join(",")
+    }
+
+    /// Where the connections go, in `--addr` order: the resolved address and, with `--tls`,
+    /// the session settings, whose server name is `--server-name` or that address's own host
+    /// part (the `--ca` file is read once).
+    ///
+    /// # Errors
+    ///
+    /// The CA file cannot be read or holds no usable certificate.
+    fn destinations(&self) -> Result<Vec<Destination>, TlsError> {
+        let first = self.tls.config(&self.addr().text)?;
+        self.addrs
+            .iter()
+            .map(|addr| {
+                let tls = match &first {
+                    None => None,
+                    Some(config) => Some(TlsConfig {
+                        config: Arc::clone(&config.config),
+                        server_name: self
+                            .tls
+                            .server_name(&addr.text)
+                            .map_err(TlsError::ServerName)?,
+                    }),
+                };
+                Ok(Destination {
+                    addr: addr.socket,
+                    tls,
+                })
+            })
+            .collect()
     }
 
     /// Worker threads: `--threads` or the number of cores, but never more than there are
@@ -336,7 +394,7 @@ impl LoadConfig {
         format!(
             "{} {}/{}: {} connection(s), {threads} thread(s), pipeline {}, {shape}, {amount} \
              after {}s warmup",
-            self.addr,
+            self.addrs_shown(),
             self.protocol.name(),
             self.workload.name(),
             self.connections,
@@ -348,7 +406,8 @@ impl LoadConfig {
     /// The resolved settings, for the JSON `settings` object.
     fn settings(&self, threads: usize) -> Map<String, Value> {
         let value = json!({
-            "addr": self.addr.to_string(),
+            "addr": self.addr().to_string(),
+            "addrs": self.addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "protocol": self.protocol.name(),
             "workload": self.workload.name(),
             "size": self.size,
@@ -370,7 +429,7 @@ impl LoadConfig {
             "server_name": self
                 .tls
                 .tls
-                .then(|| self.tls.server_name(&self.addr.text).ok())
+                .then(|| self.tls.server_name(&self.addr().text).ok())
                 .flatten()
                 .map(|name| name.to_str().into_owned()),
         });
@@ -385,7 +444,7 @@ impl LoadConfig {
     fn plan(
         &self,
         threads: usize,
-        tls: Option<TlsConfig>,
+        destinations: Vec<Destination>,
         exchange: Arc<Exchange>,
         epoch_ns: u64,
     ) -> Plan {
@@ -393,8 +452,7 @@ impl LoadConfig {
             thread: 0,
             threads,
             connections: self.connections as usize,
-            addr: self.addr.socket,
-            tls,
+            destinations: Arc::from(destinations),
             sources: Arc::from(self.source_addr.clone()),
             pipeline: self.pipeline,
             exchange,
@@ -419,11 +477,10 @@ impl LoadConfig {
 pub fn run(config: &LoadConfig) -> io::Result<Report> {
     let threads = config.threads();
     prepare_fd_limit(config, threads);
-    let tls = config
-        .tls
-        .config(&config.addr.text)
+    let destinations = config
+        .destinations()
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-    let has_tls = tls.is_some();
+    let has_tls = config.tls.tls;
     let raw_request = config.request.as_deref().unwrap_or("").as_bytes();
     let exchange = Arc::new(workload::exchange(
         config.workload,
@@ -438,7 +495,7 @@ pub fn run(config: &LoadConfig) -> io::Result<Report> {
         if start_at_once { epoch } else { UNKNOWN },
     ));
     let cpu_at_start = start_at_once.then(|| CpuSample::take(config.server_pid));
-    let plan = config.plan(threads, tls, exchange, epoch);
+    let plan = config.plan(threads, destinations, exchange, epoch);
     let crew = Crew::spawn(&plan, config.requests, &shared)?;
 
     let paced = Pacer::new(config, &plan, &crew, &shared, cpu_at_start).run();
@@ -634,7 +691,7 @@ mod tests {
         ])
         .unwrap();
         assert!(c.tls.tls);
-        assert_eq!(c.addr.text, "localhost:8443");
+        assert_eq!(c.addr().text, "localhost:8443");
         let settings = c.settings(1);
         assert_eq!(settings["tls"], true);
         assert_eq!(settings["ca"], "ca.pem");
@@ -643,7 +700,7 @@ mod tests {
         // The address shown is the resolved one, as without TLS.
         assert!(
             c.title(1)
-                .starts_with(&format!("{} line/ping", c.addr.socket))
+                .starts_with(&format!("{} line/ping", c.addr().socket))
         );
         let named = parse(&[
             "--protocol",
@@ -658,6 +715,77 @@ mod tests {
         .unwrap();
         assert_eq!(named.settings(1)["server_name"], "server.test");
         assert_eq!(named.settings(1)["insecure"], true);
+    }
+
+    #[test]
+    fn addr_may_be_given_several_times() {
+        let one = parse(&["--protocol", "line", "--workload", "ping"]).unwrap();
+        assert_eq!(one.addrs.len(), 1);
+        assert_eq!(one.settings(1)["addrs"], json!(["127.0.0.1:8080"]));
+        let c = parse(&[
+            "--addr",
+            "127.0.0.2:9090",
+            "--protocol",
+            "line",
+            "--workload",
+            "ping",
+            "--addr",
+            "localhost:7070",
+        ])
+        .unwrap();
+        let texts: Vec<&str> = c.addrs.iter().map(|a| a.text.as_str()).collect();
+        assert_eq!(
+            texts,
+            ["127.0.0.1:8080", "127.0.0.2:9090", "localhost:7070"]
+        );
+        assert_eq!(c.addr().text, "127.0.0.1:8080");
+        let settings = c.settings(1);
+        assert_eq!(settings["addr"], "127.0.0.1:8080");
+        let shown = c.addrs[2].socket.to_string();
+        assert_eq!(
+            settings["addrs"],
+            json!(["127.0.0.1:8080", "127.0.0.2:9090", shown])
+        );
+        assert!(
+            c.title(1)
+                .starts_with(&format!("127.0.0.1:8080,127.0.0.2:9090,{shown} line/ping"))
+        );
+        let destinations = c.destinations().unwrap();
+        let ports: Vec<u16> = destinations.iter().map(|d| d.addr.port()).collect();
+        assert_eq!(ports, [8080, 9090, 7070]);
+        assert!(destinations.iter().all(|d| d.tls.is_none()));
+    }
+
+    #[test]
+    fn each_address_is_its_own_default_tls_server_name() {
+        let names = |extra: &[&str]| -> Vec<String> {
+            let mut args = vec![
+                "tcp-load",
+                "--addr",
+                "localhost:8443",
+                "--addr",
+                "127.0.0.1:9443",
+                "--protocol",
+                "line",
+                "--workload",
+                "ping",
+                "--tls",
+                "--insecure",
+            ];
+            args.extend_from_slice(extra);
+            let config = LoadConfig::try_parse_args_from(args).unwrap();
+            config
+                .destinations()
+                .unwrap()
+                .iter()
+                .map(|d| d.tls.as_ref().unwrap().server_name.to_str().into_owned())
+                .collect()
+        };
+        assert_eq!(names(&[]), ["localhost", "127.0.0.1"]);
+        assert_eq!(
+            names(&["--server-name", "one.test"]),
+            ["one.test", "one.test"]
+        );
     }
 
     // A table: rustfmt gives each case several lines, so it runs past a screen.

@@ -152,9 +152,9 @@ pub(crate) struct Plan {
     pub threads: usize,
     /// `C`, all threads together.
     pub connections: usize,
-    pub addr: SocketAddr,
-    /// `--tls`: the session settings shared by every connection.
-    pub tls: Option<TlsConfig>,
+    /// The `--addr` values, in order (never empty): connection `j` goes to
+    /// `destinations[j % n]`.
+    pub destinations: Arc<[Destination]>,
     /// Local addresses to bind, round-robin by global connection index (empty: any).
     pub sources: Arc<[IpAddr]>,
     pub pipeline: u32,
@@ -182,6 +182,25 @@ impl Plan {
     fn global_index(&self, local: usize) -> usize {
         local * self.threads + self.thread
     }
+
+    /// Where the connection of global index `j` goes: the addresses in turn.
+    fn destination(&self, j: usize) -> &Destination {
+        &self.destinations[j % self.destinations.len()]
+    }
+
+    /// Whether the connections speak TLS (all of them or none: `--tls` is for every address).
+    fn tls(&self) -> bool {
+        self.destinations.iter().any(|d| d.tls.is_some())
+    }
+}
+
+/// One `--addr`, resolved, with its TLS settings.
+#[derive(Debug, Clone)]
+pub(crate) struct Destination {
+    pub addr: SocketAddr,
+    /// `--tls`: the session settings of every connection to `addr` (the server name is
+    /// `--server-name` or this address's host part).
+    pub tls: Option<TlsConfig>,
 }
 
 /// State shared with the main thread: written rarely, read once per wakeup.
@@ -471,9 +490,9 @@ impl Worker {
             requests,
             verifier,
             scratch: vec![0; READ_CHUNK].into_boxed_slice(),
-            reading: Reading::new(if plan.tls.is_some() { READ_CHUNK } else { 0 }),
+            reading: Reading::new(if plan.tls() { READ_CHUNK } else { 0 }),
             histogram: new_histogram(),
-            handshakes: plan.tls.as_ref().map(|_| new_histogram()),
+            handshakes: plan.tls().then(new_histogram),
             tls_failures: BTreeMap::new(),
             now: plan.epoch_ns,
             start: (start != UNKNOWN).then_some(start),
@@ -692,7 +711,8 @@ impl Worker {
             0 => None,
             n => Some(self.plan.sources[j % n]),
         };
-        let result = open_socket(self.plan.addr, source).and_then(|mut socket| {
+        let addr = self.plan.destination(j).addr;
+        let result = open_socket(addr, source).and_then(|mut socket| {
             self.poll.registry().register(
                 &mut socket,
                 Token(i),
@@ -726,7 +746,14 @@ impl Worker {
                 return false;
             }
         }
-        let session = match self.plan.tls.as_ref().map(TlsConfig::session) {
+        let j = self.plan.global_index(i);
+        let session = match self
+            .plan
+            .destination(j)
+            .tls
+            .as_ref()
+            .map(TlsConfig::session)
+        {
             None => None,
             Some(Ok(session)) => Some(session),
             Some(Err(e)) => {
@@ -1136,7 +1163,7 @@ impl Worker {
             warn!(
                 "conn={thread}.{i} {} error ({}): {detail}",
                 kind.name(),
-                self.plan.addr
+                self.plan.destination(self.plan.global_index(i)).addr
             );
         } else {
             debug!("conn={thread}.{i} {} error: {detail}", kind.name());
@@ -1258,8 +1285,10 @@ mod tests {
             thread,
             threads,
             connections,
-            addr: "127.0.0.1:1".parse().unwrap(),
-            tls: None,
+            destinations: Arc::from(vec![Destination {
+                addr: "127.0.0.1:1".parse().unwrap(),
+                tls: None,
+            }]),
             sources: Arc::from(Vec::new()),
             pipeline: 1,
             exchange: Arc::new(super::super::workload::exchange(
@@ -1283,6 +1312,26 @@ mod tests {
         assert_eq!(counts, [4, 3, 3]);
         assert_eq!(plan(1, 3, 10).global_index(2), 7);
         assert_eq!(plan(0, 1, 5).local_connections(), 5);
+    }
+
+    #[test]
+    fn connections_take_the_addresses_in_turn() {
+        let mut p = plan(1, 2, 7);
+        p.destinations = ["127.0.0.1:1", "127.0.0.2:2", "127.0.0.3:3"]
+            .iter()
+            .map(|addr| Destination {
+                addr: addr.parse().unwrap(),
+                tls: None,
+            })
+            .collect();
+        let ports: Vec<u16> = (0..7).map(|j| p.destination(j).addr.port()).collect();
+        assert_eq!(ports, [1, 2, 3, 1, 2, 3, 1]);
+        // This thread's connections (global 1, 3, 5) by local index.
+        let mine: Vec<u16> = (0..p.local_connections())
+            .map(|i| p.destination(p.global_index(i)).addr.port())
+            .collect();
+        assert_eq!(mine, [2, 1, 3]);
+        assert!(!p.tls());
     }
 
     #[test]
