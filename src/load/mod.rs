@@ -60,6 +60,7 @@
 //!   start and after the last worker has stopped but before any socket is closed, so connect
 //!   and teardown costs are not charged to the requests.
 
+pub mod chat;
 mod cpu;
 mod crew;
 mod pacing;
