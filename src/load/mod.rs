@@ -1,12 +1,13 @@
 //! tcp-load: the load generator that measures tcp-reactor (or any line server, e.g. Redis).
 //!
 //! ```text
-//! tcp-load --addr HOST:PORT [--addr HOST:PORT ...] --protocol line|frame --workload echo|ping|raw|heartbeat|message|login
+//! tcp-load --addr HOST:PORT [--addr HOST:PORT ...] --protocol line|frame
+//!          --workload echo|ping|raw|chat|heartbeat|message|login
 //!          [--size BYTES (64)] [--request TEXT (raw only)]
 //!          [--connections N (50)] [--connect-rate PER_SEC (2000)] [--pipeline P (1)]
 //!          [--duration DUR (10s)] [--warmup DUR (1s)] | [--requests N]
 //!          [--rate R] [--threads T (cores)] [--source-addr IP[,IP...]] [--timeout DUR (5s)]
-//!          [--json] [--hdr-out FILE] [--progress]
+//!          [--drain DUR (2s, chat only)] [--json] [--hdr-out FILE] [--progress]
 //!          [--tls (--ca FILE | --insecure) [--server-name NAME]]
 //! ```
 //!
@@ -37,6 +38,18 @@
 //! Errors (`connect`, `reset`, `eof`, `timeout`, `mismatch`) are counted by kind; the
 //! connection is closed and not reopened. Exit status: 0 without errors, 1 with any, 2 for bad
 //! arguments.
+//!
+//! # Chat (`--workload chat`)
+//!
+//! Every connection is a chat session (`chat.rs`): `HELLO` with a name unique to the run, then
+//! `SAY`s carrying their seq and send time, each answered `OK` (the requests measured as
+//! above) and pushed by the server to every other session, where tcp-load checks that each
+//! arrives once and in order. The window (with its warmup) opens only once every session has
+//! its WELCOME, so every SAY reaches every session. When sending ends, the threads publish
+//! their senders' counts and read on for up to `--drain` until what is in flight has come. A
+//! delivery (a push of a message sent in the window) is timed from its SAY's send time to its
+//! receipt; the summary adds deliveries, their rate and latency percentiles, and the missing,
+//! duplicated and reordered messages, which count as errors (exit status 1).
 //!
 //! # Over TLS (`--tls`)
 //!
@@ -85,6 +98,7 @@ use serde_json::{Map, Value, json};
 use crate::client::tls::{TlsArgs, TlsConfig, TlsError};
 use crate::config::parse_duration;
 use crate::net::raise_fd_limit;
+use chat::ChatPlan;
 use cpu::{CpuSample, CpuSpent};
 use crew::Crew;
 use pacing::Pacer;
@@ -95,6 +109,9 @@ use workload::{Exchange, MAX_SIZE, Protocol, Workload};
 
 /// Default `--warmup` with `--duration`.
 const DEFAULT_WARMUP: Duration = Duration::from_secs(1);
+/// Default `--drain`: pushes normally arrive within milliseconds; two seconds leave room for
+/// a loaded server without making a broken run wait long.
+const DEFAULT_DRAIN: Duration = Duration::from_secs(2);
 
 /// tcp-load's command line.
 #[derive(Parser, Debug, Clone)]
@@ -112,7 +129,15 @@ const DEFAULT_WARMUP: Duration = Duration::from_secs(1);
                   connect error with its reason in the summary, and the summary adds the \
                   handshake count and times (p50, p99).\n\n\
                   --addr may be given several times: connection j goes to address j mod n; \
-                  over TLS each address's host part is its default server name."
+                  over TLS each address's host part is its default server name.\n\n\
+                  --workload chat: every connection says HELLO with a name unique to the run \
+                  and, once every session has its WELCOME, SAYs `<seq> <send time> \
+                  <--size bytes>` (closed loop, or --rate in total). Every SAY must reach \
+                  every other session once and in order; after the run tcp-load waits up to \
+                  --drain for the pushes in flight. The summary adds messages sent, \
+                  deliveries (pushes received), deliveries/s, delivery latency (SAY sent to \
+                  push received) and the messages missing, duplicated or reordered (errors), \
+                  the sessions disconnected and the pushes of other runs (foreign)."
 )]
 pub struct LoadConfig {
     /// Server address; a host name is resolved once, at start. Given more than once, the
@@ -121,7 +146,7 @@ pub struct LoadConfig {
     #[arg(long = "addr", value_name = "HOST:PORT", value_parser = parse_addr, required = true)]
     pub addrs: Vec<Target>,
 
-    /// Protocol spoken: `line` (echo, ping, raw) or `frame` (heartbeat, message, login).
+    /// Protocol spoken: `line` (echo, ping, raw, chat) or `frame` (heartbeat, message, login).
     #[arg(long, value_enum)]
     pub protocol: Protocol,
 
@@ -129,7 +154,8 @@ pub struct LoadConfig {
     #[arg(long, value_enum)]
     pub workload: Workload,
 
-    /// Line length (echo, without `\n`) or frame body length (heartbeat, message).
+    /// Line length (echo, without `\n`), frame body length (heartbeat, message), or the
+    /// padding after each SAY's seq and send time (chat).
     #[arg(long, value_name = "BYTES", default_value_t = 64)]
     pub size: usize,
 
@@ -180,6 +206,11 @@ pub struct LoadConfig {
     /// error; a connect taking this long is a `connect` error.
     #[arg(long, value_name = "DUR", default_value = "5s", value_parser = parse_duration)]
     pub timeout: Duration,
+
+    /// Chat: once every thread has stopped sending, wait this long at most for the pushes
+    /// still in flight; what has not arrived by then is missing [default: 2s].
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub drain: Option<Duration>,
 
     /// Print the summary as one JSON object.
     #[arg(long)]
@@ -287,10 +318,26 @@ impl LoadConfig {
             }
             _ => {}
         }
-        if self.workload.uses_size() && self.size > MAX_SIZE {
+        let max_size = match self.workload {
+            Workload::Chat => chat::MAX_PADDING,
+            _ => MAX_SIZE,
+        };
+        if self.workload.uses_size() && self.size > max_size {
             return Err(format!(
-                "--size {} is over the limit of {MAX_SIZE} bytes",
+                "--size {} is over the limit of {max_size} bytes",
                 self.size
+            ));
+        }
+        if self.workload == Workload::Chat && self.connections > chat::MAX_SESSIONS {
+            return Err(format!(
+                "--workload chat takes at most {} connections (each session keeps a \
+                 sequence number per sender)",
+                chat::MAX_SESSIONS
+            ));
+        }
+        if self.drain.is_some() && self.workload != Workload::Chat {
+            return Err(format!(
+                "--drain is only for --workload chat, not {workload}"
             ));
         }
         if self.requests.is_none() && self.duration.is_zero() {
@@ -366,6 +413,12 @@ impl LoadConfig {
         threads.max(1)
     }
 
+    /// The chat drain actually applied.
+    #[must_use]
+    pub fn drain(&self) -> Duration {
+        self.drain.unwrap_or(DEFAULT_DRAIN)
+    }
+
     /// The warmup actually applied.
     #[must_use]
     pub fn warmup(&self) -> Duration {
@@ -424,6 +477,7 @@ impl LoadConfig {
             "threads": threads,
             "source_addr": self.source_addr.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "timeout_s": self.timeout.as_secs_f64(),
+            "drain_s": (self.workload == Workload::Chat).then(|| self.drain().as_secs_f64()),
             "tls": self.tls.tls,
             "ca": self.tls.ca.as_ref().map(|path| path.display().to_string()),
             "insecure": self.tls.insecure,
@@ -448,6 +502,7 @@ impl LoadConfig {
         destinations: Vec<Destination>,
         exchange: Arc<Exchange>,
         epoch_ns: u64,
+        chat: Option<Arc<ChatPlan>>,
     ) -> Plan {
         Plan {
             thread: 0,
@@ -464,6 +519,7 @@ impl LoadConfig {
             timeout_ns: self.timeout.as_nanos() as u64,
             epoch_ns,
             progress: self.show_progress(),
+            chat,
         }
     }
 }
@@ -488,15 +544,28 @@ pub fn run(config: &LoadConfig) -> io::Result<Report> {
         config.size,
         raw_request,
     ));
-    // With --requests and no warmup, every request is measured: the window opens at once.
-    let start_at_once = config.requests.is_some() && config.warmup().is_zero();
+    // With --requests and no warmup, every request is measured: the window opens at once;
+    // but never before every chat session is identified (an earlier SAY would not reach all).
+    let chatting = config.workload == Workload::Chat;
+    let start_at_once = config.requests.is_some() && config.warmup().is_zero() && !chatting;
     let epoch = clock_ns();
     let shared = Arc::new(Shared::new(
         threads,
         if start_at_once { epoch } else { UNKNOWN },
     ));
     let cpu_at_start = start_at_once.then(|| CpuSample::take(config.server_pid));
-    let plan = config.plan(threads, destinations, exchange, epoch);
+    let chat = chatting.then(|| {
+        let names = chat::Names::for_this_run();
+        debug!("chat session names: {}<index>", names.prefix());
+        Arc::new(ChatPlan::new(
+            names,
+            &workload::pattern(config.size),
+            config.connections as usize,
+            threads,
+            config.drain().as_nanos() as u64,
+        ))
+    });
+    let plan = config.plan(threads, destinations, exchange, epoch, chat);
     let crew = Crew::spawn(&plan, config.requests, &shared)?;
 
     let paced = Pacer::new(config, &plan, &crew, &shared, cpu_at_start).run();
@@ -507,7 +576,11 @@ pub fn run(config: &LoadConfig) -> io::Result<Report> {
         });
     crew.release_and_join(); // the workers may close their sockets now
 
-    let mut totals = Totals::new(has_tls);
+    let chat_names = plan
+        .chat
+        .as_ref()
+        .map(|chat| format!("{}<index>", chat.names.prefix()));
+    let mut totals = Totals::new(has_tls, chat_names);
     for report in &paced.reports {
         totals.add(report);
     }
@@ -789,6 +862,39 @@ mod tests {
         );
     }
 
+    #[test]
+    fn chat_flags_and_their_limits() {
+        let chat = |extra: &[&str]| {
+            let mut args = vec!["--protocol", "line", "--workload", "chat"];
+            args.extend_from_slice(extra);
+            parse(&args)
+        };
+        let c = chat(&[]).unwrap();
+        assert_eq!(c.workload, Workload::Chat);
+        assert_eq!(c.drain(), Duration::from_secs(2));
+        assert_eq!(c.settings(1)["drain_s"], 2.0);
+        assert_eq!(
+            chat(&["--drain", "300ms"]).unwrap().drain(),
+            Duration::from_millis(300)
+        );
+        let biggest = chat::MAX_PADDING.to_string();
+        assert_eq!(chat(&["--size", &biggest]).unwrap().size, chat::MAX_PADDING);
+        let over = (chat::MAX_PADDING + 1).to_string();
+        let err = chat(&["--size", &over]).unwrap_err().to_string();
+        assert!(err.contains("over the limit of 65489 bytes"), "{err}");
+        assert!(chat(&["--connections", "10000"]).is_ok());
+        let err = chat(&["--connections", "10001"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(
+            err.to_string().contains("at most 10000 connections"),
+            "{err}"
+        );
+        let ping = parse(&["--protocol", "line", "--workload", "ping"]).unwrap();
+        assert_eq!(ping.settings(1)["drain_s"], Value::Null);
+        let err = parse(&["--protocol", "frame", "--workload", "chat"]).unwrap_err();
+        assert!(err.to_string().contains("line workload"), "{err}");
+    }
+
     // A table: rustfmt gives each case several lines, so it runs past a screen.
     #[test]
     fn bad_combinations_are_usage_errors() {
@@ -903,6 +1009,10 @@ mod tests {
                     "x",
                 ],
                 "--server-name only applies with --tls",
+            ),
+            (
+                &["--protocol", "line", "--workload", "ping", "--drain", "1s"],
+                "--drain is only for --workload chat",
             ),
             (&["--protocol", "line", "--workload", "nope"], "nope"),
             (&["--protocol", "tcp", "--workload", "ping"], "tcp"),
