@@ -31,6 +31,7 @@
 //!   - `load::cpu`: CPU time of tcp-load and of `--server-pid` over the window.
 //!   - [`load::report`]: the summary (text, JSON), the percentile table, the progress line.
 //!   - [`load::workload`]: what a request is, and how its reply is verified.
+//!   - [`load::chat`]: the chat workload: names, SAY lines, pushes parsed and checked in order.
 //! - [`client`]: `tcp-client`, a line session or one frame exchange against the server.
 //!   - [`client::cli`]: the command line; every usage error is found before connecting.
 //!   - [`client::line`]: the line session, plain (two threads) or TLS (one mio loop).

@@ -629,6 +629,44 @@ fn many_connections_from_several_source_addresses() {
     assert!(json["requests"].as_u64().unwrap() > 0, "{json}");
 }
 
+/// `--addr` twice: connection j goes to address j mod 2, so of 5 connections the first
+/// server accepts 3 and the second 2 (each also accepts the STATS client that asks).
+#[test]
+fn connections_are_spread_over_several_addresses_in_turn() {
+    let first = TestServer::start(&[]);
+    let second = TestServer::start(&[]);
+    let (a, b) = (
+        first.line_addr().to_string(),
+        second.line_addr().to_string(),
+    );
+    let run = tcp_load(&[
+        "--addr",
+        &a,
+        "--addr",
+        &b,
+        "--protocol",
+        "line",
+        "--workload",
+        "ping",
+        "--requests",
+        "1000",
+        "--connections",
+        "5",
+        "--threads",
+        "2",
+        "--json",
+    ]);
+    assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
+    let json = run.json();
+    assert_no_errors(&json, "two addresses");
+    assert_eq!(json["requests"], 1000, "{json}");
+    assert_eq!(json["connections"], 5, "{json}");
+    assert_eq!(json["settings"]["addr"], a.as_str());
+    assert_eq!(json["settings"]["addrs"], serde_json::json!([a, b]));
+    assert_eq!(first.stats()["accepted"], 3 + 1);
+    assert_eq!(second.stats()["accepted"], 2 + 1);
+}
+
 #[test]
 fn server_pid_reports_the_servers_cpu_over_the_window() {
     let server = TestServer::start(&[]);
@@ -678,6 +716,274 @@ fn server_pid_reports_the_servers_cpu_over_the_window() {
         "--json",
     ]);
     assert!(run.json()["server_cpu_s"].is_null());
+}
+
+// ---------------------------------------------------------------------------------------
+// chat
+
+/// tcp-load's flags for a chat run of `connections` sessions on `addr`.
+fn chat_args<'a>(addr: &'a str, connections: &'a str) -> Vec<&'a str> {
+    vec![
+        "--addr",
+        addr,
+        "--protocol",
+        "line",
+        "--workload",
+        "chat",
+        "--connections",
+        connections,
+        "--json",
+    ]
+}
+
+/// The summary's chat counts that must be 0 in a run without errors.
+fn assert_chat_clean(json: &Value, context: &str) {
+    assert_no_errors(json, context);
+    for key in [
+        "missing",
+        "duplicated",
+        "reordered",
+        "disconnected",
+        "foreign",
+    ] {
+        assert_eq!(json["chat"][key], 0, "{context}: {key} in {json}");
+    }
+}
+
+/// Against the real server, closed loop (plain and over TLS) and open loop: every message
+/// sent in the window reaches every other session, so deliveries = messages × (sessions − 1)
+/// exactly, with no error; the deliveries have latencies, and the SAYs their OK latencies.
+#[test]
+fn every_chat_message_reaches_every_other_session_once() {
+    let cases: &[(Transport, &[&str])] = &[
+        (Transport::Plain, &["--pipeline", "2"]),
+        (Transport::Tls, &[]),
+        (Transport::Plain, &["--rate", "2000", "--pipeline", "4"]),
+    ];
+    for &(transport, shape) in cases {
+        let target = Target::start(transport);
+        let addr = target.addr("line");
+        let mut args = chat_args(&addr, "20");
+        args.extend_from_slice(&["--duration", "1", "--warmup", "0.2", "--threads", "2"]);
+        args.extend_from_slice(shape);
+        args.extend_from_slice(&target.tls_args());
+        let run = tcp_load(&args);
+        let context = format!("{} {shape:?}", transport.name());
+        assert_eq!(run.code, 0, "{context}: stderr:\n{}", run.stderr);
+        let json = run.json();
+        assert_chat_clean(&json, &context);
+        let chat = &json["chat"];
+        assert_eq!(chat["sessions"], 20, "{context}: {json}");
+        let messages = chat["messages"].as_u64().unwrap();
+        assert!(messages > 0, "{context}: {json}");
+        assert_eq!(chat["deliveries"], messages * 19, "{context}: {json}");
+        assert!(json["requests"].as_u64().unwrap() > 0, "{context}");
+        let delivery = &chat["delivery_latency_us"];
+        let (p50, p99) = (
+            delivery["p50"].as_f64().unwrap(),
+            delivery["p99"].as_f64().unwrap(),
+        );
+        assert!(p50 > 0.0 && p99 >= p50, "{context}: {chat}");
+        assert!(
+            chat["deliveries_per_s"].as_f64().unwrap() > 0.0,
+            "{context}"
+        );
+        assert!(
+            chat["names"].as_str().unwrap().ends_with("<index>"),
+            "{chat}"
+        );
+        assert_eq!(json["settings"]["drain_s"], 2.0, "{context}");
+        assert_eq!(target.server.stats()["slow_reader_drops"], 0, "{context}");
+    }
+}
+
+/// Two runs at once against one server: each run's names are its own, so neither takes the
+/// other's, and each counts the other's pushes as foreign, not as errors.
+#[test]
+fn two_chat_runs_share_a_server_without_colliding() {
+    let server = TestServer::start(&[]);
+    let addr = server.line_addr().to_string();
+    let runs: Vec<_> = (0..2)
+        .map(|_| {
+            let addr = addr.clone();
+            thread::spawn(move || {
+                let mut args = chat_args(&addr, "5");
+                args.extend_from_slice(&["--duration", "1", "--warmup", "0.1"]);
+                tcp_load(&args)
+            })
+        })
+        .collect();
+    let (mut names, mut foreign) = (Vec::new(), 0);
+    for run in runs {
+        let run = run.join().unwrap();
+        assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
+        let json = run.json();
+        assert_no_errors(&json, "two runs");
+        let chat = &json["chat"];
+        for key in ["missing", "duplicated", "reordered", "disconnected"] {
+            assert_eq!(chat[key], 0, "{key} in {json}");
+        }
+        let messages = chat["messages"].as_u64().unwrap();
+        assert_eq!(chat["deliveries"], messages * 4, "{json}");
+        names.push(chat["names"].as_str().unwrap().to_string());
+        foreign += chat["foreign"].as_u64().unwrap();
+    }
+    assert_ne!(names[0], names[1]);
+    assert!(
+        foreign > 0,
+        "the runs overlap, so pushes of the other run arrive"
+    );
+}
+
+/// What a fake chat server does wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// Pushes the other session's message 0 twice.
+    Duplicate,
+    /// Pushes the other session's messages one seq ahead: 1, 2, 3, ... (0 never comes).
+    Skip,
+    /// Answers HELLO with `ERR name taken`.
+    NameTaken,
+    /// Closes session 0 at its first SAY, unanswered, and pushes nothing to anyone.
+    Disconnect,
+}
+
+/// A fake line server for two chat sessions: WELCOME to each HELLO and OK to each SAY, and,
+/// as if the other session had said the same, a push of each SAY's text under the other
+/// session's name (index 1 − own) — with `fault` added.
+fn fake_chat_server(fault: Fault) -> (String, thread::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let handle = thread::spawn(move || {
+        let sessions: Vec<_> = (0..2)
+            .map(|_| {
+                let (socket, _) = listener.accept().unwrap();
+                thread::spawn(move || fake_chat_session(socket, fault))
+            })
+            .collect();
+        for session in sessions {
+            session.join().unwrap();
+        }
+    });
+    (addr, handle)
+}
+
+fn fake_chat_session(socket: std::net::TcpStream, fault: Fault) {
+    use std::io::BufRead;
+    socket.set_read_timeout(Some(RUN_DEADLINE)).unwrap();
+    let mut out = socket.try_clone().unwrap();
+    let mut lines = std::io::BufReader::new(socket).split(b'\n');
+    let Some(Ok(hello)) = lines.next() else {
+        return;
+    };
+    let name = hello.strip_prefix(b"HELLO ").expect("HELLO first").to_vec();
+    if fault == Fault::NameTaken {
+        let _ = out.write_all(b"ERR name taken\n");
+        return;
+    }
+    // Names are `c` + 8 characters of the run + the index: the other is 1 - this one.
+    let other = [&name[..9], if name[9..] == *b"0" { b"1" } else { b"0" }].concat();
+    out.write_all(&[b"WELCOME ", &name[..], b"\n"].concat())
+        .unwrap();
+    while let Some(Ok(say)) = lines.next() {
+        let text = say.strip_prefix(b"SAY ").expect("only SAYs after HELLO");
+        if fault == Fault::Disconnect {
+            if name[9..] == *b"0" || out.write_all(b"OK\n").is_err() {
+                return;
+            }
+            continue;
+        }
+        let (seq, rest) = text.split_at(text.iter().position(|&b| b == b' ').unwrap());
+        let seq: u32 = std::str::from_utf8(seq).unwrap().parse().unwrap();
+        let shown = if fault == Fault::Skip { seq + 1 } else { seq };
+        let push = [
+            b"MSG ",
+            &other[..],
+            b" ",
+            shown.to_string().as_bytes(),
+            rest,
+            b"\n",
+        ]
+        .concat();
+        let mut reply = push.clone();
+        if fault == Fault::Duplicate && seq == 0 {
+            reply.extend_from_slice(&push);
+        }
+        reply.extend_from_slice(b"OK\n");
+        if out.write_all(&reply).is_err() {
+            return;
+        }
+    }
+}
+
+/// Deliveries are verified: a duplicated or a skipped push is counted by its kind and makes
+/// tcp-load exit 1, as an unexpected reply is a `mismatch` and a session the server closes
+/// is `disconnected` (and an `eof`), not missing its messages.
+#[test]
+fn chat_verification_counts_what_a_server_gets_wrong() {
+    let cases: &[(Fault, &str, u64)] = &[
+        (Fault::Duplicate, "duplicated", 2),
+        (Fault::Skip, "reordered", 2),
+        (Fault::NameTaken, "mismatch", 2),
+        (Fault::Disconnect, "disconnected", 1),
+    ];
+    for &(fault, key, count) in cases {
+        let (addr, server) = fake_chat_server(fault);
+        let mut args = chat_args(&addr, "2");
+        args.extend_from_slice(&["--requests", "20", "--threads", "1", "--drain", "100ms"]);
+        let run = tcp_load(&args);
+        server.join().unwrap();
+        assert_eq!(run.code, 1, "{fault:?}: stderr:\n{}", run.stderr);
+        let json = run.json();
+        let chat = &json["chat"];
+        match fault {
+            Fault::Duplicate => {
+                assert_eq!(chat[key], count, "{json}");
+                assert_eq!(chat["reordered"], 0, "{json}");
+                assert_no_errors(&json, "duplicate");
+            }
+            Fault::Skip => {
+                assert_eq!(chat[key], count, "{json}");
+                assert_eq!(chat["duplicated"], 0, "{json}");
+                // Each session overtook message 0 of the other, which never came.
+                assert!(chat["missing"].as_u64().unwrap() >= 2, "{json}");
+                assert_no_errors(&json, "skip");
+            }
+            Fault::Disconnect => {
+                // Session 0 is gone: it is owed nothing more, and it had no OK, so nothing
+                // it said is owed to session 1 either.
+                assert_eq!(chat[key], count, "{json}");
+                assert_eq!(json["errors"]["eof"], 1, "{json}");
+                for kind in ["missing", "duplicated", "reordered"] {
+                    assert_eq!(chat[kind], 0, "{kind} in {json}");
+                }
+            }
+            Fault::NameTaken => {
+                assert_eq!(json["errors"][key], count, "{json}");
+                assert_eq!(chat["sessions"], 0, "{json}");
+                assert!(
+                    run.stderr.contains(
+                        r#"a line that is neither OK, WELCOME nor MSG: "ERR name taken""#
+                    ),
+                    "{}",
+                    run.stderr
+                );
+            }
+        }
+    }
+    // The text summary names the kinds.
+    let (addr, server) = fake_chat_server(Fault::Duplicate);
+    let mut args = chat_args(&addr, "2");
+    args.retain(|&arg| arg != "--json");
+    args.extend_from_slice(&["--requests", "20", "--threads", "1", "--drain", "100ms"]);
+    let run = tcp_load(&args);
+    server.join().unwrap();
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stdout.contains("\n  chat errors  missing ") && run.stdout.contains(" duplicated 2 "),
+        "{}",
+        run.stdout
+    );
 }
 
 // ---------------------------------------------------------------------------------------

@@ -1,12 +1,13 @@
 //! tcp-load: the load generator that measures tcp-reactor (or any line server, e.g. Redis).
 //!
 //! ```text
-//! tcp-load --addr HOST:PORT --protocol line|frame --workload echo|ping|raw|heartbeat|message|login
+//! tcp-load --addr HOST:PORT [--addr HOST:PORT ...] --protocol line|frame
+//!          --workload echo|ping|raw|chat|heartbeat|message|login
 //!          [--size BYTES (64)] [--request TEXT (raw only)]
 //!          [--connections N (50)] [--connect-rate PER_SEC (2000)] [--pipeline P (1)]
 //!          [--duration DUR (10s)] [--warmup DUR (1s)] | [--requests N]
 //!          [--rate R] [--threads T (cores)] [--source-addr IP[,IP...]] [--timeout DUR (5s)]
-//!          [--json] [--hdr-out FILE] [--progress]
+//!          [--drain DUR (2s, chat only)] [--json] [--hdr-out FILE] [--progress]
 //!          [--tls (--ca FILE | --insecure) [--server-name NAME]]
 //! ```
 //!
@@ -14,6 +15,9 @@
 //!
 //! `--connections` are dealt round-robin to `--threads` workers (`worker.rs`), each with its
 //! own `mio::Poll`, connections and histogram. Connects are paced at `--connect-rate` in total.
+//! With several `--addr`, connection `j` (counted over all threads) goes to address `j mod n`,
+//! so the addresses take turns and their shares differ by at most one; the summary's title
+//! and the JSON `settings.addrs` list them all (`settings.addr` stays the first).
 //! Each connection keeps up to `--pipeline` requests in flight:
 //!
 //! - **closed loop** (default): a reply frees a slot and the slot is refilled at once; all the
@@ -35,10 +39,24 @@
 //! connection is closed and not reopened. Exit status: 0 without errors, 1 with any, 2 for bad
 //! arguments.
 //!
+//! # Chat (`--workload chat`)
+//!
+//! Every connection is a chat session (`chat.rs`): `HELLO` with a name unique to the run, then
+//! `SAY`s carrying their seq and send time, each answered `OK` (the requests measured as
+//! above) and pushed by the server to every other session, where tcp-load checks that each
+//! arrives once and in order. The window (with its warmup) opens only once every session has
+//! its WELCOME, so every SAY reaches every session. When sending ends, the threads publish
+//! their senders' counts and read on for up to `--drain` until what is in flight has come. A
+//! delivery (a push of a message sent in the window) is timed from its SAY's send time to its
+//! receipt; the summary adds deliveries, their rate and latency percentiles, and the missing,
+//! duplicated and reordered messages, which count as errors (exit status 1).
+//!
 //! # Over TLS (`--tls`)
 //!
 //! Each connection runs a rustls client session inside the same non-blocking loop (flags and
-//! config in [`crate::client::tls`]). The handshake is part of connecting: a connection is up,
+//! config in [`crate::client::tls`]). The name verified and sent as SNI is `--server-name`, or
+//! else the host part of the connection's own `--addr` (`settings.server_name` shows the
+//! first address's). The handshake is part of connecting: a connection is up,
 //! and its requests start, once the handshake is done; a handshake that fails (a certificate
 //! that does not verify, say) or is not done within `--timeout` is a `connect` error, and its
 //! reason is listed in the summary. Handshakes are timed from the TCP connection's
@@ -55,6 +73,7 @@
 //!   start and after the last worker has stopped but before any socket is closed, so connect
 //!   and teardown costs are not charged to the requests.
 
+pub mod chat;
 mod cpu;
 mod crew;
 mod pacing;
@@ -76,19 +95,23 @@ use clap::{CommandFactory, Parser};
 use log::{debug, warn};
 use serde_json::{Map, Value, json};
 
-use crate::client::tls::{TlsArgs, TlsConfig};
+use crate::client::tls::{TlsArgs, TlsConfig, TlsError};
 use crate::config::parse_duration;
 use crate::net::raise_fd_limit;
+use chat::ChatPlan;
 use cpu::{CpuSample, CpuSpent};
 use crew::Crew;
 use pacing::Pacer;
 use report::Report;
 use totals::Totals;
-use worker::{Plan, Shared, UNKNOWN, clock_ns};
+use worker::{Destination, Plan, Shared, UNKNOWN, clock_ns};
 use workload::{Exchange, MAX_SIZE, Protocol, Workload};
 
 /// Default `--warmup` with `--duration`.
 const DEFAULT_WARMUP: Duration = Duration::from_secs(1);
+/// Default `--drain`: pushes normally arrive within milliseconds; two seconds leave room for
+/// a loaded server without making a broken run wait long.
+const DEFAULT_DRAIN: Duration = Duration::from_secs(2);
 
 /// tcp-load's command line.
 #[derive(Parser, Debug, Clone)]
@@ -104,14 +127,26 @@ const DEFAULT_WARMUP: Duration = Duration::from_secs(1);
                   --tls speaks TLS on every connection (with --ca FILE or --insecure): a \
                   connection is up once its handshake is done, a failed handshake is a \
                   connect error with its reason in the summary, and the summary adds the \
-                  handshake count and times (p50, p99)."
+                  handshake count and times (p50, p99).\n\n\
+                  --addr may be given several times: connection j goes to address j mod n; \
+                  over TLS each address's host part is its default server name.\n\n\
+                  --workload chat: every connection says HELLO with a name unique to the run \
+                  and, once every session has its WELCOME, SAYs `<seq> <send time> \
+                  <--size bytes>` (closed loop, or --rate in total). Every SAY must reach \
+                  every other session once and in order; after the run tcp-load waits up to \
+                  --drain for the pushes in flight. The summary adds messages sent, \
+                  deliveries (pushes received), deliveries/s, delivery latency (SAY sent to \
+                  push received) and the messages missing, duplicated or reordered (errors), \
+                  the sessions disconnected and the pushes of other runs (foreign)."
 )]
 pub struct LoadConfig {
-    /// Server address; a host name is resolved once, at start.
-    #[arg(long, value_name = "HOST:PORT", value_parser = parse_addr)]
-    pub addr: Target,
+    /// Server address; a host name is resolved once, at start. Given more than once, the
+    /// connections are spread over the addresses in turn: connection j goes to address
+    /// j mod n (the n addresses in the order given).
+    #[arg(long = "addr", value_name = "HOST:PORT", value_parser = parse_addr, required = true)]
+    pub addrs: Vec<Target>,
 
-    /// Protocol spoken: `line` (echo, ping, raw) or `frame` (heartbeat, message, login).
+    /// Protocol spoken: `line` (echo, ping, raw, chat) or `frame` (heartbeat, message, login).
     #[arg(long, value_enum)]
     pub protocol: Protocol,
 
@@ -119,7 +154,8 @@ pub struct LoadConfig {
     #[arg(long, value_enum)]
     pub workload: Workload,
 
-    /// Line length (echo, without `\n`) or frame body length (heartbeat, message).
+    /// Line length (echo, without `\n`), frame body length (heartbeat, message), or the
+    /// padding after each SAY's seq and send time (chat).
     #[arg(long, value_name = "BYTES", default_value_t = 64)]
     pub size: usize,
 
@@ -171,6 +207,11 @@ pub struct LoadConfig {
     #[arg(long, value_name = "DUR", default_value = "5s", value_parser = parse_duration)]
     pub timeout: Duration,
 
+    /// Chat: once every thread has stopped sending, wait this long at most for the pushes
+    /// still in flight; what has not arrived by then is missing [default: 2s].
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub drain: Option<Duration>,
+
     /// Print the summary as one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -193,7 +234,7 @@ pub struct LoadConfig {
     pub tls: TlsArgs,
 }
 
-/// `--addr`: as given (its host part is the default TLS server name) and as resolved.
+/// One `--addr`: as given (its host part is its default TLS server name) and as resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     pub text: String,
@@ -277,10 +318,26 @@ impl LoadConfig {
             }
             _ => {}
         }
-        if self.workload.uses_size() && self.size > MAX_SIZE {
+        let max_size = match self.workload {
+            Workload::Chat => chat::MAX_PADDING,
+            _ => MAX_SIZE,
+        };
+        if self.workload.uses_size() && self.size > max_size {
             return Err(format!(
-                "--size {} is over the limit of {MAX_SIZE} bytes",
+                "--size {} is over the limit of {max_size} bytes",
                 self.size
+            ));
+        }
+        if self.workload == Workload::Chat && self.connections > chat::MAX_SESSIONS {
+            return Err(format!(
+                "--workload chat takes at most {} connections (each session keeps a \
+                 sequence number per sender)",
+                chat::MAX_SESSIONS
+            ));
+        }
+        if self.drain.is_some() && self.workload != Workload::Chat {
+            return Err(format!(
+                "--drain is only for --workload chat, not {workload}"
             ));
         }
         if self.requests.is_none() && self.duration.is_zero() {
@@ -289,7 +346,56 @@ impl LoadConfig {
         if self.timeout.is_zero() {
             return Err("--timeout must be more than 0".to_string());
         }
-        self.tls.check(&self.addr.text)
+        if self.addrs.is_empty() {
+            return Err("--addr is required".to_string());
+        }
+        self.addrs
+            .iter()
+            .try_for_each(|addr| self.tls.check(&addr.text))
+    }
+
+    /// The first `--addr` (there is always one: parsing requires it).
+    #[must_use]
+    pub fn addr(&self) -> &Target {
+        self.addrs
+            .first()
+            .expect("try_parse_args_from refuses a config without --addr")
+    }
+
+    /// The `--addr` values as shown: resolved, comma-separated.
+    fn addrs_shown(&self) -> String {
+        let shown: Vec<String> = self.addrs.iter().map(ToString::to_string).collect();
+        shown.join(",")
+    }
+
+    /// Where the connections go, in `--addr` order: the resolved address and, with `--tls`,
+    /// the session settings, whose server name is `--server-name` or that address's own host
+    /// part (the `--ca` file is read once).
+    ///
+    /// # Errors
+    ///
+    /// The CA file cannot be read or holds no usable certificate.
+    fn destinations(&self) -> Result<Vec<Destination>, TlsError> {
+        let first = self.tls.config(&self.addr().text)?;
+        self.addrs
+            .iter()
+            .map(|addr| {
+                let tls = match &first {
+                    None => None,
+                    Some(config) => Some(TlsConfig {
+                        config: Arc::clone(&config.config),
+                        server_name: self
+                            .tls
+                            .server_name(&addr.text)
+                            .map_err(TlsError::ServerName)?,
+                    }),
+                };
+                Ok(Destination {
+                    addr: addr.socket,
+                    tls,
+                })
+            })
+            .collect()
     }
 
     /// Worker threads: `--threads` or the number of cores, but never more than there are
@@ -305,6 +411,12 @@ impl LoadConfig {
             threads = threads.min(usize::try_from(requests).unwrap_or(usize::MAX));
         }
         threads.max(1)
+    }
+
+    /// The chat drain actually applied.
+    #[must_use]
+    pub fn drain(&self) -> Duration {
+        self.drain.unwrap_or(DEFAULT_DRAIN)
     }
 
     /// The warmup actually applied.
@@ -336,7 +448,7 @@ impl LoadConfig {
         format!(
             "{} {}/{}: {} connection(s), {threads} thread(s), pipeline {}, {shape}, {amount} \
              after {}s warmup",
-            self.addr,
+            self.addrs_shown(),
             self.protocol.name(),
             self.workload.name(),
             self.connections,
@@ -348,7 +460,8 @@ impl LoadConfig {
     /// The resolved settings, for the JSON `settings` object.
     fn settings(&self, threads: usize) -> Map<String, Value> {
         let value = json!({
-            "addr": self.addr.to_string(),
+            "addr": self.addr().to_string(),
+            "addrs": self.addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "protocol": self.protocol.name(),
             "workload": self.workload.name(),
             "size": self.size,
@@ -364,13 +477,14 @@ impl LoadConfig {
             "threads": threads,
             "source_addr": self.source_addr.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "timeout_s": self.timeout.as_secs_f64(),
+            "drain_s": (self.workload == Workload::Chat).then(|| self.drain().as_secs_f64()),
             "tls": self.tls.tls,
             "ca": self.tls.ca.as_ref().map(|path| path.display().to_string()),
             "insecure": self.tls.insecure,
             "server_name": self
                 .tls
                 .tls
-                .then(|| self.tls.server_name(&self.addr.text).ok())
+                .then(|| self.tls.server_name(&self.addr().text).ok())
                 .flatten()
                 .map(|name| name.to_str().into_owned()),
         });
@@ -385,16 +499,16 @@ impl LoadConfig {
     fn plan(
         &self,
         threads: usize,
-        tls: Option<TlsConfig>,
+        destinations: Vec<Destination>,
         exchange: Arc<Exchange>,
         epoch_ns: u64,
+        chat: Option<Arc<ChatPlan>>,
     ) -> Plan {
         Plan {
             thread: 0,
             threads,
             connections: self.connections as usize,
-            addr: self.addr.socket,
-            tls,
+            destinations: Arc::from(destinations),
             sources: Arc::from(self.source_addr.clone()),
             pipeline: self.pipeline,
             exchange,
@@ -405,6 +519,7 @@ impl LoadConfig {
             timeout_ns: self.timeout.as_nanos() as u64,
             epoch_ns,
             progress: self.show_progress(),
+            chat,
         }
     }
 }
@@ -419,26 +534,38 @@ impl LoadConfig {
 pub fn run(config: &LoadConfig) -> io::Result<Report> {
     let threads = config.threads();
     prepare_fd_limit(config, threads);
-    let tls = config
-        .tls
-        .config(&config.addr.text)
+    let destinations = config
+        .destinations()
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-    let has_tls = tls.is_some();
+    let has_tls = config.tls.tls;
     let raw_request = config.request.as_deref().unwrap_or("").as_bytes();
     let exchange = Arc::new(workload::exchange(
         config.workload,
         config.size,
         raw_request,
     ));
-    // With --requests and no warmup, every request is measured: the window opens at once.
-    let start_at_once = config.requests.is_some() && config.warmup().is_zero();
+    // With --requests and no warmup, every request is measured: the window opens at once;
+    // but never before every chat session is identified (an earlier SAY would not reach all).
+    let chatting = config.workload == Workload::Chat;
+    let start_at_once = config.requests.is_some() && config.warmup().is_zero() && !chatting;
     let epoch = clock_ns();
     let shared = Arc::new(Shared::new(
         threads,
         if start_at_once { epoch } else { UNKNOWN },
     ));
     let cpu_at_start = start_at_once.then(|| CpuSample::take(config.server_pid));
-    let plan = config.plan(threads, tls, exchange, epoch);
+    let chat = chatting.then(|| {
+        let names = chat::Names::for_this_run();
+        debug!("chat session names: {}<index>", names.prefix());
+        Arc::new(ChatPlan::new(
+            names,
+            &workload::pattern(config.size),
+            config.connections as usize,
+            threads,
+            config.drain().as_nanos() as u64,
+        ))
+    });
+    let plan = config.plan(threads, destinations, exchange, epoch, chat);
     let crew = Crew::spawn(&plan, config.requests, &shared)?;
 
     let paced = Pacer::new(config, &plan, &crew, &shared, cpu_at_start).run();
@@ -449,7 +576,11 @@ pub fn run(config: &LoadConfig) -> io::Result<Report> {
         });
     crew.release_and_join(); // the workers may close their sockets now
 
-    let mut totals = Totals::new(has_tls);
+    let chat_names = plan
+        .chat
+        .as_ref()
+        .map(|chat| format!("{}<index>", chat.names.prefix()));
+    let mut totals = Totals::new(has_tls, chat_names);
     for report in &paced.reports {
         totals.add(report);
     }
@@ -634,7 +765,7 @@ mod tests {
         ])
         .unwrap();
         assert!(c.tls.tls);
-        assert_eq!(c.addr.text, "localhost:8443");
+        assert_eq!(c.addr().text, "localhost:8443");
         let settings = c.settings(1);
         assert_eq!(settings["tls"], true);
         assert_eq!(settings["ca"], "ca.pem");
@@ -643,7 +774,7 @@ mod tests {
         // The address shown is the resolved one, as without TLS.
         assert!(
             c.title(1)
-                .starts_with(&format!("{} line/ping", c.addr.socket))
+                .starts_with(&format!("{} line/ping", c.addr().socket))
         );
         let named = parse(&[
             "--protocol",
@@ -658,6 +789,110 @@ mod tests {
         .unwrap();
         assert_eq!(named.settings(1)["server_name"], "server.test");
         assert_eq!(named.settings(1)["insecure"], true);
+    }
+
+    #[test]
+    fn addr_may_be_given_several_times() {
+        let one = parse(&["--protocol", "line", "--workload", "ping"]).unwrap();
+        assert_eq!(one.addrs.len(), 1);
+        assert_eq!(one.settings(1)["addrs"], json!(["127.0.0.1:8080"]));
+        let c = parse(&[
+            "--addr",
+            "127.0.0.2:9090",
+            "--protocol",
+            "line",
+            "--workload",
+            "ping",
+            "--addr",
+            "localhost:7070",
+        ])
+        .unwrap();
+        let texts: Vec<&str> = c.addrs.iter().map(|a| a.text.as_str()).collect();
+        assert_eq!(
+            texts,
+            ["127.0.0.1:8080", "127.0.0.2:9090", "localhost:7070"]
+        );
+        assert_eq!(c.addr().text, "127.0.0.1:8080");
+        let settings = c.settings(1);
+        assert_eq!(settings["addr"], "127.0.0.1:8080");
+        let shown = c.addrs[2].socket.to_string();
+        assert_eq!(
+            settings["addrs"],
+            json!(["127.0.0.1:8080", "127.0.0.2:9090", shown])
+        );
+        assert!(
+            c.title(1)
+                .starts_with(&format!("127.0.0.1:8080,127.0.0.2:9090,{shown} line/ping"))
+        );
+        let destinations = c.destinations().unwrap();
+        let ports: Vec<u16> = destinations.iter().map(|d| d.addr.port()).collect();
+        assert_eq!(ports, [8080, 9090, 7070]);
+        assert!(destinations.iter().all(|d| d.tls.is_none()));
+    }
+
+    #[test]
+    fn each_address_is_its_own_default_tls_server_name() {
+        let names = |extra: &[&str]| -> Vec<String> {
+            let mut args = vec![
+                "tcp-load",
+                "--addr",
+                "localhost:8443",
+                "--addr",
+                "127.0.0.1:9443",
+                "--protocol",
+                "line",
+                "--workload",
+                "ping",
+                "--tls",
+                "--insecure",
+            ];
+            args.extend_from_slice(extra);
+            let config = LoadConfig::try_parse_args_from(args).unwrap();
+            config
+                .destinations()
+                .unwrap()
+                .iter()
+                .map(|d| d.tls.as_ref().unwrap().server_name.to_str().into_owned())
+                .collect()
+        };
+        assert_eq!(names(&[]), ["localhost", "127.0.0.1"]);
+        assert_eq!(
+            names(&["--server-name", "one.test"]),
+            ["one.test", "one.test"]
+        );
+    }
+
+    #[test]
+    fn chat_flags_and_their_limits() {
+        let chat = |extra: &[&str]| {
+            let mut args = vec!["--protocol", "line", "--workload", "chat"];
+            args.extend_from_slice(extra);
+            parse(&args)
+        };
+        let c = chat(&[]).unwrap();
+        assert_eq!(c.workload, Workload::Chat);
+        assert_eq!(c.drain(), Duration::from_secs(2));
+        assert_eq!(c.settings(1)["drain_s"], 2.0);
+        assert_eq!(
+            chat(&["--drain", "300ms"]).unwrap().drain(),
+            Duration::from_millis(300)
+        );
+        let biggest = chat::MAX_PADDING.to_string();
+        assert_eq!(chat(&["--size", &biggest]).unwrap().size, chat::MAX_PADDING);
+        let over = (chat::MAX_PADDING + 1).to_string();
+        let err = chat(&["--size", &over]).unwrap_err().to_string();
+        assert!(err.contains("over the limit of 65489 bytes"), "{err}");
+        assert!(chat(&["--connections", "10000"]).is_ok());
+        let err = chat(&["--connections", "10001"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(
+            err.to_string().contains("at most 10000 connections"),
+            "{err}"
+        );
+        let ping = parse(&["--protocol", "line", "--workload", "ping"]).unwrap();
+        assert_eq!(ping.settings(1)["drain_s"], Value::Null);
+        let err = parse(&["--protocol", "frame", "--workload", "chat"]).unwrap_err();
+        assert!(err.to_string().contains("line workload"), "{err}");
     }
 
     // A table: rustfmt gives each case several lines, so it runs past a screen.
@@ -774,6 +1009,10 @@ mod tests {
                     "x",
                 ],
                 "--server-name only applies with --tls",
+            ),
+            (
+                &["--protocol", "line", "--workload", "ping", "--drain", "1s"],
+                "--drain is only for --workload chat",
             ),
             (&["--protocol", "line", "--workload", "nope"], "nope"),
             (&["--protocol", "tcp", "--workload", "ping"], "tcp"),

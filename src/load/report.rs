@@ -15,12 +15,18 @@
 //!   `connections`, `threads`, `cpu_s`, `cpu_us_per_request`, `server_cpu_s` and
 //!   `server_cpu_us_per_request` (null without `--server-pid`), `tls` (null without `--tls`,
 //!   else `{handshakes, handshake_us {p50,p99,max}, failures {REASON: count}}`: handshakes
-//!   done, their times, and why the failed ones failed), `settings {...}` (with `--tls`:
-//!   `tls`, `ca`, `insecure`, `server_name`); the table is the one Java
+//!   done, their times, and why the failed ones failed), `chat` (null but with
+//!   `--workload chat`, else `{names, sessions, messages, deliveries, deliveries_per_s,
+//!   delivery_latency_us {min,p50,p90,p99,p999,max}, missing, duplicated, reordered,
+//!   disconnected, foreign}`: see `chat.rs` for what each counts), `settings {...}` (with
+//!   `--tls`: `tls`, `ca`, `insecure`, `server_name`); the table is the one Java
 //!   HdrHistogram's `outputPercentileDistribution` writes (and wrk2 prints), which the
 //!   HdrHistogram plotter reads.
 //! - The text summary's lines keep their order and layout; `--tls` adds a `tls` line (and a
-//!   `tls failed` line per reason) after `connections`.
+//!   `tls failed` line per reason) after `connections`, and `--workload chat` adds its
+//!   `chat`, `delivery µs` and `chat errors` lines after those.
+//! - The exit status counts every error: the kinds of [`Errors`], and with chat the missing,
+//!   duplicated and reordered messages ([`Report::error_total`]).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -29,6 +35,8 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use serde_json::{Map, Value, json};
+
+use super::chat::Tally;
 
 /// The lowest discernible latency: 1 ns, not 1 µs. HdrHistogram's lowest value sets the step
 /// of its first bucket: with 1 µs (recorded in ns) the steps would be 512 ns all the way up to
@@ -141,6 +149,16 @@ pub struct Report {
     pub server_cpu: Option<Duration>,
     /// With `--tls`: the handshakes.
     pub tls: Option<TlsSummary>,
+    /// With `--workload chat`: the deliveries.
+    pub chat: Option<ChatSummary>,
+}
+
+/// A chat run's deliveries and what went wrong with them.
+#[derive(Debug, Clone)]
+pub struct ChatSummary {
+    /// How the sessions were named: `c` + the run's characters + `<index>`.
+    pub names: String,
+    pub tally: Tally,
 }
 
 /// The TLS handshakes of a run (all of them: they happen while connecting, before the
@@ -236,7 +254,27 @@ impl Report {
     /// Percentiles in µs (all 0 without requests).
     #[must_use]
     pub fn latency(&self) -> Latency {
-        let h = &self.histogram;
+        Latency::of(&self.histogram)
+    }
+
+    /// Chat: deliveries per second of the measured window.
+    #[must_use]
+    pub fn deliveries_per_s(&self) -> Option<f64> {
+        let chat = self.chat.as_ref()?;
+        Some(per_second(chat.tally.deliveries as f64, self.duration))
+    }
+
+    /// Every error counted, what the exit status goes by.
+    #[must_use]
+    pub fn error_total(&self) -> u64 {
+        self.errors.total() + self.chat.as_ref().map_or(0, |chat| chat.tally.errors())
+    }
+}
+
+impl Latency {
+    /// The percentiles of `h` (nanoseconds) in µs; all 0 if it is empty.
+    #[must_use]
+    pub fn of(h: &Histogram<u64>) -> Latency {
         if h.is_empty() {
             return Latency {
                 min: 0.0,
@@ -255,6 +293,18 @@ impl Report {
             p999: us(h.value_at_quantile(0.999)),
             max: us(h.max()),
         }
+    }
+
+    /// `{min, p50, p90, p99, p999, max}`, as `latency_us` has it.
+    fn json(&self) -> Value {
+        json!({
+            "min": self.min,
+            "p50": self.p50,
+            "p90": self.p90,
+            "p99": self.p99,
+            "p999": self.p999,
+            "max": self.max,
+        })
     }
 }
 
@@ -300,6 +350,9 @@ pub fn summary_text(report: &Report) -> String {
     if let Some(tls) = &report.tls {
         tls_lines(&mut text, tls);
     }
+    if let Some(chat) = &report.chat {
+        chat_lines(&mut text, report, &chat.tally);
+    }
     let _ = writeln!(
         text,
         "  cpu          tcp-load {:.3} s user+sys = {:.3} µs/request",
@@ -332,6 +385,48 @@ fn tls_lines(text: &mut String, tls: &TlsSummary) {
     }
 }
 
+/// The summary's `chat`, `delivery µs` and `chat errors` lines.
+fn chat_lines(text: &mut String, report: &Report, tally: &Tally) {
+    let l = Latency::of(&tally.latency);
+    let _ = writeln!(
+        text,
+        "  chat         {} sessions, {} messages, {} deliveries = {:.1} deliveries/s",
+        tally.sessions,
+        tally.messages,
+        tally.deliveries,
+        report.deliveries_per_s().unwrap_or(0.0)
+    );
+    let _ = writeln!(
+        text,
+        "  delivery µs  min {:.1}  p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}",
+        l.min, l.p50, l.p90, l.p99, l.p999, l.max
+    );
+    let _ = writeln!(
+        text,
+        "  chat errors  missing {} duplicated {} reordered {} disconnected {} (foreign {})",
+        tally.missing, tally.duplicated, tally.reordered, tally.disconnected, tally.foreign
+    );
+}
+
+/// The summary's `chat` object.
+fn chat_json(report: &Report, chat: &ChatSummary) -> Value {
+    let t = &chat.tally;
+    let l = Latency::of(&t.latency);
+    json!({
+        "names": chat.names,
+        "sessions": t.sessions,
+        "messages": t.messages,
+        "deliveries": t.deliveries,
+        "deliveries_per_s": report.deliveries_per_s(),
+        "delivery_latency_us": l.json(),
+        "missing": t.missing,
+        "duplicated": t.duplicated,
+        "reordered": t.reordered,
+        "disconnected": t.disconnected,
+        "foreign": t.foreign,
+    })
+}
+
 /// The summary as one JSON object (keys in the module doc).
 #[must_use]
 pub fn summary_json(report: &Report) -> Value {
@@ -346,14 +441,7 @@ pub fn summary_json(report: &Report) -> Value {
         "requests_per_s": report.requests_per_s(),
         "mb_per_s_sent": report.mb_per_s_sent(),
         "mb_per_s_received": report.mb_per_s_received(),
-        "latency_us": {
-            "min": l.min,
-            "p50": l.p50,
-            "p90": l.p90,
-            "p99": l.p99,
-            "p999": l.p999,
-            "max": l.max,
-        },
+        "latency_us": l.json(),
         "errors": errors,
         "connections": report.connections,
         "threads": report.threads,
@@ -369,6 +457,7 @@ pub fn summary_json(report: &Report) -> Value {
                 "failures": tls.failures,
             })
         }),
+        "chat": report.chat.as_ref().map(|chat| chat_json(report, chat)),
         "settings": report.settings,
     })
 }
@@ -493,6 +582,7 @@ mod tests {
             cpu: Duration::from_millis(500),
             server_cpu: None,
             tls: None,
+            chat: None,
         }
     }
 
@@ -538,6 +628,77 @@ mod tests {
         let plain_text = summary_text(&report(&[25_000]));
         let without_tls: Vec<&str> = text.lines().filter(|l| !l.starts_with("  tls")).collect();
         assert_eq!(without_tls, plain_text.lines().collect::<Vec<_>>());
+    }
+
+    fn with_chat(mut report: Report) -> Report {
+        let mut tally = Tally::default();
+        for ns in [100_000, 200_000, 4_000_000] {
+            tally.latency.record(ns).unwrap();
+        }
+        (tally.sessions, tally.messages, tally.deliveries) = (20, 100, 1900);
+        (tally.missing, tally.duplicated, tally.reordered) = (3, 2, 1);
+        (tally.disconnected, tally.foreign) = (1, 7);
+        report.chat = Some(ChatSummary {
+            names: "cabcdefgh<index>".to_string(),
+            tally,
+        });
+        report
+    }
+
+    #[test]
+    fn chat_figures_in_json_and_text() {
+        let plain = report(&[25_000]);
+        assert_eq!(summary_json(&plain)["chat"], Value::Null);
+        assert_eq!(plain.error_total(), 3);
+        let chat = with_chat(report(&[25_000]));
+        assert_eq!(
+            chat.error_total(),
+            3 + 3 + 2 + 1,
+            "missing, duplicated, reordered"
+        );
+        let value = summary_json(&chat);
+        let c = &value["chat"];
+        assert_eq!(c["names"], "cabcdefgh<index>");
+        assert_eq!(
+            (c["sessions"].clone(), c["messages"].clone()),
+            (json!(20), json!(100))
+        );
+        assert_eq!(c["deliveries"], 1900);
+        assert_eq!(c["deliveries_per_s"], 950.0);
+        for (key, count) in [
+            ("missing", 3),
+            ("duplicated", 2),
+            ("reordered", 1),
+            ("disconnected", 1),
+            ("foreign", 7),
+        ] {
+            assert_eq!(c[key], count, "{key}");
+        }
+        let keys: Vec<&str> = c["delivery_latency_us"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(keys, ["max", "min", "p50", "p90", "p99", "p999"]);
+        let p50 = c["delivery_latency_us"]["p50"].as_f64().unwrap();
+        assert!((p50 - 200.0).abs() < 0.2, "{p50}");
+        let text = summary_text(&chat);
+        for needle in [
+            "\n  chat         20 sessions, 100 messages, 1900 deliveries = 950.0 deliveries/s\n",
+            "\n  delivery µs  min 100.0  p50 200.1  p90 4001.8  p99 4001.8  p99.9 4001.8  max \
+             4001.8\n",
+            "\n  chat errors  missing 3 duplicated 2 reordered 1 disconnected 1 (foreign 7)\n",
+        ] {
+            assert!(text.contains(needle), "{needle:?} not in\n{text}");
+        }
+        // The other lines are unchanged, and in the same order.
+        let plain_text = summary_text(&plain);
+        let others: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with("  chat") && !l.starts_with("  delivery"))
+            .collect();
+        assert_eq!(others, plain_text.lines().collect::<Vec<_>>());
     }
 
     #[test]

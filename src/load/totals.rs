@@ -15,14 +15,17 @@ use hdrhistogram::Histogram;
 use log::warn;
 
 use super::LoadConfig;
+use super::chat::Tally;
 use super::cpu::CpuSpent;
-use super::report::{Errors, Report, TlsSummary, new_histogram};
+use super::report::{ChatSummary, Errors, Report, TlsSummary, new_histogram};
 use super::worker::WorkerReport;
 
 /// The sums so far.
 pub(super) struct Totals {
     histogram: Histogram<u64>,
     tls: Option<TlsSummary>,
+    /// Chat: the sessions' names, and the counts.
+    chat: Option<ChatSummary>,
     errors: Errors,
     requests: u64,
     bytes_sent: u64,
@@ -34,13 +37,18 @@ pub(super) struct Totals {
 }
 
 impl Totals {
-    /// Nothing merged yet; `tls`: the run has handshakes to sum.
-    pub fn new(tls: bool) -> Totals {
+    /// Nothing merged yet; `tls`: the run has handshakes to sum; `chat_names`: it is a chat
+    /// run, its sessions so named.
+    pub fn new(tls: bool, chat_names: Option<String>) -> Totals {
         Totals {
             histogram: new_histogram(),
             tls: tls.then(|| TlsSummary {
                 handshakes: new_histogram(),
                 failures: BTreeMap::new(),
+            }),
+            chat: chat_names.map(|names| ChatSummary {
+                names,
+                tally: Tally::default(),
             }),
             errors: Errors::default(),
             requests: 0,
@@ -64,6 +72,9 @@ impl Totals {
             for (reason, count) in &report.tls_failures {
                 *summary.failures.entry(reason.clone()).or_default() += count;
             }
+        }
+        if let (Some(summary), Some(tally)) = (self.chat.as_mut(), &report.chat) {
+            summary.tally.add(tally);
         }
         self.errors.add(&report.errors);
         self.requests += report.requests;
@@ -104,6 +115,7 @@ impl Totals {
             cpu: cpu.ours,
             server_cpu: cpu.server,
             tls: self.tls,
+            chat: self.chat,
         }
     }
 }
@@ -138,12 +150,13 @@ mod tests {
             start_ns,
             handshakes: None,
             tls_failures: BTreeMap::new(),
+            chat: None,
         }
     }
 
     #[test]
     fn reports_add_up() {
-        let mut totals = Totals::new(false);
+        let mut totals = Totals::new(false, None);
         totals.add(&worker_report(&[1_000, 2_000], 100, 900));
         totals.add(&worker_report(&[3_000], 50, 700));
         let spent = CpuSpent {
@@ -170,19 +183,46 @@ mod tests {
 
     #[test]
     fn the_window_is_the_duration_or_start_to_last_reply() {
-        let mut idle = Totals::new(false);
+        let mut idle = Totals::new(false, None);
         // A worker that never learned the window (start 0) does not count for its start.
         idle.add(&worker_report(&[], 0, 0));
         assert_eq!(idle.duration(&config(&["--requests", "5"])), Duration::ZERO);
-        let mut timed = Totals::new(false);
+        let mut timed = Totals::new(false, None);
         timed.add(&worker_report(&[1_000], 10, 20));
         let by_duration = config(&["--duration", "3s"]);
         assert_eq!(timed.duration(&by_duration), Duration::from_secs(3));
     }
 
     #[test]
+    fn chat_tallies_add_up() {
+        let mut totals = Totals::new(false, Some("cx<index>".to_string()));
+        for (deliveries, missing) in [(10, 1), (5, 0)] {
+            let mut report = worker_report(&[], 1, 2);
+            let mut tally = Tally {
+                deliveries,
+                missing,
+                ..Tally::default()
+            };
+            tally.latency.record(1_000).unwrap();
+            report.chat = Some(tally);
+            totals.add(&report);
+        }
+        let spent = CpuSpent {
+            ours: Duration::ZERO,
+            server: None,
+        };
+        let report = totals.into_report(&config(&[]), 2, spent);
+        let chat = report.chat.expect("a chat run has a chat summary");
+        assert_eq!(chat.names, "cx<index>");
+        assert_eq!((chat.tally.deliveries, chat.tally.missing), (15, 1));
+        assert_eq!(chat.tally.latency.len(), 2);
+        // Without chat, worker tallies (there are none) are not asked for.
+        assert!(Totals::new(false, None).chat.is_none());
+    }
+
+    #[test]
     fn tls_handshakes_and_failures_add_up_by_reason() {
-        let mut totals = Totals::new(true);
+        let mut totals = Totals::new(true, None);
         for (reason, count) in [("bad certificate", 2), ("timeout", 1)] {
             let mut report = worker_report(&[], 1, 2);
             let mut handshakes = new_histogram();

@@ -35,7 +35,9 @@
 //! `CLOCK_MONOTONIC` in nanoseconds, read once per wakeup (after `poll`) and once per batch of
 //! replies (after the reads that brought it). Replies read together share a receive time;
 //! requests queued together share a send time (the same reading: a reply's arrival is the
-//! moment its slot is refilled). No clock read per request.
+//! moment its slot is refilled). No clock read per request. Chat reads it once per `read`
+//! instead, so a push that came in a later read of a long batch is not timed before its SAY
+//! was sent.
 //!
 //! # Open loop (`--rate R`)
 //!
@@ -70,18 +72,38 @@
 //! closed while open says `close_notify` first (one write, best effort), and so does every
 //! connection still open when the worker ends.
 //!
+//! # Chat (`--workload chat`)
+//!
+//! Each open connection carries a [`Session`] (`chat.rs`): the one case where requests
+//! differ, so the session holds its own outgoing bytes instead of a phase in the periodic
+//! stream, and where pushes come between the replies, so the read buffer is parsed by lines
+//! rather than compared. The rest is the same loop, with three differences of timing:
+//!
+//! ```text
+//! open        -> HELLO is the first request in flight; the thread is "connected" for the
+//!                main thread only once every session has its WELCOME (or has failed)
+//! window set  -> the first SAYs, on every session at once (open loop: from the next slot)
+//! sending done (window over / budget spent and answered / no connection left)
+//!             -> stop: publish each sender's final count, and keep reading
+//! every thread stopped -> wait until each session has got what was sent to it, or
+//!                --drain has passed; what never came is then missing
+//! ```
+//!
 //! # Invariants
 //!
 //! - `in_flight <= pipeline` on every connection; the ring holds exactly `in_flight` send
-//!   times; `unsent <= in_flight * request_len`.
+//!   times; `unsent <= in_flight * request_len` (chat: `unsent` is the session's unsent
+//!   bytes).
 //! - No allocation per request: rings are allocated once per connection, the batch buffers
-//!   and the read buffer once per thread.
+//!   and the read buffer once per thread (chat: a session's buffers once per connection,
+//!   reused).
 //! - A connection with an error is closed and counted, never reopened.
 //!
 //! # What it refuses to do
 //!
 //! It does not reconnect, does not balance budgets across threads (each thread gets an equal
-//! share of `--requests`), and does not read replies after the measured window ends.
+//! share of `--requests`), and does not read replies after the measured window ends (chat:
+//! after the drain).
 
 use std::collections::BTreeMap;
 use std::io;
@@ -99,6 +121,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use socket2::{Domain, Socket, Type};
 
+use super::chat::{ChatPlan, Moment, Session, Tally};
 use super::report::{ErrorKind, Errors, new_histogram};
 use super::stream::{Reading, Received, Stream, TlsStream};
 use super::workload::{Exchange, Periodic, Verifier};
@@ -121,6 +144,9 @@ const SLOT_BUDGET: usize = 4096;
 /// How often connections are checked for `--timeout` (at most; a shorter timeout scans more
 /// often).
 const SCAN_EVERY_NS: u64 = 100_000_000;
+/// While waiting for chat pushes after sending has stopped: how often to look whether every
+/// thread has stopped and every session has got what was sent to it.
+const DRAIN_CHECK_NS: u64 = 10_000_000;
 /// How often a worker publishes a histogram snapshot for the progress line.
 const SNAPSHOT_EVERY_NS: u64 = 1_000_000_000;
 /// Errors of each kind logged at warn, process-wide; the rest at debug.
@@ -152,9 +178,9 @@ pub(crate) struct Plan {
     pub threads: usize,
     /// `C`, all threads together.
     pub connections: usize,
-    pub addr: SocketAddr,
-    /// `--tls`: the session settings shared by every connection.
-    pub tls: Option<TlsConfig>,
+    /// The `--addr` values, in order (never empty): connection `j` goes to
+    /// `destinations[j % n]`.
+    pub destinations: Arc<[Destination]>,
     /// Local addresses to bind, round-robin by global connection index (empty: any).
     pub sources: Arc<[IpAddr]>,
     pub pipeline: u32,
@@ -171,6 +197,8 @@ pub(crate) struct Plan {
     pub epoch_ns: u64,
     /// Publish progress counters and snapshots for the progress line.
     pub progress: bool,
+    /// `--workload chat`: what every thread shares of the room.
+    pub chat: Option<Arc<ChatPlan>>,
 }
 
 impl Plan {
@@ -182,6 +210,25 @@ impl Plan {
     fn global_index(&self, local: usize) -> usize {
         local * self.threads + self.thread
     }
+
+    /// Where the connection of global index `j` goes: the addresses in turn.
+    fn destination(&self, j: usize) -> &Destination {
+        &self.destinations[j % self.destinations.len()]
+    }
+
+    /// Whether the connections speak TLS (all of them or none: `--tls` is for every address).
+    fn tls(&self) -> bool {
+        self.destinations.iter().any(|d| d.tls.is_some())
+    }
+}
+
+/// One `--addr`, resolved, with its TLS settings.
+#[derive(Debug, Clone)]
+pub(crate) struct Destination {
+    pub addr: SocketAddr,
+    /// `--tls`: the session settings of every connection to `addr` (the server name is
+    /// `--server-name` or this address's host part).
+    pub tls: Option<TlsConfig>,
 }
 
 /// State shared with the main thread: written rarely, read once per wakeup.
@@ -240,6 +287,8 @@ pub(crate) struct WorkerReport {
     /// With `--tls`: handshake durations (ns) and failed handshakes by reason.
     pub handshakes: Option<Histogram<u64>>,
     pub tls_failures: BTreeMap<String, u64>,
+    /// `--workload chat`: the deliveries and what went wrong with them.
+    pub chat: Option<Tally>,
 }
 
 /// Where a connection is; a connection that has a socket is a state that carries it
@@ -274,6 +323,8 @@ struct Conn {
     since_ns: u64,
     /// Open loop: the global slot of this connection's next request.
     next_slot: u64,
+    /// `--workload chat`, once open: the session (its own bytes to send, its ledger).
+    session: Option<Box<Session>>,
 }
 
 impl Conn {
@@ -288,6 +339,7 @@ impl Conn {
             reply_phase: 0,
             since_ns: 0,
             next_slot: 0,
+            session: None,
         }
     }
 }
@@ -436,6 +488,32 @@ pub(crate) struct Worker {
     bytes_received: u64,
     errors: Errors,
     last_reply_ns: u64,
+    /// `--workload chat`: this thread's part of the room.
+    chat: Option<ChatThread>,
+}
+
+/// A worker's chat state: sessions greeting, counts, and the end of the run (stop sending,
+/// publish the senders' final counts, wait for the pushes still in flight).
+struct ChatThread {
+    plan: Arc<ChatPlan>,
+    tally: Tally,
+    /// Open sessions still waiting for their WELCOME.
+    greeting: usize,
+    /// This thread has stopped sending and published its senders' final counts.
+    stopped: bool,
+    /// Once every thread has stopped: until when to wait, and how many messages were sent
+    /// in all.
+    drain: Option<(u64, u64)>,
+}
+
+impl Drop for ChatThread {
+    /// A thread that never got to stop (its loop failed, or it panicked) still counts as
+    /// stopped, so that the other threads do not wait for it.
+    fn drop(&mut self) {
+        if !self.stopped {
+            self.plan.stop();
+        }
+    }
 }
 
 impl Worker {
@@ -471,9 +549,9 @@ impl Worker {
             requests,
             verifier,
             scratch: vec![0; READ_CHUNK].into_boxed_slice(),
-            reading: Reading::new(if plan.tls.is_some() { READ_CHUNK } else { 0 }),
+            reading: Reading::new(if plan.tls() { READ_CHUNK } else { 0 }),
             histogram: new_histogram(),
-            handshakes: plan.tls.as_ref().map(|_| new_histogram()),
+            handshakes: plan.tls().then(new_histogram),
             tls_failures: BTreeMap::new(),
             now: plan.epoch_ns,
             start: (start != UNKNOWN).then_some(start),
@@ -495,6 +573,13 @@ impl Worker {
             bytes_received: 0,
             errors: Errors::default(),
             last_reply_ns: 0,
+            chat: plan.chat.as_ref().map(|chat| ChatThread {
+                plan: Arc::clone(chat),
+                tally: Tally::default(),
+                greeting: 0,
+                stopped: false,
+                drain: None,
+            }),
             plan,
         })
     }
@@ -513,6 +598,7 @@ impl Worker {
         if let Err(e) = self.serve() {
             log::error!("thread {}: event loop failed: {e}", self.plan.thread);
         }
+        self.count_missing();
         let Worker {
             plan,
             to_main,
@@ -528,6 +614,7 @@ impl Worker {
             last_reply_ns,
             handshakes,
             tls_failures,
+            chat,
             ..
         } = self; // the poll and buffers go; the sockets (in `conns`) stay open for now
         let report = WorkerReport {
@@ -541,6 +628,7 @@ impl Worker {
             start_ns: start.unwrap_or(0),
             handshakes,
             tls_failures,
+            chat: chat.as_ref().map(|chat| chat.tally.clone()),
         };
         let _ = to_main.send(Message::Done(plan.thread, Box::new(report)));
         // Dropped before waiting, so that if another worker panicked (and never reports), the
@@ -567,6 +655,9 @@ impl Worker {
                 self.next_scan = self.now + self.scan_every;
             }
             self.tell_main();
+            if self.chat.is_some() {
+                self.chat_turn();
+            }
             if self.finished() {
                 return Ok(());
             }
@@ -599,16 +690,39 @@ impl Worker {
             self.end = start.saturating_add(self.plan.duration_ns);
         }
         debug!("thread {}: measured window set", self.plan.thread);
+        if self.chat.is_some() {
+            self.start_chatting();
+        }
     }
 
+    /// Whether this thread's part of the run is over: with chat, once it has stopped sending
+    /// and waited for the pushes in flight ([`Worker::chat_turn`]).
     fn finished(&self) -> bool {
+        if let Some(chat) = &self.chat {
+            return chat.stopped && (self.open == 0 || chat.drain.is_some_and(|d| self.drained(d)));
+        }
+        self.sending_done()
+    }
+
+    /// No more requests: the window is over, the budget spent and answered, or no connection
+    /// is left.
+    fn sending_done(&self) -> bool {
         self.now >= self.end
             || (self.budget == Some(0) && self.outstanding == 0)
             || (self.pending == 0 && self.open == 0)
     }
 
     fn poll_timeout(&mut self) -> Option<Duration> {
-        let mut next = self.next_scan.min(self.end);
+        let mut next = self.next_scan;
+        if self.end > self.now {
+            next = next.min(self.end);
+        }
+        if let Some(chat) = self.chat.as_ref().filter(|chat| chat.stopped) {
+            next = next.min(self.now + DRAIN_CHECK_NS);
+            if let Some((until, _)) = chat.drain {
+                next = next.min(until);
+            }
+        }
         if self.next_connect < self.conns.len() {
             next = next.min(self.connect_time(self.next_connect));
         }
@@ -692,7 +806,8 @@ impl Worker {
             0 => None,
             n => Some(self.plan.sources[j % n]),
         };
-        let result = open_socket(self.plan.addr, source).and_then(|mut socket| {
+        let addr = self.plan.destination(j).addr;
+        let result = open_socket(addr, source).and_then(|mut socket| {
             self.poll.registry().register(
                 &mut socket,
                 Token(i),
@@ -726,7 +841,14 @@ impl Worker {
                 return false;
             }
         }
-        let session = match self.plan.tls.as_ref().map(TlsConfig::session) {
+        let j = self.plan.global_index(i);
+        let session = match self
+            .plan
+            .destination(j)
+            .tls
+            .as_ref()
+            .map(TlsConfig::session)
+        {
             None => None,
             Some(Ok(session)) => Some(session),
             Some(Err(e)) => {
@@ -787,23 +909,39 @@ impl Worker {
         self.fail(i, ErrorKind::Connect, &format!("TLS handshake: {reason}"));
     }
 
-    /// Connection `i` has just become `Open`: its ring, its first slot, the counts.
+    /// Open loop: connection `i`'s first slot at or after now (0 in closed loop).
+    fn first_slot(&self, i: usize) -> u64 {
+        self.plan.slot_ns.map_or(0, |slot_ns| {
+            let j = self.plan.global_index(i) as u64;
+            let c = self.plan.connections as u64;
+            let elapsed = self.now.saturating_sub(self.plan.epoch_ns);
+            let elapsed_slots = (elapsed as f64 / slot_ns) as u64;
+            let round = elapsed_slots.saturating_sub(j).div_ceil(c);
+            j + round * c
+        })
+    }
+
+    /// Connection `i` has just become `Open`: its ring, its first slot, the counts; with
+    /// chat, its session, whose HELLO is its first request.
     fn opened(&mut self, i: usize) {
         let now = self.now;
         let pipeline = self.plan.pipeline as usize;
-        let first_slot = self.plan.slot_ns.map(|slot_ns| {
-            // This connection's first slot at or after now.
-            let j = self.plan.global_index(i) as u64;
-            let c = self.plan.connections as u64;
-            let elapsed_slots = (now.saturating_sub(self.plan.epoch_ns) as f64 / slot_ns) as u64;
-            let round = elapsed_slots.saturating_sub(j).div_ceil(c);
-            j + round * c
-        });
+        let first_slot = self.first_slot(i);
+        let j = self.plan.global_index(i);
         let conn = &mut self.conns[i];
         debug_assert!(conn.is_open(), "opened a connection that is not open");
         conn.ring = vec![0; pipeline].into_boxed_slice();
         conn.since_ns = now;
-        conn.next_slot = first_slot.unwrap_or(0);
+        conn.next_slot = first_slot;
+        if let Some(chat) = self.chat.as_mut() {
+            let session = Box::new(Session::new(j, &chat.plan));
+            conn.unsent = session.unsent().len();
+            conn.session = Some(session);
+            conn.ring[0] = now;
+            conn.in_flight = 1;
+            self.outstanding += 1;
+            chat.greeting += 1;
+        }
         self.pending -= 1;
         self.open += 1;
         self.connected += 1;
@@ -841,9 +979,11 @@ impl Worker {
                 self.plan.thread
             );
             if !clock_read {
-                // One reading for the whole batch: its replies share a receive time.
+                // One reading for the whole batch: its replies share a receive time. Chat
+                // reads the clock per read instead: a long batch of pushes may hold some sent
+                // after its first read, and a delivery must never look earlier than its SAY.
                 self.now = clock_ns();
-                clock_read = true;
+                clock_read = self.chat.is_none();
             }
             if let Received::Plaintext(n) = received {
                 if self.in_window() {
@@ -860,7 +1000,12 @@ impl Worker {
     /// requests were outstanding or more were to be sent.
     fn closed_by_server(&mut self, i: usize) {
         trace!("conn={}.{i} read: EOF", self.plan.thread);
-        if self.conns[i].in_flight > 0 || self.budget != Some(0) {
+        let conn = &self.conns[i];
+        if conn.session.is_some() {
+            // A chat session is never done before the run is: the server dropped it (as a
+            // slow reader, say).
+            self.fail(i, ErrorKind::Eof, "chat session closed by the server");
+        } else if conn.in_flight > 0 || self.budget != Some(0) {
             self.fail(i, ErrorKind::Eof, "closed by the server");
         } else {
             self.close(i);
@@ -870,6 +1015,9 @@ impl Worker {
     /// Verifies `scratch[..n]` in place and completes the replies it holds. `false` if the
     /// connection was closed for a mismatch.
     fn verify(&mut self, i: usize, n: usize) -> bool {
+        if self.chat.is_some() {
+            return self.hear(i, n);
+        }
         let data = &self.scratch[..n];
         let conn = &mut self.conns[i];
         let mut phase = conn.reply_phase;
@@ -958,6 +1106,14 @@ impl Worker {
         if !conn.is_open() || conn.in_flight >= pipeline {
             return;
         }
+        if let Some(chat) = &self.chat {
+            // SAYs only once every session is identified (the window is known) and until
+            // this thread stops sending.
+            let identified = conn.session.as_ref().is_some_and(|s| s.identified());
+            if !identified || self.start.is_none() || chat.stopped || self.now >= self.end {
+                return;
+            }
+        }
         match self.plan.slot_ns {
             None => {
                 let mut k = pipeline - conn.in_flight;
@@ -1023,8 +1179,20 @@ impl Worker {
             slot += 1;
         }
         conn.in_flight += k;
-        conn.unsent += k as usize * self.request_len;
         self.outstanding += u64::from(k);
+        match (conn.session.as_mut(), self.chat.as_mut()) {
+            (Some(session), Some(chat)) => {
+                let (epoch, start, end) = (self.plan.epoch_ns, self.start, self.end);
+                for n in 0..k {
+                    let at = stamp(n);
+                    conn.unsent += session.queue_say(at.saturating_sub(epoch), &chat.plan.padding);
+                    if start.is_some_and(|start| at >= start) && at < end {
+                        chat.tally.messages += 1;
+                    }
+                }
+            }
+            _ => conn.unsent += k as usize * self.request_len,
+        }
     }
 
     /// Writes what connection `i` owes until done or the socket is full: one `write` when the
@@ -1037,7 +1205,10 @@ impl Worker {
             let ConnState::Open(stream) = &mut conn.state else {
                 return;
             };
-            let window = self.requests.window(conn.send_phase, conn.unsent);
+            let window = match &conn.session {
+                Some(session) => session.unsent(),
+                None => self.requests.window(conn.send_phase, conn.unsent),
+            };
             let n = match stream.send(window) {
                 Ok(Some(0) | None) => return, // nothing owed, or the socket is full
                 Ok(Some(n)) => n,
@@ -1050,7 +1221,10 @@ impl Worker {
             // A short write means the socket buffer is full: a writable edge will follow.
             let more = n == window.len() && conn.unsent > n;
             conn.unsent -= n;
-            conn.send_phase = self.requests.advance(conn.send_phase, n);
+            match conn.session.as_mut() {
+                Some(session) => session.wrote(n),
+                None => conn.send_phase = self.requests.advance(conn.send_phase, n),
+            }
             if self.in_window() {
                 self.bytes_sent += n as u64;
             }
@@ -1101,6 +1275,128 @@ impl Worker {
         }
     }
 
+    // ---- chat ----
+
+    /// The window is known, so every session of the run is identified: the first SAYs (in
+    /// open loop, from the first slot after now: the greeting was no part of the timetable).
+    fn start_chatting(&mut self) {
+        for i in 0..self.conns.len() {
+            if self.conns[i].is_open() {
+                self.conns[i].next_slot = self.first_slot(i);
+                self.refill(i);
+                self.flush(i);
+            }
+        }
+    }
+
+    /// Chat: takes `scratch[..n]` into connection `i`'s session. Own replies answer requests;
+    /// pushes are checked and counted. `false` if the connection was closed for a line it may
+    /// not receive.
+    fn hear(&mut self, i: usize, n: usize) -> bool {
+        let start = self.shared.start_ns.load(Ordering::Acquire);
+        // The window as the senders apply it, whether or not this thread has learnt it yet.
+        let window = (start != UNKNOWN).then(|| match self.plan.budget {
+            Some(_) => (start, u64::MAX),
+            None => (start, start.saturating_add(self.plan.duration_ns)),
+        });
+        let moment = Moment {
+            now_ns: self.now,
+            epoch_ns: self.plan.epoch_ns,
+            window,
+        };
+        let conn = &mut self.conns[i];
+        let in_flight = conn.in_flight;
+        let (Some(chat), Some(session)) = (self.chat.as_mut(), conn.session.as_mut()) else {
+            debug_assert!(false, "chat bytes for a connection without a session");
+            return false;
+        };
+        let data = &self.scratch[..n];
+        let (taken, refused) =
+            match session.receive(data, in_flight, &chat.plan, moment, &mut chat.tally) {
+                Ok(taken) => (taken, None),
+                Err(refused) => (refused.taken, Some(refused.detail)),
+            };
+        if taken.welcomed {
+            chat.greeting -= 1;
+            chat.tally.sessions += 1;
+        }
+        self.complete(i, taken.replies);
+        match refused {
+            None => true,
+            Some(detail) => {
+                self.fail(i, ErrorKind::Mismatch, &detail);
+                false
+            }
+        }
+    }
+
+    /// Each turn with chat: once sending is done, stop ([`Worker::stop_chat`]); once every
+    /// thread has, wait up to `--drain` for the pushes still in flight.
+    fn chat_turn(&mut self) {
+        if self.sending_done() {
+            self.stop_chat();
+        }
+        let now = self.now;
+        if let Some(chat) = self.chat.as_mut()
+            && chat.stopped
+            && chat.drain.is_none()
+            && chat.plan.all_stopped()
+        {
+            chat.drain = Some((now.saturating_add(chat.plan.drain_ns), chat.plan.total()));
+            debug!("thread {}: every thread stopped sending", self.plan.thread);
+        }
+    }
+
+    /// No more SAYs from this thread: publishes each sender's final count (every SAY queued
+    /// if it is connected, they will all be written; the answered ones if not), once.
+    fn stop_chat(&mut self) {
+        let Some(chat) = self.chat.as_mut().filter(|chat| !chat.stopped) else {
+            return;
+        };
+        for (i, conn) in self.conns.iter().enumerate() {
+            if let Some(session) = &conn.session {
+                let j = self.plan.global_index(i);
+                chat.plan.publish(j, session.floor(conn.is_open()));
+            }
+        }
+        chat.stopped = true;
+        chat.plan.stop();
+        debug!("thread {}: stopped sending", self.plan.thread);
+    }
+
+    /// Whether every open session of this thread has got to as many messages as the other
+    /// senders sent (`total` less its own), or the wait `until` is over.
+    fn drained(&self, (until, total): (u64, u64)) -> bool {
+        let Some(chat) = self.chat.as_ref().filter(|_| self.now < until) else {
+            return true;
+        };
+        self.conns
+            .iter()
+            .enumerate()
+            .all(|(i, conn)| match &conn.session {
+                Some(session) if conn.is_open() => {
+                    let own = u64::from(chat.plan.floor(self.plan.global_index(i)));
+                    session.passed() >= total.saturating_sub(own)
+                }
+                _ => true,
+            })
+    }
+
+    /// At the end: what each session still connected never got to is missing (once every
+    /// thread has stopped; otherwise the final counts are not known).
+    fn count_missing(&mut self) {
+        self.stop_chat();
+        let Some(chat) = self.chat.as_mut().filter(|chat| chat.plan.all_stopped()) else {
+            return;
+        };
+        for conn in &self.conns {
+            let session = conn.session.as_ref();
+            if let Some(session) = session.filter(|s| conn.is_open() && s.identified()) {
+                chat.tally.missing += session.missing(&chat.plan);
+            }
+        }
+    }
+
     // ---- timeouts, closing, reporting ----
 
     fn scan_timeouts(&mut self) {
@@ -1136,7 +1432,7 @@ impl Worker {
             warn!(
                 "conn={thread}.{i} {} error ({}): {detail}",
                 kind.name(),
-                self.plan.addr
+                self.plan.destination(self.plan.global_index(i)).addr
             );
         } else {
             debug!("conn={thread}.{i} {} error: {detail}", kind.name());
@@ -1151,7 +1447,16 @@ impl Worker {
             ConnState::Waiting | ConnState::Connecting(_) | ConnState::Handshaking(_) => {
                 self.pending -= 1;
             }
-            ConnState::Open(_) => self.open -= 1,
+            ConnState::Open(_) => {
+                self.open -= 1;
+                if let (Some(session), Some(chat)) = (&conn.session, self.chat.as_mut()) {
+                    if session.identified() {
+                        chat.tally.disconnected += 1;
+                    } else {
+                        chat.greeting -= 1;
+                    }
+                }
+            }
             ConnState::Closed => return,
         }
         conn.say_goodbye();
@@ -1165,7 +1470,8 @@ impl Worker {
     /// Tells the main thread what it waits for: connects resolved, progress, snapshots.
     fn tell_main(&mut self) {
         let thread = self.plan.thread;
-        if !self.told_connected && self.pending == 0 {
+        let greeting = self.chat.as_ref().map_or(0, |chat| chat.greeting);
+        if !self.told_connected && self.pending == 0 && greeting == 0 {
             self.told_connected = true;
             let _ = self.to_main.send(Message::Connected(thread));
         }
@@ -1258,8 +1564,10 @@ mod tests {
             thread,
             threads,
             connections,
-            addr: "127.0.0.1:1".parse().unwrap(),
-            tls: None,
+            destinations: Arc::from(vec![Destination {
+                addr: "127.0.0.1:1".parse().unwrap(),
+                tls: None,
+            }]),
             sources: Arc::from(Vec::new()),
             pipeline: 1,
             exchange: Arc::new(super::super::workload::exchange(
@@ -1274,6 +1582,7 @@ mod tests {
             timeout_ns: 1,
             epoch_ns: 0,
             progress: false,
+            chat: None,
         }
     }
 
@@ -1283,6 +1592,26 @@ mod tests {
         assert_eq!(counts, [4, 3, 3]);
         assert_eq!(plan(1, 3, 10).global_index(2), 7);
         assert_eq!(plan(0, 1, 5).local_connections(), 5);
+    }
+
+    #[test]
+    fn connections_take_the_addresses_in_turn() {
+        let mut p = plan(1, 2, 7);
+        p.destinations = ["127.0.0.1:1", "127.0.0.2:2", "127.0.0.3:3"]
+            .iter()
+            .map(|addr| Destination {
+                addr: addr.parse().unwrap(),
+                tls: None,
+            })
+            .collect();
+        let ports: Vec<u16> = (0..7).map(|j| p.destination(j).addr.port()).collect();
+        assert_eq!(ports, [1, 2, 3, 1, 2, 3, 1]);
+        // This thread's connections (global 1, 3, 5) by local index.
+        let mine: Vec<u16> = (0..p.local_connections())
+            .map(|i| p.destination(p.global_index(i)).addr.port())
+            .collect();
+        assert_eq!(mine, [2, 1, 3]);
+        assert!(!p.tls());
     }
 
     #[test]

@@ -16,12 +16,18 @@
 //! heartbeat  frame     Heartbeat, SIZE-byte body                  the identical frame
 //! message    frame     Message, SIZE-byte body B                  Message "Server says: " + B
 //! login      frame     Login "user:pass"                          LoginAck "OK"
+//! chat       line      HELLO once, then SAY <seq> <t_ns> PADDING  WELCOME, then OK; and MSG
+//!                                                                 pushes (see `chat.rs`)
 //! ```
 //!
 //! Bodies and echo lines are the digits `0123456789` repeated: printable, never a verb of the
 //! line protocol, and a shifted or truncated reply cannot pass for a right one. `--size`
-//! (default 64) applies to `echo`, `heartbeat` and `message`; `ping`, `raw` and `login` have
-//! fixed requests.
+//! (default 64) applies to `echo`, `heartbeat`, `message` and `chat` (its padding); `ping`,
+//! `raw` and `login` have fixed requests.
+//!
+//! `chat` is the one workload whose requests differ (each SAY carries its seq and send time)
+//! and whose replies come interleaved with pushes: its sessions keep their own bytes and
+//! parse lines (`chat.rs`); the [`Exchange`] here only names its protocol and its first SAY.
 //!
 //! # Invariants
 //!
@@ -87,6 +93,9 @@ pub enum Workload {
     Message,
     /// frame: a Login `user:pass`, answered LoginAck `OK`.
     Login,
+    /// line: a chat session: `HELLO`, then `SAY`s with a `--size`-byte padding, answered
+    /// `OK`; every other session must get each one once, in order, as a `MSG` push.
+    Chat,
 }
 
 impl Workload {
@@ -94,7 +103,7 @@ impl Workload {
     #[must_use]
     pub const fn protocol(self) -> Protocol {
         match self {
-            Workload::Echo | Workload::Ping | Workload::Raw => Protocol::Line,
+            Workload::Echo | Workload::Ping | Workload::Raw | Workload::Chat => Protocol::Line,
             Workload::Heartbeat | Workload::Message | Workload::Login => Protocol::Frame,
         }
     }
@@ -104,7 +113,7 @@ impl Workload {
     pub const fn uses_size(self) -> bool {
         matches!(
             self,
-            Workload::Echo | Workload::Heartbeat | Workload::Message
+            Workload::Echo | Workload::Heartbeat | Workload::Message | Workload::Chat
         )
     }
 
@@ -117,6 +126,7 @@ impl Workload {
             Workload::Heartbeat => "heartbeat",
             Workload::Message => "message",
             Workload::Login => "login",
+            Workload::Chat => "chat",
         }
     }
 }
@@ -196,6 +206,11 @@ pub fn exchange(workload: Workload, size: usize, raw_request: &[u8]) -> Exchange
             frame_bytes(Command::Login, LOGIN_BODY),
             Reply::Exact(frame_bytes(Command::LoginAck, LOGIN_ACK_BODY)),
         ),
+        Workload::Chat => {
+            let mut say = Vec::new();
+            super::chat::write_say(&mut say, 0, 0, &pattern(size));
+            (say, Reply::Exact(line(b"OK")))
+        }
     };
     Exchange {
         protocol: workload.protocol(),
