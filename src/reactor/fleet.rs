@@ -30,9 +30,11 @@
 //! wakeup, however many it holds.
 //!
 //! What it refuses to do: block. An inbox that is full does not make the sender wait; the
-//! message is not queued and the receiving worker is told it lost one: before delivering
-//! anything further it disconnects its identified sessions as slow readers (they missed a
-//! message, and a session never silently misses one; it is dropped, as at the push cap).
+//! message is not queued, and a loss marker (an empty message, one at most waiting at a
+//! time) takes its place in the inbox's order. When the receiving worker reaches it, it
+//! disconnects its identified sessions as slow readers before delivering anything posted
+//! after the loss: they missed a message, and a session never silently misses one (it is
+//! dropped, as at the push cap).
 //! A worker that falls behind therefore costs its own sessions, never the other workers.
 
 use std::io::{self, Write};
@@ -76,7 +78,8 @@ struct Member {
     inbox: Sender<Arc<[u8]>>,
     /// Bytes posted to the inbox and not yet taken out.
     inbox_bytes: AtomicUsize,
-    /// A message could not be posted: the owner's sessions have missed one.
+    /// A message could not be posted and the loss marker is in the inbox, not yet taken out:
+    /// at most one marker waits at a time.
     lost: AtomicBool,
     /// Connections placed on this worker and not yet closed (least-conn only).
     load: AtomicUsize,
@@ -264,14 +267,17 @@ impl Fleet {
     }
 
     /// Posts a chat message to `worker`'s inbox; it is woken by [`Fleet::wake`]. Over
-    /// `INBOX_BYTES` the message is not queued, and the worker learns that it lost one.
+    /// `INBOX_BYTES` the message is not queued: a loss marker (an empty message) takes its
+    /// place in the order, unless one is already waiting there.
     pub fn post(&self, worker: usize, message: &Arc<[u8]>) {
         let member = &self.members[worker];
         let len = message.len();
         let waiting = member.inbox_bytes.fetch_add(len, Ordering::AcqRel);
         if waiting + len > INBOX_BYTES {
             member.inbox_bytes.fetch_sub(len, Ordering::AcqRel);
-            member.lost.store(true, Ordering::Release);
+            if !member.lost.swap(true, Ordering::AcqRel) {
+                let _ = member.inbox.send(Arc::from(&[][..]));
+            }
             return;
         }
         if member.inbox.send(Arc::clone(message)).is_err() {
@@ -344,17 +350,15 @@ impl Mailbox {
         if let Ok(handoff) = self.handoffs.try_recv() {
             return Some(Delivery::Socket(handoff));
         }
-        if let Ok(bytes) = self.inbox.try_recv() {
-            member.inbox_bytes.fetch_sub(bytes.len(), Ordering::AcqRel);
-            // Read after the message: a sender marks a loss before it posts anything after
-            // it, so a message posted after a loss always finds the loss marked here.
-            let lost = member.lost.swap(false, Ordering::AcqRel);
-            return Some(Delivery::Message { bytes, lost });
+        let bytes = self.inbox.try_recv().ok()?;
+        if bytes.is_empty() {
+            // Cleared before the loss is acted on: a loss after this point sends a marker
+            // of its own, and every loss before it is covered by acting on this one.
+            member.lost.store(false, Ordering::Release);
+            return Some(Delivery::Lost);
         }
-        member
-            .lost
-            .swap(false, Ordering::AcqRel)
-            .then_some(Delivery::Lost)
+        member.inbox_bytes.fetch_sub(bytes.len(), Ordering::AcqRel);
+        Some(Delivery::Message(bytes))
     }
 
     /// STATS's view of the process from this worker.
@@ -369,12 +373,9 @@ impl Mailbox {
 /// One piece of mail: a socket to serve, or a chat message to deliver.
 pub enum Delivery {
     Socket(Handoff),
-    /// `lost`: messages were dropped before this one for want of inbox room.
-    Message {
-        bytes: Arc<[u8]>,
-        lost: bool,
-    },
-    /// Messages were dropped and none came after them.
+    Message(Arc<[u8]>),
+    /// Messages were dropped here for want of inbox room: everything after this was posted
+    /// after the loss.
     Lost,
 }
 
@@ -475,12 +476,7 @@ impl Server {
                 Some(Delivery::Socket(handoff)) => {
                     self.admit(handoff.socket, handoff.peer, handoff.listener);
                 }
-                Some(Delivery::Message { bytes, lost }) => {
-                    if lost {
-                        self.drop_chat_sessions();
-                    }
-                    self.deliver(&bytes, None);
-                }
+                Some(Delivery::Message(bytes)) => self.deliver(&bytes, None),
                 Some(Delivery::Lost) => self.drop_chat_sessions(),
             }
         }
@@ -580,5 +576,110 @@ pub fn run(config: Config) -> io::Result<Stats> {
     match failure {
         Some(e) => Err(e),
         None => Ok(sum),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Users;
+
+    fn seats(workers: usize) -> Vec<Seat> {
+        let config = Config::on_free_ports();
+        let users = Users::parse("").expect("no users");
+        Fleet::seats(&config, workers, Logins::new(users), None).expect("seats")
+    }
+
+    #[test]
+    fn least_conn_places_on_the_fewest_and_counts_at_once() {
+        let seats = seats(3);
+        let fleet = seats[0].mailbox.fleet();
+        let placed: Vec<usize> = (0..7).map(|_| fleet.place(0)).collect();
+        assert_eq!(placed, [0, 1, 2, 0, 1, 2, 0]);
+        fleet.leave(1);
+        fleet.leave(1);
+        assert_eq!(fleet.place(0), 1);
+        fleet.moved(1, 2);
+        assert_eq!(fleet.place(0), 1);
+    }
+
+    #[test]
+    fn session_slots_are_one_count_for_every_worker() {
+        let seats = seats(2);
+        let fleet = seats[1].mailbox.fleet();
+        assert!(fleet.take_slot(2) && fleet.take_slot(2));
+        assert!(!fleet.take_slot(2));
+        fleet.free_slot();
+        assert!(fleet.take_slot(2));
+    }
+
+    #[test]
+    fn messages_leave_an_inbox_in_order_with_a_loss_in_its_place() {
+        let seats = seats(2);
+        let fleet = seats[0].mailbox.fleet();
+        let inbox = &seats[1].mailbox;
+        let first: Arc<[u8]> = Arc::from(&b"MSG a 1\n"[..]);
+        let second: Arc<[u8]> = Arc::from(&b"MSG a 2\n"[..]);
+        fleet.post(1, &first);
+        fleet.post(1, &second);
+        let big: Arc<[u8]> = Arc::from(vec![b'x'; INBOX_BYTES + 1]);
+        fleet.post(1, &big); // over the bound: not queued, a marker in its place
+        fleet.post(1, &big); // a second loss behind the same marker
+        let third: Arc<[u8]> = Arc::from(&b"MSG a 3\n"[..]);
+        fleet.post(1, &third);
+        inbox.open();
+        let mut seen = Vec::new();
+        while let Some(delivery) = inbox.next() {
+            match delivery {
+                Delivery::Message(bytes) => seen.push(bytes.to_vec()),
+                Delivery::Socket(_) => panic!("no socket was handed over"),
+                Delivery::Lost => seen.push(b"lost".to_vec()),
+            }
+        }
+        assert_eq!(
+            seen,
+            [
+                b"MSG a 1\n".to_vec(),
+                b"MSG a 2\n".to_vec(),
+                b"lost".to_vec(),
+                b"MSG a 3\n".to_vec(),
+            ]
+        );
+        // Once the marker is taken out, a new loss gets a marker of its own.
+        fleet.post(1, &big);
+        assert!(matches!(inbox.next(), Some(Delivery::Lost)));
+        assert!(inbox.next().is_none());
+        assert_eq!(
+            fleet.members[1].inbox_bytes.load(Ordering::Acquire),
+            0,
+            "every byte posted was taken out"
+        );
+    }
+
+    #[test]
+    fn stats_are_the_sums_with_each_workers_active_in_order() {
+        let seats = seats(2);
+        let fleet = seats[0].mailbox.fleet();
+        let other = Stats {
+            accepted: 5,
+            active: 2,
+            closed: 3,
+            ..Stats::default()
+        };
+        fleet.publish(1, &other);
+        let own = Stats {
+            accepted: 4,
+            active: 4,
+            ..Stats::default()
+        };
+        let mut out = Vec::new();
+        seats[0]
+            .mailbox
+            .census()
+            .write_stats(&own, &mut out)
+            .expect("write to a Vec");
+        let text = String::from_utf8(out).expect("ASCII");
+        assert!(text.starts_with("accepted=9 active=6 closed=3 "), "{text}");
+        assert!(text.ends_with(" workers=2 active_by_worker=4,2"), "{text}");
     }
 }
