@@ -44,11 +44,16 @@ PORTS = {
 }
 
 
+# tcp-reactor's --workers (the script's own --workers); the other servers have one loop.
+REACTOR_WORKERS = "1"
+
+
 def server_command(name):
     line, frame = PORTS[name]
     if name == "reactor":
         return [os.path.join(RELEASE, "tcp-reactor"), "--line-addr", f"127.0.0.1:{line}",
-                "--frame-addr", f"127.0.0.1:{frame}", "--max-connections", "19000"]
+                "--frame-addr", f"127.0.0.1:{frame}", "--max-connections", "19000",
+                "--workers", REACTOR_WORKERS]
     if name == "tokio":
         return [os.path.join(RELEASE, "examples", "tokio_server"), "--line-addr",
                 f"127.0.0.1:{line}", "--frame-addr", f"127.0.0.1:{frame}"]
@@ -216,6 +221,7 @@ def fmt3(values, digits=0):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--workers", default="1", help="tcp-reactor --workers (N or auto)")
     parser.add_argument("--duration", type=float, default=4.0)
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--quick", action="store_true", help="1 repeat of 2 s: a smoke run")
@@ -226,6 +232,8 @@ def main():
                              "bench-compare markers) with the report, and write the charts "
                              "next to it in docs/bench/")
     opts = parser.parse_args()
+    global REACTOR_WORKERS
+    REACTOR_WORKERS = opts.workers
     if opts.quick:
         opts.repeats, opts.duration = 1, 2.0
     only = set(filter(None, opts.only.split(",")))

@@ -58,13 +58,18 @@ def free_port():
         return s.getsockname()[1]
 
 
+# --workers for every server started (the script's own --workers).
+WORKERS = "1"
+
+
 class Server:
     """A release tcp-reactor on fixed free ports, pinned to SERVER_CORE."""
 
     def __init__(self, extra=(), nofile=None, tls=None):
         self.line, self.frame = free_port(), free_port()
         cmd = [SERVER, "--line-addr", f"127.0.0.1:{self.line}",
-               "--frame-addr", f"127.0.0.1:{self.frame}", "--max-connections", "19000"]
+               "--frame-addr", f"127.0.0.1:{self.frame}", "--max-connections", "19000",
+               "--workers", WORKERS]
         self.line_tls = None
         if tls:
             self.line_tls = free_port()
@@ -277,7 +282,10 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--duration", type=int, default=8, help="seconds per measured run")
     parser.add_argument("--only", default="logins,fds,tls")
+    parser.add_argument("--workers", default="1", help="tcp-reactor --workers (N or auto)")
     args = parser.parse_args()
+    global WORKERS
+    WORKERS = args.workers
     parts = {"logins": part_logins, "fds": part_fds, "tls": part_tls}
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.only.split(","):

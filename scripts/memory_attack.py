@@ -555,11 +555,13 @@ def main():
                         help="longest wait, after closing the attackers, for the server to "
                              "have let go of them all before RSS after is read")
     parser.add_argument("--server-args", default="", help="extra tcp-reactor flags, one string")
+    parser.add_argument("--workers", default="1", help="tcp-reactor --workers (N or auto); "
+                        "the budget is split evenly among them")
     parser.add_argument("--json", default="", metavar="FILE", help="also write the figures here")
     parser.add_argument("--check-peak-rss", type=float, default=None, metavar="MIB",
                         help="exit 1 unless every run's VmHWM is under MIB and PING errors are 0")
     opts = parser.parse_args()
-    opts.extra = shlex.split(opts.server_args)
+    opts.extra = shlex.split(opts.server_args) + ["--workers", opts.workers]
     budgets = [b.strip() for b in opts.budgets.split(",") if b.strip()]
     counts = [int(n) for n in opts.attackers.split(",") if n.strip()]
     if opts.repeats < 1 or opts.frame_bytes < 1 or opts.duration <= 0:

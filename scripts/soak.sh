@@ -2,7 +2,10 @@
 # Soak test: well-behaved tcp-load clients next to abusive ones, then check the server came
 # back to its baseline.
 #
-#   scripts/soak.sh DURATION_SECONDS
+#   scripts/soak.sh DURATION_SECONDS [--workers N]
+#
+# --workers N (default 1) starts the server with that many loops; every check is the same
+# (STATS gives the sums over the workers; the memory budget is split among them).
 #
 # Starts target/release/tcp-reactor on free ports, with a line-over-TLS listener (a
 # self-signed certificate made with openssl) and a users file (made with `tcp-reactor
@@ -45,8 +48,13 @@
 # Everything it starts is killed on exit.
 set -uo pipefail
 
-DURATION=${1:?usage: scripts/soak.sh DURATION_SECONDS}
+DURATION=${1:?usage: scripts/soak.sh DURATION_SECONDS [--workers N]}
 [[ $DURATION =~ ^[0-9]+$ && $DURATION -ge 3 ]] || { echo "DURATION_SECONDS: an integer >= 3" >&2; exit 2; }
+WORKERS=1
+if [[ $# -ge 2 ]]; then
+    [[ $2 == --workers && $# -eq 3 ]] || { echo "usage: scripts/soak.sh DURATION_SECONDS [--workers N]" >&2; exit 2; }
+    WORKERS=$3
+fi
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
@@ -100,6 +108,7 @@ RUST_LOG=info "$BIN/tcp-reactor" --line-addr 127.0.0.1:0 --frame-addr 127.0.0.1:
     --line-tls-addr 127.0.0.1:0 --tls-cert "$WORK/cert.pem" --tls-key "$WORK/key.pem" \
     --users "$WORK/users.txt" \
     --max-connections 200 --request-timeout 2s --idle-timeout 5s "${MEMORY_FLAGS[@]}" \
+    --workers "$WORKERS" \
     </dev/null >/dev/null 2>"$WORK/server.log" &
 SERVER=$!
 PIDS+=("$SERVER")
