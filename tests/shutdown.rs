@@ -211,3 +211,29 @@ over_workers! {
         drop(stuck);
     }
 }
+
+over_workers! {
+    /// Connections the kernel completed before the signal, still in the listen backlog (the
+    /// server is stopped while they connect and send), are accepted and answered, not reset.
+    /// With least-conn they are handed to another worker, which must not exit before them.
+    fn connections_still_in_the_backlog_at_the_signal_are_answered(workers) {
+        let mut server = workers.start(&["--shutdown-timeout", "5s"]);
+        server.signal(libc::SIGSTOP);
+        let mut clients: Vec<LineClient> = (0..8).map(|_| server.line_client()).collect();
+        for (i, c) in clients.iter_mut().enumerate() {
+            c.send(format!("PING {i}\n").as_bytes());
+        }
+        server.signal(libc::SIGTERM);
+        server.signal(libc::SIGCONT);
+        for (i, c) in clients.iter_mut().enumerate() {
+            assert_eq!(
+                show(&c.read_line()),
+                show(format!("PONG {i}\n").as_bytes()),
+                "client {i}"
+            );
+            c.expect_eof();
+        }
+        drop(clients);
+        assert_clean_exit(&mut server, Duration::from_secs(5) + EXIT_SLACK);
+    }
+}

@@ -93,6 +93,9 @@ pub struct Fleet {
     balance: Balance,
     /// Sessions served now (not counting refusals), all workers together.
     served: AtomicUsize,
+    /// Workers whose listeners are still open. A worker in a shutdown exits only once this
+    /// is 0: until then a socket may still be accepted and handed to it.
+    accepting: AtomicUsize,
     names: Arc<Names>,
     logins: Arc<Logins>,
     tls: Option<Arc<rustls::ServerConfig>>,
@@ -148,6 +151,11 @@ impl Fleet {
             members: members.into_boxed_slice(),
             balance: config.balance,
             served: AtomicUsize::new(0),
+            accepting: AtomicUsize::new(if config.balance == Balance::Reuseport {
+                workers
+            } else {
+                1
+            }),
             names: Arc::new(Names::default()),
             logins,
             tls,
@@ -201,6 +209,28 @@ impl Fleet {
     /// Whether the listeners are bound with `SO_REUSEPORT`, shared by every worker.
     pub fn reuse_port(&self) -> bool {
         !self.is_alone() && self.balance == Balance::Reuseport
+    }
+
+    /// Workers whose listeners are still open.
+    pub fn accepting(&self) -> usize {
+        self.accepting.load(Ordering::Acquire)
+    }
+
+    /// A worker has closed its listeners (for good): every other worker is woken to see
+    /// whether it may now exit. Everything it handed over before is in the channels by now.
+    pub fn stop_accepting(&self) {
+        let _ = self
+            .accepting
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        if self.is_alone() {
+            return;
+        }
+        for member in self.members.iter() {
+            member.signalled.store(true, Ordering::Release);
+            if let Err(e) = member.waker.wake() {
+                error!("waking a worker at the close of the listeners: {e}");
+            }
+        }
     }
 
     /// Takes one of the `max` session slots of the process; `false`: all are taken.

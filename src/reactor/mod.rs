@@ -236,6 +236,9 @@ pub struct Server {
     shutdown_deadline: Option<Instant>,
     /// A second signal: exit now.
     exit_now: bool,
+    /// This worker owns listeners that are still open: until they close, sockets may be
+    /// accepted here (and, with least-conn, handed to the other workers).
+    listening: bool,
 }
 
 impl Server {
@@ -301,6 +304,7 @@ impl Server {
         let logins = LoginBridge::new(fleet.logins(), Arc::clone(&waker));
         let tls_config = fleet.tls();
         let census = mailbox.census();
+        let listening = fleet.listens(mailbox.index());
         let now = Instant::now();
         let server = Server {
             limits: Limits {
@@ -345,6 +349,7 @@ impl Server {
             trim_high: 0,
             shutdown_deadline: None,
             exit_now: false,
+            listening,
         };
         server.log_budget();
         Ok(server)
@@ -378,7 +383,16 @@ impl Server {
 
     /// Serves until a shutdown has completed; returns the final counters.
     pub fn run(mut self) -> io::Result<Stats> {
-        while !self.turn(None)? {}
+        let served = loop {
+            match self.turn(None) {
+                Ok(true) => break Ok(()),
+                Ok(false) => {}
+                Err(e) => break Err(e),
+            }
+        };
+        // Whatever ended the loop, the other workers must not wait for this one's listeners.
+        self.stop_listening();
+        served?;
         if self.mailbox.fleet().is_alone() {
             log_summary(&self.stats);
         } else {
@@ -425,7 +439,7 @@ impl Server {
         let Some(deadline) = self.shutdown_deadline else {
             return Ok(false);
         };
-        if self.connections.is_empty() {
+        if self.connections.is_empty() && self.nothing_more_to_come() {
             return Ok(true);
         }
         if self.now >= deadline {
@@ -1132,7 +1146,11 @@ impl Server {
             self.connections.len(),
             self.config.shutdown_timeout
         );
+        // Connections the kernel completed before the signal are served like the others:
+        // closing the listener would reset them.
+        self.accept_backlog();
         self.acceptor.close_all(self.poll.registry());
+        self.stop_listening();
         self.shutdown_deadline = Some(self.now + self.config.shutdown_timeout);
         // Keys stay valid for the rest of this turn, whatever closes meanwhile.
         let keys: Vec<usize> = self.connections.iter().map(|(key, _)| key).collect();
@@ -1145,6 +1163,52 @@ impl Server {
                 self.shut_down_connection(key);
             }
         }
+    }
+
+    /// Takes every connection waiting in the listeners' backlogs (each burst capped as usual,
+    /// at most `BACKLOG_BURSTS` of them per listener) and admits or hands it over.
+    fn accept_backlog(&mut self) {
+        /// 32 bursts of 128: more than the 4,096 connects a backlog holds.
+        const BACKLOG_BURSTS: usize = 32;
+        for id in ListenerId::ALL {
+            for _ in 0..BACKLOG_BURSTS {
+                let mut batch = std::mem::take(&mut self.accepted);
+                let burst = self.acceptor.accept_ready(id, self.now, &mut batch);
+                for (socket, peer) in batch.drain(..) {
+                    self.place(socket, peer, id);
+                }
+                self.accepted = batch;
+                if burst != Burst::BudgetSpent {
+                    break;
+                }
+            }
+        }
+        self.wake_others();
+    }
+
+    /// This worker's listeners are closed (or it is exiting): the others are told, since
+    /// they wait for every listener to close before they may exit.
+    fn stop_listening(&mut self) {
+        if std::mem::take(&mut self.listening) {
+            self.mailbox.fleet().stop_accepting();
+        }
+    }
+
+    /// A worker with no connections left in a shutdown may exit once no socket can reach
+    /// it any more: every listener of the process is closed, and what was handed over
+    /// before that has been taken (and served, if it was). A worker alone has nobody to
+    /// wait for.
+    fn nothing_more_to_come(&mut self) -> bool {
+        let fleet = self.mailbox.fleet();
+        if fleet.is_alone() {
+            return true;
+        }
+        if fleet.accepting() > 0 {
+            return false; // woken when the last listener closes
+        }
+        self.take_mail();
+        self.reap();
+        self.connections.is_empty()
     }
 
     /// A connection's part of a shutdown: answer what it sent before the signal, then close.
