@@ -263,6 +263,30 @@ fn the_login_workload_is_verified_against_the_users_file() {
     assert_eq!(json["requests"], 40, "{json}");
     assert_no_errors(&json, "frame/login");
     assert_eq!(server.stats()["logins"], 40);
+    // One login per connection: each connection logs in, is answered, and is replaced.
+    let run = tcp_load(&[
+        "--addr",
+        &server.frame_addr().to_string(),
+        "--protocol",
+        "frame",
+        "--workload",
+        "login",
+        "--requests",
+        "12",
+        "--requests-per-connection",
+        "1",
+        "--connections",
+        "4",
+        "--json",
+    ]);
+    assert_eq!(run.code, 0, "stderr:\n{}", run.stderr);
+    let json = run.json();
+    assert_no_errors(&json, "frame/login, one per connection");
+    assert_eq!(
+        (json["requests"].clone(), json["connects"].clone()),
+        (12.into(), 12.into())
+    );
+    assert_eq!(server.stats()["logins"], 40 + 12);
 }
 
 #[test]
@@ -627,6 +651,196 @@ fn many_connections_from_several_source_addresses() {
     assert_no_errors(&json, "400 connections");
     assert_eq!(json["connections"], 400, "{json}");
     assert!(json["requests"].as_u64().unwrap() > 0, "{json}");
+}
+
+/// Waits until the server has closed every connection but the STATS client's own (RSTs and
+/// FINs from a finished tcp-load may still be on their way), then returns its STATS.
+fn stats_once_quiet(server: &TestServer) -> std::collections::BTreeMap<String, u64> {
+    let mut client = server.line_client();
+    common::stats_when(&mut client, |stats| stats["active"] == 1)
+}
+
+/// `--requests-per-connection 1` for a second, plain and over TLS: no errors; `connects` (the
+/// connections established in the window, as replies are recorded in it) differ from the
+/// requests by at most `--connections` (those open across the window's start, and across its
+/// end); the server accepted every one of them, and counted none of the closes (RSTs) as a
+/// protocol error.
+#[test]
+fn short_connections_for_a_second_reconnect_cleanly() {
+    const CONNECTIONS: u64 = 8;
+    for transport in Transport::ALL {
+        let target = Target::start(transport);
+        let addr = target.addr("line");
+        let mut args = vec![
+            "--addr",
+            &addr,
+            "--protocol",
+            "line",
+            "--workload",
+            "ping",
+            "--connections",
+            "8",
+            "--threads",
+            "2",
+            "--requests-per-connection",
+            "1",
+            "--duration",
+            "1",
+            "--warmup",
+            "0.2",
+            "--json",
+        ];
+        args.extend_from_slice(&target.tls_args());
+        let run = tcp_load(&args);
+        let name = transport.name();
+        assert_eq!(run.code, 0, "{name}: stderr:\n{}", run.stderr);
+        let json = run.json();
+        assert_no_errors(&json, name);
+        let requests = json["requests"].as_u64().unwrap();
+        let connects = json["connects"].as_u64().unwrap();
+        assert!(requests > 0, "{name}: {json}");
+        assert!(
+            requests.abs_diff(connects) <= CONNECTIONS,
+            "{name}: {requests} requests, {connects} connects"
+        );
+        assert_eq!(json["connects_per_s"].as_f64(), Some(connects as f64));
+        assert!(json["connect_latency_us"]["p50"].as_f64().unwrap() > 0.0);
+        assert_eq!(
+            json["connections"], CONNECTIONS,
+            "{name}: places established"
+        );
+        assert_eq!(json["settings"]["requests_per_connection"], 1);
+        assert_eq!(json["settings"]["close"], "rst");
+        if transport == Transport::Tls {
+            assert!(json["tls"]["handshakes"].as_u64().unwrap() > CONNECTIONS);
+            assert_eq!(json["tls"]["failures"], serde_json::json!({}), "{name}");
+        }
+        let stats = stats_once_quiet(&target.server);
+        // Every connect, and the STATS client on top.
+        assert!(stats["accepted"] > connects, "{name}: {stats:?}");
+        assert_eq!(stats["protocol_errors"], 0, "{name}: {stats:?}");
+    }
+}
+
+/// With `--requests M` (no warmup) every connect is in the window and pays for its N requests
+/// when it starts: `connects` is each thread's share of M divided by N, rounded up, exactly,
+/// and the server accepted exactly that many connections and executed exactly M requests.
+/// Over each workload shape, plain and over TLS, closed with an RST and with a FIN.
+#[test]
+fn short_connections_send_exactly_n_requests_each() {
+    // (transport, protocol, workload, requests per connection, extra flags)
+    let cases: &[(Transport, &str, &str, u64, &[&str])] = &[
+        (Transport::Plain, "line", "ping", 1, &[]),
+        (
+            Transport::Plain,
+            "line",
+            "echo",
+            4,
+            &["--pipeline", "3", "--size", "100"],
+        ),
+        (
+            Transport::Plain,
+            "line",
+            "raw",
+            2,
+            &["--pipeline", "2", "--request", "PING"],
+        ),
+        (Transport::Plain, "frame", "heartbeat", 1, &["--size", "16"]),
+        (
+            Transport::Plain,
+            "frame",
+            "message",
+            2,
+            &["--pipeline", "8"],
+        ),
+        (Transport::Plain, "line", "ping", 1, &["--close", "fin"]),
+        (Transport::Tls, "line", "ping", 1, &[]),
+        (
+            Transport::Tls,
+            "frame",
+            "heartbeat",
+            3,
+            &["--pipeline", "2"],
+        ),
+    ];
+    const M: u64 = 600; // 300 per thread
+    for transport in Transport::ALL {
+        let target = Target::start(transport);
+        for &(_, protocol, workload, n, extra) in cases.iter().filter(|case| case.0 == transport) {
+            let context = format!("{} {protocol}/{workload} x{n} {extra:?}", transport.name());
+            let before = target.server.stats();
+            let addr = target.addr(protocol);
+            let per_connection = n.to_string();
+            let mut args = vec![
+                "--addr",
+                &addr,
+                "--protocol",
+                protocol,
+                "--workload",
+                workload,
+                "--requests",
+                "600",
+                "--requests-per-connection",
+                &per_connection,
+                "--connections",
+                "5",
+                "--threads",
+                "2",
+                "--json",
+            ];
+            args.extend_from_slice(&target.tls_args());
+            args.extend_from_slice(extra);
+            let run = tcp_load(&args);
+            assert_eq!(run.code, 0, "{context}: stderr:\n{}", run.stderr);
+            let json = run.json();
+            assert_no_errors(&json, &context);
+            assert_eq!(json["requests"], M, "{context}: {json}");
+            let connects = 2 * (M / 2).div_ceil(n);
+            assert_eq!(json["connects"], connects, "{context}: {json}");
+            let after = stats_once_quiet(&target.server);
+            // Both STATS clients are counted: the one after, and its request.
+            assert_eq!(
+                after["accepted"] - before["accepted"],
+                connects + 1,
+                "{context}"
+            );
+            assert_eq!(after["requests"] - before["requests"], M + 1, "{context}");
+            assert_eq!(after["protocol_errors"], 0, "{context}");
+        }
+    }
+}
+
+/// Short connections are refused where they cannot work, with a usage error (exit 2).
+#[test]
+fn short_connection_usage_errors_exit_2() {
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["--workload", "chat", "--requests-per-connection", "1"],
+            "--requests-per-connection is not for --workload chat",
+        ),
+        (
+            &[
+                "--workload",
+                "ping",
+                "--requests-per-connection",
+                "2",
+                "--rate",
+                "100",
+            ],
+            "cannot be used with --rate",
+        ),
+        (
+            &["--workload", "ping", "--close", "rst"],
+            "--close only applies with --requests-per-connection",
+        ),
+    ];
+    for (extra, needle) in cases {
+        let base = ["--addr", "127.0.0.1:1", "--protocol", "line"];
+        let run = tcp_load(&[&base[..], extra].concat());
+        assert_eq!(run.code, 2, "{extra:?}: {}", run.stderr);
+        assert!(run.stdout.is_empty(), "{extra:?}");
+        assert!(run.stderr.contains(needle), "{extra:?}: {}", run.stderr);
+    }
 }
 
 /// `--addr` twice: connection j goes to address j mod 2, so of 5 connections the first

@@ -5,6 +5,7 @@
 //!          --workload echo|ping|raw|chat|heartbeat|message|login
 //!          [--size BYTES (64)] [--request TEXT (raw only)]
 //!          [--connections N (50)] [--connect-rate PER_SEC (2000)] [--pipeline P (1)]
+//!          [--requests-per-connection N (0: for the whole run) [--close rst|fin (rst)]]
 //!          [--duration DUR (10s)] [--warmup DUR (1s)] | [--requests N]
 //!          [--rate R] [--threads T (cores)] [--source-addr IP[,IP...]] [--timeout DUR (5s)]
 //!          [--drain DUR (2s, chat only)] [--json] [--hdr-out FILE] [--progress]
@@ -38,6 +39,35 @@
 //! Errors (`connect`, `reset`, `eof`, `timeout`, `mismatch`) are counted by kind; the
 //! connection is closed and not reopened. Exit status: 0 without errors, 1 with any, 2 for bad
 //! arguments.
+//!
+//! # Short connections (`--requests-per-connection N`)
+//!
+//! With N > 0 each connection sends N requests (closed loop, at most `--pipeline` in flight
+//! and never more than it has left), verifies every reply, closes, and at once opens a new
+//! connection in its place: to the same `--addr`, from the next `--source-addr` in turn.
+//! `--connect-rate` paces only the first connect of each place. `connects` counts the
+//! connections established (TCP, before any TLS handshake) in the measured window, by the
+//! rule that records replies; `connects_per_s` divides it by the window, and the connect
+//! latency (the `connect()` call to its writable edge) is recorded for the same connects.
+//! With `--requests M` and no warmup every connect is in the window and each takes its N
+//! requests from the budget when it starts, so `connects` is exactly the sum over the threads
+//! of ⌈share / N⌉ (M itself when N = 1); with `--duration` and N = 1, `connects` and
+//! `requests` differ by at most `--connections` (the connections open across the window's
+//! start, whose replies count but not their connects, and those open across its end).
+//!
+//! The client closes first, so its side of every connection would wait in TIME_WAIT for 60 s:
+//! at 20,000 connects per second the 28,232 ports of the default `ip_local_port_range` last
+//! under two seconds (Linux's `tcp_tw_reuse = 2` reuses them only on loopback, and only a
+//! second later). So by default (`--close rst`) a connection closes with `SO_LINGER` 0: an
+//! RST, no TIME_WAIT, its port free at once. It closes only once every reply has been read
+//! and verified, so nothing the server sent is lost, and tcp-reactor counts a reset as an
+//! ordinary close (not a protocol error). `--close fin` closes normally, for a server whose
+//! FIN path is what is measured: then ports do wait, and several `--source-addr` multiply
+//! them (a port is unique per source and destination).
+//!
+//! `--workload chat` refuses N > 0 (a session must live through the run to receive every
+//! message), and so does `--rate`: short connections run closed loop only (an open-loop
+//! timetable would have to carry its slots over each reconnect, which is not done).
 //!
 //! # Chat (`--workload chat`)
 //!
@@ -130,6 +160,16 @@ const DEFAULT_DRAIN: Duration = Duration::from_secs(2);
                   handshake count and times (p50, p99).\n\n\
                   --addr may be given several times: connection j goes to address j mod n; \
                   over TLS each address's host part is its default server name.\n\n\
+                  --requests-per-connection N: each connection sends N requests, verifies \
+                  the replies, closes and is replaced at once by a new one to the same \
+                  address (--connect-rate paces only the first connects). The summary adds \
+                  connects (TCP connections established in the window), connects/s and the \
+                  connect latency. The client closing first would leave every port in \
+                  TIME_WAIT for 60 s and run out of ports within seconds, so by default \
+                  (--close rst) a connection is closed with SO_LINGER 0, an RST: no \
+                  TIME_WAIT, and only once every reply is read and verified. --close fin \
+                  closes normally (ports then wait; several --source-addr multiply them). \
+                  Not with --workload chat nor --rate.\n\n\
                   --workload chat: every connection says HELLO with a name unique to the run \
                   and, once every session has its WELCOME, SAYs `<seq> <send time> \
                   <--size bytes>` (closed loop, or --rate in total). Every SAY must reach \
@@ -176,6 +216,16 @@ pub struct LoadConfig {
     #[arg(long, value_name = "P", default_value_t = 1,
           value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub pipeline: u32,
+
+    /// Requests per connection: after N replies a connection closes and a new one opens in
+    /// its place (0: connections stay open for the whole run).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub requests_per_connection: u64,
+
+    /// How a connection closes after its --requests-per-connection: `rst` (SO_LINGER 0, no
+    /// TIME_WAIT, so ports never run out) or `fin` (an ordinary close) [default: rst].
+    #[arg(long, value_enum, value_name = "HOW")]
+    pub close: Option<Close>,
 
     /// Measured time, after the warmup.
     #[arg(long, value_name = "DUR", default_value = "10s", value_parser = parse_duration)]
@@ -232,6 +282,25 @@ pub struct LoadConfig {
 
     #[command(flatten)]
     pub tls: TlsArgs,
+}
+
+/// How a connection closes after its `--requests-per-connection`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Close {
+    /// `SO_LINGER` 0: the close sends an RST and the port is free at once (no TIME_WAIT).
+    Rst,
+    /// An ordinary close (FIN): the client's port waits in TIME_WAIT.
+    Fin,
+}
+
+impl Close {
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Close::Rst => "rst",
+            Close::Fin => "fin",
+        }
+    }
 }
 
 /// One `--addr`: as given (its host part is its default TLS server name) and as resolved.
@@ -340,6 +409,24 @@ impl LoadConfig {
                 "--drain is only for --workload chat, not {workload}"
             ));
         }
+        if self.requests_per_connection > 0 {
+            if self.workload == Workload::Chat {
+                return Err(
+                    "--requests-per-connection is not for --workload chat: a session \
+                            must stay connected to receive every message of the run"
+                        .to_string(),
+                );
+            }
+            if self.rate.is_some() {
+                return Err(
+                    "--requests-per-connection runs closed loop; it cannot be used \
+                            with --rate"
+                        .to_string(),
+                );
+            }
+        } else if self.close.is_some() {
+            return Err("--close only applies with --requests-per-connection".to_string());
+        }
         if self.requests.is_none() && self.duration.is_zero() {
             return Err("--duration must be more than 0".to_string());
         }
@@ -429,6 +516,16 @@ impl LoadConfig {
         }
     }
 
+    /// How a connection closes: with `--requests-per-connection`, `--close` (RST by default);
+    /// without, an ordinary close, as it always was.
+    #[must_use]
+    pub fn close(&self) -> Close {
+        match (self.requests_per_connection, self.close) {
+            (0, _) => Close::Fin,
+            (_, close) => close.unwrap_or(Close::Rst),
+        }
+    }
+
     /// Whether to print the progress line.
     #[must_use]
     pub fn show_progress(&self) -> bool {
@@ -445,9 +542,16 @@ impl LoadConfig {
             Some(n) => format!("{n} requests"),
             None => format!("{}s", self.duration.as_secs_f64()),
         };
+        let short = match self.requests_per_connection {
+            0 => String::new(),
+            n => format!(
+                ", {n} request(s) per connection (close: {})",
+                self.close().name()
+            ),
+        };
         format!(
-            "{} {}/{}: {} connection(s), {threads} thread(s), pipeline {}, {shape}, {amount} \
-             after {}s warmup",
+            "{} {}/{}: {} connection(s), {threads} thread(s), pipeline {}{short}, {shape}, \
+             {amount} after {}s warmup",
             self.addrs_shown(),
             self.protocol.name(),
             self.workload.name(),
@@ -469,6 +573,8 @@ impl LoadConfig {
             "connections": self.connections,
             "connect_rate": self.connect_rate,
             "pipeline": self.pipeline,
+            "requests_per_connection": self.requests_per_connection,
+            "close": (self.requests_per_connection > 0).then(|| self.close().name()),
             "duration_s": self.requests.is_none().then_some(self.duration.as_secs_f64()),
             "warmup_s": self.warmup().as_secs_f64(),
             "requests": self.requests,
@@ -511,6 +617,8 @@ impl LoadConfig {
             destinations: Arc::from(destinations),
             sources: Arc::from(self.source_addr.clone()),
             pipeline: self.pipeline,
+            requests_per_connection: self.requests_per_connection,
+            close: self.close(),
             exchange,
             connect_interval_ns: 1e9 / self.connect_rate,
             slot_ns: self.rate.map(|rate| 1e9 / rate),
@@ -743,6 +851,54 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(few.threads(), 2);
+    }
+
+    #[test]
+    fn short_connection_flags_and_their_defaults() {
+        let ping = |extra: &[&str]| {
+            let mut args = vec!["--protocol", "line", "--workload", "ping"];
+            args.extend_from_slice(extra);
+            parse(&args).unwrap()
+        };
+        let persistent = ping(&[]);
+        assert_eq!(persistent.requests_per_connection, 0);
+        assert_eq!(
+            persistent.close(),
+            Close::Fin,
+            "an ordinary close, as always"
+        );
+        let settings = persistent.settings(1);
+        assert_eq!(settings["requests_per_connection"], 0);
+        assert_eq!(settings["close"], Value::Null);
+        assert!(!persistent.title(1).contains("per connection"));
+
+        let short = ping(&["--requests-per-connection", "1"]);
+        assert_eq!(short.close(), Close::Rst, "no TIME_WAIT by default");
+        assert_eq!(short.settings(1)["requests_per_connection"], 1);
+        assert_eq!(short.settings(1)["close"], "rst");
+        assert!(
+            short
+                .title(2)
+                .contains("pipeline 1, 1 request(s) per connection (close: rst), closed loop"),
+            "{}",
+            short.title(2)
+        );
+        let fin = ping(&["--requests-per-connection", "5", "--close", "fin"]);
+        assert_eq!(fin.close(), Close::Fin);
+        assert_eq!(fin.settings(1)["close"], "fin");
+        // Every workload but chat takes it, over either protocol.
+        for (protocol, workload) in [("line", "echo"), ("frame", "heartbeat"), ("frame", "login")] {
+            let c = parse(&[
+                "--protocol",
+                protocol,
+                "--workload",
+                workload,
+                "--requests-per-connection",
+                "3",
+            ])
+            .unwrap();
+            assert_eq!(c.requests_per_connection, 3);
+        }
     }
 
     #[test]
@@ -1013,6 +1169,47 @@ mod tests {
             (
                 &["--protocol", "line", "--workload", "ping", "--drain", "1s"],
                 "--drain is only for --workload chat",
+            ),
+            (
+                &[
+                    "--protocol",
+                    "line",
+                    "--workload",
+                    "chat",
+                    "--requests-per-connection",
+                    "1",
+                ],
+                "not for --workload chat",
+            ),
+            (
+                &[
+                    "--protocol",
+                    "line",
+                    "--workload",
+                    "ping",
+                    "--requests-per-connection",
+                    "1",
+                    "--rate",
+                    "10",
+                ],
+                "cannot be used with --rate",
+            ),
+            (
+                &["--protocol", "line", "--workload", "ping", "--close", "fin"],
+                "--close only applies with --requests-per-connection",
+            ),
+            (
+                &[
+                    "--protocol",
+                    "line",
+                    "--workload",
+                    "ping",
+                    "--requests-per-connection",
+                    "1",
+                    "--close",
+                    "linger",
+                ],
+                "linger",
             ),
             (&["--protocol", "line", "--workload", "nope"], "nope"),
             (&["--protocol", "tcp", "--workload", "ping"], "tcp"),

@@ -12,7 +12,10 @@
 //! - The JSON keys and the percentile table layout are a contract with scripts and plotters:
 //!   `requests`, `duration_s`, `requests_per_s`, `mb_per_s_sent`, `mb_per_s_received`,
 //!   `latency_us {min,p50,p90,p99,p999,max}`, `errors {connect,reset,eof,timeout,mismatch}`,
-//!   `connections`, `threads`, `cpu_s`, `cpu_us_per_request`, `server_cpu_s` and
+//!   `connections` (connection places established at least once), `connects` (connections
+//!   established in the measured window: with `--requests-per-connection`, every reconnect),
+//!   `connects_per_s`, `connect_latency_us {min,p50,p90,p99,p999,max}` (those connects,
+//!   `connect()` to established), `threads`, `cpu_s`, `cpu_us_per_request`, `server_cpu_s` and
 //!   `server_cpu_us_per_request` (null without `--server-pid`), `tls` (null without `--tls`,
 //!   else `{handshakes, handshake_us {p50,p99,max}, failures {REASON: count}}`: handshakes
 //!   done, their times, and why the failed ones failed), `chat` (null but with
@@ -22,9 +25,10 @@
 //!   `--tls`: `tls`, `ca`, `insecure`, `server_name`); the table is the one Java
 //!   HdrHistogram's `outputPercentileDistribution` writes (and wrk2 prints), which the
 //!   HdrHistogram plotter reads.
-//! - The text summary's lines keep their order and layout; `--tls` adds a `tls` line (and a
-//!   `tls failed` line per reason) after `connections`, and `--workload chat` adds its
-//!   `chat`, `delivery µs` and `chat errors` lines after those.
+//! - The text summary's lines keep their order and layout; `--requests-per-connection` adds
+//!   its `connects` and `connect µs` lines after `connections`, `--tls` a `tls` line (and a
+//!   `tls failed` line per reason) after those, and `--workload chat` its `chat`,
+//!   `delivery µs` and `chat errors` lines after those.
 //! - The exit status counts every error: the kinds of [`Errors`], and with chat the missing,
 //!   duplicated and reordered messages ([`Report::error_total`]).
 
@@ -36,6 +40,7 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde_json::{Map, Value, json};
 
+use super::Close;
 use super::chat::Tally;
 
 /// The lowest discernible latency: 1 ns, not 1 µs. HdrHistogram's lowest value sets the step
@@ -139,9 +144,14 @@ pub struct Report {
     /// Latencies of the recorded replies, in nanoseconds.
     pub histogram: Histogram<u64>,
     pub errors: Errors,
-    /// Connections established, and asked for.
+    /// Connection places established at least once, and asked for.
     pub connections: u64,
     pub connections_wanted: u64,
+    /// Connections established in the measured window, and their connect times (ns).
+    pub connects: u64,
+    pub connect_times: Histogram<u64>,
+    /// With `--requests-per-connection`: how connections come and go.
+    pub short: Option<ShortConnections>,
     pub threads: usize,
     /// tcp-load's own CPU time (user + system) during the measured window.
     pub cpu: Duration,
@@ -151,6 +161,13 @@ pub struct Report {
     pub tls: Option<TlsSummary>,
     /// With `--workload chat`: the deliveries.
     pub chat: Option<ChatSummary>,
+}
+
+/// A run of short connections: `--requests-per-connection` and `--close`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShortConnections {
+    pub requests_per_connection: u64,
+    pub close: Close,
 }
 
 /// A chat run's deliveries and what went wrong with them.
@@ -218,6 +235,11 @@ impl Report {
     #[must_use]
     pub fn requests_per_s(&self) -> f64 {
         per_second(self.requests as f64, self.duration)
+    }
+
+    #[must_use]
+    pub fn connects_per_s(&self) -> f64 {
+        per_second(self.connects as f64, self.duration)
     }
 
     #[must_use]
@@ -332,11 +354,7 @@ pub fn summary_text(report: &Report) -> String {
         report.mb_per_s_sent(),
         report.mb_per_s_received()
     );
-    let _ = writeln!(
-        text,
-        "  latency µs   min {:.1}  p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}",
-        l.min, l.p50, l.p90, l.p99, l.p999, l.max
-    );
+    latency_line(&mut text, "latency µs", &l);
     let _ = write!(text, "  errors      ");
     for kind in ErrorKind::ALL {
         let _ = write!(text, " {} {}", kind.name(), report.errors.get(kind));
@@ -347,6 +365,9 @@ pub fn summary_text(report: &Report) -> String {
         "  connections  {} of {} established, {} thread(s)",
         report.connections, report.connections_wanted, report.threads
     );
+    if let Some(short) = &report.short {
+        connect_lines(&mut text, report, short);
+    }
     if let Some(tls) = &report.tls {
         tls_lines(&mut text, tls);
     }
@@ -367,6 +388,31 @@ pub fn summary_text(report: &Report) -> String {
         );
     }
     text
+}
+
+/// A summary line of latency percentiles: `label` (as wide as the other lines' labels), then
+/// min, p50, p90, p99, p99.9 and max in µs.
+fn latency_line(text: &mut String, label: &str, l: &Latency) {
+    let _ = writeln!(
+        text,
+        "  {label:<13}min {:.1}  p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}",
+        l.min, l.p50, l.p90, l.p99, l.p999, l.max
+    );
+}
+
+/// The summary's `connects` and `connect µs` lines.
+fn connect_lines(text: &mut String, report: &Report, short: &ShortConnections) {
+    let l = Latency::of(&report.connect_times);
+    let _ = writeln!(
+        text,
+        "  connects     {} in {:.3} s = {:.1} connects/s, {} request(s) each, close {}",
+        report.connects,
+        report.duration.as_secs_f64(),
+        report.connects_per_s(),
+        short.requests_per_connection,
+        short.close.name()
+    );
+    latency_line(text, "connect µs", &l);
 }
 
 /// The summary's `tls` line, and a `tls failed` line per reason.
@@ -396,11 +442,7 @@ fn chat_lines(text: &mut String, report: &Report, tally: &Tally) {
         tally.deliveries,
         report.deliveries_per_s().unwrap_or(0.0)
     );
-    let _ = writeln!(
-        text,
-        "  delivery µs  min {:.1}  p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}",
-        l.min, l.p50, l.p90, l.p99, l.p999, l.max
-    );
+    latency_line(text, "delivery µs", &l);
     let _ = writeln!(
         text,
         "  chat errors  missing {} duplicated {} reordered {} disconnected {} (foreign {})",
@@ -444,6 +486,9 @@ pub fn summary_json(report: &Report) -> Value {
         "latency_us": l.json(),
         "errors": errors,
         "connections": report.connections,
+        "connects": report.connects,
+        "connects_per_s": report.connects_per_s(),
+        "connect_latency_us": Latency::of(&report.connect_times).json(),
         "threads": report.threads,
         "cpu_s": report.cpu.as_secs_f64(),
         "cpu_us_per_request": report.cpu_us_per_request(),
@@ -578,6 +623,9 @@ mod tests {
             errors,
             connections: 49,
             connections_wanted: 50,
+            connects: 0,
+            connect_times: new_histogram(),
+            short: None,
             threads: 2,
             cpu: Duration::from_millis(500),
             server_cpu: None,
@@ -645,6 +693,62 @@ mod tests {
         report
     }
 
+    /// A latency object's keys, in the order serde_json keeps them (sorted).
+    const LATENCY_KEYS: [&str; 6] = ["max", "min", "p50", "p90", "p99", "p999"];
+
+    fn keys(object: &Value) -> Vec<&str> {
+        object
+            .as_object()
+            .expect("a JSON object")
+            .keys()
+            .map(String::as_str)
+            .collect()
+    }
+
+    #[test]
+    fn connect_figures_in_json_and_text() {
+        let persistent = report(&[25_000]);
+        let value = summary_json(&persistent);
+        assert_eq!(
+            (value["connects"].clone(), value["connects_per_s"].clone()),
+            (json!(0), json!(0.0))
+        );
+        assert_eq!(value["connect_latency_us"]["p99"], 0.0);
+        assert!(!summary_text(&persistent).contains("connects"));
+
+        let mut short = report(&[25_000]);
+        short.connects = 5;
+        for ns in [20_000, 40_000, 40_000, 40_000, 900_000] {
+            short.connect_times.record(ns).unwrap();
+        }
+        short.short = Some(ShortConnections {
+            requests_per_connection: 1,
+            close: Close::Rst,
+        });
+        let value = summary_json(&short);
+        assert_eq!(value["connects"], 5);
+        assert_eq!(value["connects_per_s"], 2.5);
+        assert_eq!(keys(&value["connect_latency_us"]), LATENCY_KEYS);
+        let text = summary_text(&short);
+        for needle in [
+            "\n  connections  49 of 50 established, 2 thread(s)\n  connects     5 in 2.000 s = \
+             2.5 connects/s, 1 request(s) each, close rst\n",
+            "\n  connect µs   min 20.0  p50 40.0  p90 900.1  p99 900.1  p99.9 900.1  max 900.1\n",
+        ] {
+            assert!(text.contains(needle), "{needle:?} not in\n{text}");
+        }
+        // The other lines are unchanged, and in the same order.
+        let others: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with("  connect "))
+            .filter(|l| !l.starts_with("  connects"))
+            .collect();
+        assert_eq!(
+            others,
+            summary_text(&persistent).lines().collect::<Vec<_>>()
+        );
+    }
+
     #[test]
     fn chat_figures_in_json_and_text() {
         let plain = report(&[25_000]);
@@ -674,13 +778,7 @@ mod tests {
         ] {
             assert_eq!(c[key], count, "{key}");
         }
-        let keys: Vec<&str> = c["delivery_latency_us"]
-            .as_object()
-            .unwrap()
-            .keys()
-            .map(String::as_str)
-            .collect();
-        assert_eq!(keys, ["max", "min", "p50", "p90", "p99", "p999"]);
+        assert_eq!(keys(&c["delivery_latency_us"]), LATENCY_KEYS);
         let p50 = c["delivery_latency_us"]["p50"].as_f64().unwrap();
         assert!((p50 - 200.0).abs() < 0.2, "{p50}");
         let text = summary_text(&chat);
@@ -714,6 +812,9 @@ mod tests {
             "latency_us",
             "errors",
             "connections",
+            "connects",
+            "connects_per_s",
+            "connect_latency_us",
             "threads",
             "cpu_s",
             "server_cpu_s",

@@ -17,7 +17,7 @@ use log::warn;
 use super::LoadConfig;
 use super::chat::Tally;
 use super::cpu::CpuSpent;
-use super::report::{ChatSummary, Errors, Report, TlsSummary, new_histogram};
+use super::report::{ChatSummary, Errors, Report, ShortConnections, TlsSummary, new_histogram};
 use super::worker::WorkerReport;
 
 /// The sums so far.
@@ -31,6 +31,8 @@ pub(super) struct Totals {
     bytes_sent: u64,
     bytes_received: u64,
     connected: u64,
+    connects: u64,
+    connect_times: Histogram<u64>,
     last_reply_ns: u64,
     /// The earliest window start a worker used (`u64::MAX`: none).
     first_start_ns: u64,
@@ -55,6 +57,8 @@ impl Totals {
             bytes_sent: 0,
             bytes_received: 0,
             connected: 0,
+            connects: 0,
+            connect_times: new_histogram(),
             last_reply_ns: 0,
             first_start_ns: u64::MAX,
         }
@@ -64,6 +68,9 @@ impl Totals {
     pub fn add(&mut self, report: &WorkerReport) {
         if self.histogram.add(&report.histogram).is_err() {
             warn!("could not merge a latency histogram");
+        }
+        if self.connect_times.add(&report.connect_times).is_err() {
+            warn!("could not merge a connect time histogram");
         }
         if let (Some(summary), Some(handshakes)) = (self.tls.as_mut(), &report.handshakes) {
             if summary.handshakes.add(handshakes).is_err() {
@@ -81,6 +88,7 @@ impl Totals {
         self.bytes_sent += report.bytes_sent;
         self.bytes_received += report.bytes_received;
         self.connected += report.connected;
+        self.connects += report.connects;
         self.last_reply_ns = self.last_reply_ns.max(report.last_reply_ns);
         if report.start_ns != 0 {
             self.first_start_ns = self.first_start_ns.min(report.start_ns);
@@ -111,6 +119,12 @@ impl Totals {
             errors: self.errors,
             connections: self.connected,
             connections_wanted: u64::from(config.connections),
+            connects: self.connects,
+            connect_times: self.connect_times,
+            short: (config.requests_per_connection > 0).then(|| ShortConnections {
+                requests_per_connection: config.requests_per_connection,
+                close: config.close(),
+            }),
             threads,
             cpu: cpu.ours,
             server_cpu: cpu.server,
@@ -146,6 +160,8 @@ mod tests {
             bytes_received: 40,
             errors,
             connected: 3,
+            connects: 4,
+            connect_times: new_histogram(),
             last_reply_ns,
             start_ns,
             handshakes: None,
@@ -174,11 +190,22 @@ mod tests {
         assert_eq!(report.errors.get(ErrorKind::Timeout), 2);
         assert_eq!(report.errors.total(), 2);
         assert_eq!((report.connections, report.connections_wanted), (6, 50));
+        assert_eq!(report.connects, 8);
+        assert!(report.short.is_none(), "no --requests-per-connection");
         assert_eq!(report.threads, 2);
         assert_eq!(report.cpu, Duration::from_millis(7));
         // --requests: from the earliest start (50) to the last reply (900).
         assert_eq!(report.duration, Duration::from_nanos(850));
         assert!(report.tls.is_none());
+        let mut short = Totals::new(false, None);
+        short.add(&worker_report(&[1_000], 10, 20));
+        let config = config(&["--requests-per-connection", "2"]);
+        let report = short.into_report(&config, 1, spent);
+        let expected = ShortConnections {
+            requests_per_connection: 2,
+            close: crate::load::Close::Rst,
+        };
+        assert_eq!(report.short, Some(expected));
     }
 
     #[test]

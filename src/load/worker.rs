@@ -59,6 +59,24 @@
 //! - Connect completion is a writable edge; `take_error` then `peer_addr` tell the outcome
 //!   (mio's `TcpStream::connect` recipe).
 //!
+//! # Short connections (`--requests-per-connection N`)
+//!
+//! A connection place (`Conn`) then holds one connection after another. Each starts with
+//! `left = N` requests to queue; refilling takes at most `left` (one `min` per batch: the
+//! persistent path's `left` is `u64::MAX` and never runs out). Once `left` is 0 and the last
+//! reply is verified, [`Worker::recycle`] closes the socket (an RST with `--close rst`:
+//! `SO_LINGER` 0 was set when it was made) and starts the next connect in the same place, at
+//! once. With `--requests`, a connection started in the measured window pays its N (or what
+//! is left of the budget) when it starts, so no connection is opened that would have nothing
+//! to send; one started before the window (during a warmup) pays per batch, as a persistent
+//! connection does. Connects are timed from the `connect()` call to the writable edge that
+//! reports it done, and counted when that edge comes in the window.
+//!
+//! ```text
+//! open -> N requests queued (pipeline at most) -> N replies verified -> close (RST | FIN)
+//!      -> connect again, same --addr, next --source-addr -> open ...
+//! ```
+//!
 //! # Over TLS
 //!
 //! An open connection's socket is a [`Stream`]: plain, or with a rustls session on it
@@ -94,16 +112,18 @@
 //! - `in_flight <= pipeline` on every connection; the ring holds exactly `in_flight` send
 //!   times; `unsent <= in_flight * request_len` (chat: `unsent` is the session's unsent
 //!   bytes).
-//! - No allocation per request: rings are allocated once per connection, the batch buffers
-//!   and the read buffer once per thread (chat: a session's buffers once per connection,
-//!   reused).
-//! - A connection with an error is closed and counted, never reopened.
+//! - No allocation per request: rings are allocated once per connection place (not again at
+//!   a reconnect), the batch buffers and the read buffer once per thread (chat: a session's
+//!   buffers once per connection, reused). A short connection's socket and, over TLS, its
+//!   session are allocated per connect.
+//! - A connection with an error is closed and counted, never reopened (in its place, neither).
+//! - `reserved` is the sum of `left` over the connections that paid for theirs.
 //!
 //! # What it refuses to do
 //!
-//! It does not reconnect, does not balance budgets across threads (each thread gets an equal
-//! share of `--requests`), and does not read replies after the measured window ends (chat:
-//! after the drain).
+//! It does not reconnect after an error (nor ever without `--requests-per-connection`), does
+//! not balance budgets across threads (each thread gets an equal share of `--requests`), and
+//! does not read replies after the measured window ends (chat: after the drain).
 
 use std::collections::BTreeMap;
 use std::io;
@@ -121,6 +141,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use socket2::{Domain, Socket, Type};
 
+use super::Close;
 use super::chat::{ChatPlan, Moment, Session, Tally};
 use super::report::{ErrorKind, Errors, new_histogram};
 use super::stream::{Reading, Received, Stream, TlsStream};
@@ -181,9 +202,14 @@ pub(crate) struct Plan {
     /// The `--addr` values, in order (never empty): connection `j` goes to
     /// `destinations[j % n]`.
     pub destinations: Arc<[Destination]>,
-    /// Local addresses to bind, round-robin by global connection index (empty: any).
+    /// Local addresses to bind, round-robin by global connection index, plus one for each
+    /// reconnect in the same place (empty: any).
     pub sources: Arc<[IpAddr]>,
     pub pipeline: u32,
+    /// `--requests-per-connection`: 0 keeps every connection for the whole run.
+    pub requests_per_connection: u64,
+    /// How a connection that has sent its `requests_per_connection` closes.
+    pub close: Close,
     pub exchange: Arc<Exchange>,
     /// Nanoseconds between two connection attempts, all threads together.
     pub connect_interval_ns: f64,
@@ -278,8 +304,11 @@ pub(crate) struct WorkerReport {
     pub bytes_sent: u64,
     pub bytes_received: u64,
     pub errors: Errors,
-    /// Connections ever established.
+    /// Connection places ever established (each counted once, however often it reconnects).
     pub connected: u64,
+    /// Connections established in the measured window, and how long their connects took (ns).
+    pub connects: u64,
+    pub connect_times: Histogram<u64>,
     /// Receive time of the last recorded reply (0: none).
     pub last_reply_ns: u64,
     /// The window start this worker used.
@@ -301,7 +330,8 @@ enum ConnState {
     /// TLS: connected, handshake under way; no request yet.
     Handshaking(Box<TlsStream>),
     Open(Stream),
-    /// Failed, closed by the server, or done: never reopened.
+    /// Failed, closed by the server, or done (with `--requests-per-connection`, only for a
+    /// moment, unless the run is ending).
     Closed,
 }
 
@@ -323,6 +353,13 @@ struct Conn {
     since_ns: u64,
     /// Open loop: the global slot of this connection's next request.
     next_slot: u64,
+    /// Requests this connection may still queue: `--requests-per-connection` at each connect,
+    /// `u64::MAX` without it.
+    left: u64,
+    /// `left` was paid from the `--requests` budget when the connection started.
+    paid: bool,
+    /// Connects started in this place so far.
+    generation: u64,
     /// `--workload chat`, once open: the session (its own bytes to send, its ledger).
     session: Option<Box<Session>>,
 }
@@ -339,6 +376,9 @@ impl Conn {
             reply_phase: 0,
             since_ns: 0,
             next_slot: 0,
+            left: u64::MAX,
+            paid: false,
+            generation: 0,
             session: None,
         }
     }
@@ -355,6 +395,12 @@ impl Conn {
 
     fn is_open(&self) -> bool {
         matches!(self.state, ConnState::Open(_))
+    }
+
+    /// Every request this connection was to send has been answered (never without
+    /// `--requests-per-connection`).
+    fn spent(&self) -> bool {
+        self.left == 0 && self.in_flight == 0
     }
 
     /// Moves the connection to the state `next` makes of its current one (its socket moves
@@ -459,6 +505,9 @@ pub(crate) struct Worker {
     /// `--tls`: records read from a socket, before rustls decrypts them into `scratch`.
     reading: Reading,
     histogram: Histogram<u64>,
+    /// Connects established in the window, and their durations (ns).
+    connects: u64,
+    connect_times: Histogram<u64>,
     /// `--tls`: handshake durations (ns), and failed handshakes by reason.
     handshakes: Option<Histogram<u64>>,
     tls_failures: BTreeMap<String, u64>,
@@ -471,9 +520,15 @@ pub(crate) struct Worker {
     budget: Option<u64>,
     /// Sum of `in_flight` over connections.
     outstanding: u64,
+    /// Requests paid from the budget and not yet queued: the sum of `left` over the
+    /// connections that paid for theirs (`--requests-per-connection` with `--requests`).
+    reserved: u64,
     next_connect: usize,
     /// Connections not yet established nor failed.
     pending: usize,
+    /// Places whose first connect is not yet established nor failed: the main thread waits
+    /// for these only (short connections keep reconnecting).
+    unresolved: usize,
     open: u64,
     connected: u64,
     told_connected: bool,
@@ -551,6 +606,8 @@ impl Worker {
             scratch: vec![0; READ_CHUNK].into_boxed_slice(),
             reading: Reading::new(if plan.tls() { READ_CHUNK } else { 0 }),
             histogram: new_histogram(),
+            connects: 0,
+            connect_times: new_histogram(),
             handshakes: plan.tls().then(new_histogram),
             tls_failures: BTreeMap::new(),
             now: plan.epoch_ns,
@@ -558,8 +615,10 @@ impl Worker {
             end: u64::MAX,
             budget: plan.budget,
             outstanding: 0,
+            reserved: 0,
             next_connect: 0,
             pending: local,
+            unresolved: local,
             open: 0,
             connected: 0,
             told_connected: false,
@@ -611,6 +670,8 @@ impl Worker {
             bytes_received,
             errors,
             connected,
+            connects,
+            connect_times,
             last_reply_ns,
             handshakes,
             tls_failures,
@@ -624,6 +685,8 @@ impl Worker {
             bytes_received,
             errors,
             connected,
+            connects,
+            connect_times,
             last_reply_ns,
             start_ns: start.unwrap_or(0),
             handshakes,
@@ -708,7 +771,7 @@ impl Worker {
     /// is left.
     fn sending_done(&self) -> bool {
         self.now >= self.end
-            || (self.budget == Some(0) && self.outstanding == 0)
+            || (self.budget == Some(0) && self.outstanding == 0 && self.reserved == 0)
             || (self.pending == 0 && self.open == 0)
     }
 
@@ -773,6 +836,11 @@ impl Worker {
                 if readable && !self.read_replies(i, to_end) {
                     return;
                 }
+                // One test of the plan per batch; persistent connections look no further.
+                if self.plan.requests_per_connection > 0 && self.conns[i].spent() {
+                    self.recycle(i);
+                    return;
+                }
             }
             ConnState::Waiting | ConnState::Closed => return, // stale
         }
@@ -800,14 +868,25 @@ impl Worker {
         }
     }
 
+    /// Starts a connect in place `i` (in state `Waiting`). Its `g`-th connect goes from source
+    /// `(j + g) mod n`, so short connections take the `--source-addr` values in turn.
     fn start_connect(&mut self, i: usize) {
         let j = self.plan.global_index(i);
+        let generation = self.conns[i].generation;
+        self.conns[i].generation += 1;
+        if self.plan.requests_per_connection > 0 {
+            self.allow(i);
+        }
         let source = match self.plan.sources.len() {
             0 => None,
-            n => Some(self.plan.sources[j % n]),
+            n => Some(self.plan.sources[((j as u64 + generation) % n as u64) as usize]),
         };
         let addr = self.plan.destination(j).addr;
-        let result = open_socket(addr, source).and_then(|mut socket| {
+        let reset = self.plan.close == Close::Rst;
+        // The connect is timed from here: the clock is read for it (the loop's reading may be
+        // a whole batch of events old).
+        self.now = clock_ns();
+        let result = open_socket(addr, source, reset).and_then(|mut socket| {
             self.poll.registry().register(
                 &mut socket,
                 Token(i),
@@ -826,6 +905,47 @@ impl Worker {
         }
     }
 
+    /// Short connections: what connection `i`, starting now, may send. In the measured window
+    /// with `--requests` it pays for its requests at once (what is left of the budget, if less);
+    /// otherwise it pays per batch, if at all.
+    fn allow(&mut self, i: usize) {
+        let n = self.plan.requests_per_connection;
+        let measured = self.measured(self.now);
+        let conn = &mut self.conns[i];
+        match self.budget.as_mut().filter(|_| measured) {
+            Some(budget) => {
+                let paid = n.min(*budget);
+                *budget -= paid;
+                self.reserved += paid;
+                (conn.left, conn.paid) = (paid, true);
+            }
+            None => (conn.left, conn.paid) = (n, false),
+        }
+    }
+
+    /// Connection `i` has had all its requests answered: close it and, unless the run is
+    /// ending (the window is over, or the budget is spent), connect again in its place.
+    ///
+    /// Kept out of line: inlined, it grew the event handler enough that the compiler stopped
+    /// inlining the read path into it, which cost the persistent connections' every batch.
+    #[cold]
+    #[inline(never)]
+    fn recycle(&mut self, i: usize) {
+        trace!(
+            "conn={}.{i} done: {} closing",
+            self.plan.thread,
+            self.plan.close.name()
+        );
+        self.close(i);
+        let budget_spent = self.budget == Some(0) && self.measured(self.now);
+        if self.now >= self.end || budget_spent {
+            return;
+        }
+        self.conns[i].state = ConnState::Waiting;
+        self.pending += 1;
+        self.start_connect(i);
+    }
+
     /// After an event on a connecting socket: `true` once it is open (over TLS: once the
     /// handshake is done, which may take this same event if the server is quick).
     fn finish_connect(&mut self, i: usize) -> bool {
@@ -840,6 +960,11 @@ impl Worker {
                 self.fail(i, ErrorKind::Connect, &e.to_string());
                 return false;
             }
+        }
+        if self.in_window() {
+            let took = self.now.saturating_sub(self.conns[i].since_ns);
+            self.connect_times.saturating_record(took);
+            self.connects += 1;
         }
         let j = self.plan.global_index(i);
         let session = match self
@@ -930,7 +1055,9 @@ impl Worker {
         let j = self.plan.global_index(i);
         let conn = &mut self.conns[i];
         debug_assert!(conn.is_open(), "opened a connection that is not open");
-        conn.ring = vec![0; pipeline].into_boxed_slice();
+        if conn.ring.len() != pipeline {
+            conn.ring = vec![0; pipeline].into_boxed_slice(); // once per place, not per connect
+        }
         conn.since_ns = now;
         conn.next_slot = first_slot;
         if let Some(chat) = self.chat.as_mut() {
@@ -942,9 +1069,12 @@ impl Worker {
             self.outstanding += 1;
             chat.greeting += 1;
         }
+        if conn.generation == 1 {
+            self.unresolved -= 1;
+            self.connected += 1;
+        }
         self.pending -= 1;
         self.open += 1;
-        self.connected += 1;
         debug!("conn={}.{i} connected", self.plan.thread);
     }
 
@@ -1116,11 +1246,14 @@ impl Worker {
         }
         match self.plan.slot_ns {
             None => {
-                let mut k = pipeline - conn.in_flight;
-                if self.measured(self.now)
+                // Never more than the connection has left (`queue` takes them from it).
+                let mut k = (pipeline - conn.in_flight).min(clamp_u32(conn.left));
+                if conn.paid {
+                    self.reserved -= u64::from(k);
+                } else if self.measured(self.now)
                     && let Some(budget) = self.budget.as_mut()
                 {
-                    k = k.min(u32::try_from(*budget).unwrap_or(u32::MAX));
+                    k = k.min(clamp_u32(*budget));
                     *budget -= u64::from(k);
                 }
                 let now = self.now;
@@ -1156,7 +1289,8 @@ impl Worker {
         }
     }
 
-    /// Adds `k` requests to connection `i`'s in-flight ring, the `n`-th stamped `stamp(n)`.
+    /// Adds `k` requests to connection `i`'s in-flight ring, the `n`-th stamped `stamp(n)`, and
+    /// takes them from what it has `left`.
     fn queue(&mut self, i: usize, k: u32, stamp: impl Fn(u32) -> u64) {
         if k == 0 {
             return;
@@ -1179,6 +1313,7 @@ impl Worker {
             slot += 1;
         }
         conn.in_flight += k;
+        conn.left -= u64::from(k);
         self.outstanding += u64::from(k);
         match (conn.session.as_mut(), self.chat.as_mut()) {
             (Some(session), Some(chat)) => {
@@ -1446,6 +1581,9 @@ impl Worker {
         match conn.state {
             ConnState::Waiting | ConnState::Connecting(_) | ConnState::Handshaking(_) => {
                 self.pending -= 1;
+                if conn.generation <= 1 {
+                    self.unresolved -= 1;
+                }
             }
             ConnState::Open(_) => {
                 self.open -= 1;
@@ -1461,8 +1599,14 @@ impl Worker {
         }
         conn.say_goodbye();
         self.outstanding -= u64::from(conn.in_flight);
+        if conn.paid {
+            self.reserved -= conn.left;
+            (conn.left, conn.paid) = (0, false);
+        }
         conn.in_flight = 0;
         conn.unsent = 0;
+        conn.send_phase = 0;
+        conn.reply_phase = 0;
         conn.state = ConnState::Closed;
         debug!("conn={}.{i} closed", self.plan.thread);
     }
@@ -1471,7 +1615,7 @@ impl Worker {
     fn tell_main(&mut self) {
         let thread = self.plan.thread;
         let greeting = self.chat.as_ref().map_or(0, |chat| chat.greeting);
-        if !self.told_connected && self.pending == 0 && greeting == 0 {
+        if !self.told_connected && self.unresolved == 0 && greeting == 0 {
             self.told_connected = true;
             let _ = self.to_main.send(Message::Connected(thread));
         }
@@ -1490,6 +1634,11 @@ impl Worker {
             let _ = self.to_main.send(Message::Snapshot(thread, snapshot));
         }
     }
+}
+
+/// `n`, or `u32::MAX` if it is more.
+fn clamp_u32(n: u64) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 /// When slot `slot` of the open-loop timetable is due.
@@ -1515,17 +1664,21 @@ fn connect_outcome(socket: &TcpStream) -> io::Result<bool> {
     }
 }
 
-/// A nonblocking TCP socket connecting to `addr` from `source` (any port), with TCP_NODELAY.
+/// A nonblocking TCP socket connecting to `addr` from `source` (any port), with TCP_NODELAY;
+/// with `reset`, `SO_LINGER` 0, so that closing it sends an RST and leaves no TIME_WAIT.
 ///
 /// With a source address, `IP_BIND_ADDRESS_NO_PORT` defers the port choice to `connect`, so a
 /// port is only unique per (source, destination) pair: several source IPs multiply the
 /// connections one destination can take.
-fn open_socket(addr: SocketAddr, source: Option<IpAddr>) -> io::Result<TcpStream> {
+fn open_socket(addr: SocketAddr, source: Option<IpAddr>, reset: bool) -> io::Result<TcpStream> {
     let socket = Socket::new(
         Domain::for_address(addr),
         Type::STREAM,
         Some(socket2::Protocol::TCP),
     )?;
+    if reset {
+        socket.set_linger(Some(Duration::ZERO))?;
+    }
     if let Some(ip) = source {
         if ip.is_ipv4() {
             let on: libc::c_int = 1;
@@ -1570,6 +1723,8 @@ mod tests {
             }]),
             sources: Arc::from(Vec::new()),
             pipeline: 1,
+            requests_per_connection: 0,
+            close: Close::Fin,
             exchange: Arc::new(super::super::workload::exchange(
                 super::super::workload::Workload::Ping,
                 0,
