@@ -6,8 +6,10 @@
 //! poll(timeout = time to the next timer, 0 if work was deferred)
 //!   -> for each event: listener => accept until WouldBlock (at most ACCEPT_BUDGET), admit each
 //!                      signal   => begin a graceful shutdown (a second one: exit now)
-//!                      waker    => a shutdown asked for by a ShutdownHandle, and/or login
-//!                                  verdicts from the workers: answer them
+//!                      waker    => a shutdown asked for by a ShutdownHandle, login verdicts
+//!                                  from the verifier threads: answer them; with several
+//!                                  workers, sockets and chat handed over by the others
+//!                                  (`fleet`): admit them, deliver it
 //!                      conn     => read until drained or READ_BUDGET, execute every complete
 //!                                  request, write the replies with one write
 //!   -> revisit what was deferred last turn (budgets spent, connections un-paused)
