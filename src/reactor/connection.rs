@@ -450,14 +450,18 @@ impl Connection {
     /// Joins `fresh` bytes to requests held from earlier reads, if there are any: then they
     /// are executed from the held input. Returns how much of `fresh` that used up. The input
     /// grows toward what the unfinished request can need and no further (plus the bytes of
-    /// this read, which may hold the next requests): see [`handler::request_bound`].
-    pub fn join_held(&mut self, fresh: &[u8], limits: Limits) -> usize {
+    /// this read, which may hold the next requests): see [`handler::request_bound`]. Nor does
+    /// it grow more than `room` past its present size, save for the bytes it must take in:
+    /// what is left of the client-memory budget.
+    pub fn join_held(&mut self, fresh: &[u8], limits: Limits, room: usize) -> usize {
         if self.input.is_empty() {
             return 0;
         }
         let bound = handler::request_bound(self.session.protocol, self.input.data(), limits);
-        self.input
-            .extend_capped(fresh, bound.saturating_add(fresh.len()));
+        let cap = bound
+            .saturating_add(fresh.len())
+            .min(self.input.capacity().saturating_add(room));
+        self.input.extend_capped(fresh, cap);
         fresh.len()
     }
 

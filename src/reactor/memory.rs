@@ -8,7 +8,9 @@
 //! work (one compare when nothing changed, which is nearly always), and when it closes (its
 //! memory is freed at once). Between two looks a connection can grow by at most one wakeup's
 //! reads (`READ_BUDGET`) and its replies up to the high-water mark, so the ledger lags the
-//! truth by that much at most, for one connection at a time.
+//! truth by that much at most, for one connection at a time. A held request's buffer grows
+//! by doubling, but never past what is left of the budget ([`Budget::room`]), so that growth
+//! cannot leap over the pressure mark and the budget both at once.
 //!
 //! **What is done as it runs short**, in this order:
 //! 1. *Backpressure on input.* Over the pressure mark (three quarters of the budget), a
@@ -79,6 +81,14 @@ impl Budget {
         held > self.pressure
             && input >= THROTTLE_FLOOR
             && held.saturating_add(need as u64) > self.limit
+    }
+
+    /// What is left of the budget with `held` bytes held: how far a held request's buffer
+    /// may grow past what it must take in. Doubling alone could take a buffer from under the
+    /// pressure mark to over the limit in one step, and its sender would be evicted where it
+    /// should have been throttled.
+    pub fn room(&self, held: u64) -> usize {
+        usize::try_from(self.limit.saturating_sub(held)).unwrap_or(usize::MAX)
     }
 
     pub fn is_exceeded(&self, held: u64) -> bool {

@@ -780,7 +780,14 @@ impl Server {
     /// (joined to the connection's unfinished ones, if any), then writes the replies.
     fn execute(&mut self, key: usize, fresh: usize) {
         let out_limit = self.out_limit();
-        let mut offset = self.connections[key].join_held(&self.scratch_in[..fresh], self.limits);
+        let room = match self.budget {
+            Some(budget) if self.connections[key].holds_requests() => {
+                budget.room(self.stats.client_memory)
+            }
+            _ => usize::MAX,
+        };
+        let mut offset =
+            self.connections[key].join_held(&self.scratch_in[..fresh], self.limits, room);
         let mut executed_any = false;
         loop {
             let mut cx = Context {
