@@ -725,10 +725,8 @@ impl Connection {
         ) {
             return None;
         }
+        // AwaitingProxy: the request clock started at the accept, as a TLS session's did.
         let timeout = timeouts.request?;
-        if self.state == State::AwaitingProxy {
-            return Some(self.request_started? + timeout);
-        }
         if let Some(tls) = &self.tls
             && tls.is_handshaking()
         {

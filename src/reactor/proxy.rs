@@ -122,7 +122,9 @@ pub fn is_trusted(networks: &[IpNet], peer: IpAddr) -> bool {
 
 impl Server {
     /// Reads what the socket holds of a connection's PROXY header, and acts once it is
-    /// complete or proven bad.
+    /// complete or proven bad. Once per connection, and kept out of the read loop's code.
+    #[cold]
+    #[inline(never)]
     pub(super) fn read_preamble(&mut self, key: usize) -> Preamble {
         loop {
             let conn = &mut self.connections[key];
