@@ -89,6 +89,37 @@ fn assert_no_errors(json: &Value, context: &str) {
     }
 }
 
+/// A ping run to a port nothing listens on: the base of the usage-error tables.
+const PING_NOWHERE: [&str; 6] = [
+    "--addr",
+    "127.0.0.1:1",
+    "--protocol",
+    "line",
+    "--workload",
+    "ping",
+];
+
+/// `tcp-load --help` exits 0 and names each of `needles`.
+fn assert_help_names(needles: &[&str]) {
+    let help = tcp_load(&["--help"]);
+    assert_eq!(help.code, 0);
+    for needle in needles {
+        assert!(help.stdout.contains(needle), "--help lacks {needle:?}");
+    }
+}
+
+/// tcp-load refuses `base` + each case's arguments as a usage error: exit 2, nothing on
+/// stdout, the case's text on stderr.
+fn assert_usage_errors(base: &[&str], cases: &[(&[&str], &str)]) {
+    for (extra, needle) in cases {
+        let args = [base, extra].concat();
+        let run = tcp_load(&args);
+        assert_eq!(run.code, 2, "{args:?}: {}", run.stderr);
+        assert!(run.stdout.is_empty(), "{args:?}");
+        assert!(run.stderr.contains(needle), "{args:?}: {}", run.stderr);
+    }
+}
+
 /// The transports tcp-load speaks; a behaviour that both share is one test over both.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Transport {
@@ -834,13 +865,7 @@ fn short_connection_usage_errors_exit_2() {
             "--close only applies with --requests-per-connection",
         ),
     ];
-    for (extra, needle) in cases {
-        let base = ["--addr", "127.0.0.1:1", "--protocol", "line"];
-        let run = tcp_load(&[&base[..], extra].concat());
-        assert_eq!(run.code, 2, "{extra:?}: {}", run.stderr);
-        assert!(run.stdout.is_empty(), "{extra:?}");
-        assert!(run.stderr.contains(needle), "{extra:?}: {}", run.stderr);
-    }
+    assert_usage_errors(&["--addr", "127.0.0.1:1", "--protocol", "line"], cases);
 }
 
 /// `--addr` twice: connection j goes to address j mod 2, so of 5 connections the first
@@ -1291,14 +1316,6 @@ fn tls_insecure_accepts_the_certificate_and_warns() {
 
 #[test]
 fn tls_usage_errors_exit_2() {
-    let base = [
-        "--addr",
-        "127.0.0.1:1",
-        "--protocol",
-        "line",
-        "--workload",
-        "ping",
-    ];
     let cases: &[(&[&str], &str)] = &[
         (&["--tls"], "pass --ca FILE"),
         (&["--ca", "ca.pem"], "--ca only applies with --tls"),
@@ -1312,19 +1329,10 @@ fn tls_usage_errors_exit_2() {
             "cannot be used together",
         ),
     ];
-    for (extra, needle) in cases {
-        let run = tcp_load(&[&base[..], extra].concat());
-        assert_eq!(run.code, 2, "{extra:?}: {}", run.stderr);
-        assert!(run.stdout.is_empty(), "{extra:?}");
-        assert!(run.stderr.contains(needle), "{extra:?}: {}", run.stderr);
-    }
-    let help = tcp_load(&["--help"]);
-    assert_eq!(help.code, 0);
-    for needle in ["--tls", "--ca <FILE>", "--insecure", "--server-name <NAME>"] {
-        assert!(help.stdout.contains(needle), "--help lacks {needle:?}");
-    }
+    assert_usage_errors(&PING_NOWHERE, cases);
+    assert_help_names(&["--tls", "--ca <FILE>", "--insecure", "--server-name <NAME>"]);
     // A CA file that cannot be read is named (a setup failure: exit 1).
-    let run = tcp_load(&[&base[..], &["--tls", "--ca", "/nonexistent/ca.pem"]].concat());
+    let run = tcp_load(&[&PING_NOWHERE[..], &["--tls", "--ca", "/nonexistent/ca.pem"]].concat());
     assert_eq!(run.code, 1, "{}", run.stderr);
     assert!(
         run.stderr
