@@ -107,6 +107,7 @@ pub mod chat;
 mod cpu;
 mod crew;
 mod pacing;
+pub mod proxy;
 pub mod report;
 mod stream;
 mod totals;
