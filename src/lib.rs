@@ -27,6 +27,8 @@
 //!   - `load::pacing`: the main thread's loop: window start, CPU samples, progress line.
 //!   - `load::worker`: one thread's loop: connects, batches, replies verified in place.
 //!   - `load::stream`: a connection's socket, plain or TLS, behind `receive` and `send`.
+//!   - [`load::proxy`]: the PROXY protocol header (v1, v2) a connection sends first, and the
+//!     made-up source it names.
 //!   - `load::totals`: the workers' reports merged into the summary.
 //!   - `load::cpu`: CPU time of tcp-load and of `--server-pid` over the window.
 //!   - [`load::report`]: the summary (text, JSON), the percentile table, the progress line.

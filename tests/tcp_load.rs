@@ -89,6 +89,37 @@ fn assert_no_errors(json: &Value, context: &str) {
     }
 }
 
+/// A ping run to a port nothing listens on: the base of the usage-error tables.
+const PING_NOWHERE: [&str; 6] = [
+    "--addr",
+    "127.0.0.1:1",
+    "--protocol",
+    "line",
+    "--workload",
+    "ping",
+];
+
+/// `tcp-load --help` exits 0 and names each of `needles`.
+fn assert_help_names(needles: &[&str]) {
+    let help = tcp_load(&["--help"]);
+    assert_eq!(help.code, 0);
+    for needle in needles {
+        assert!(help.stdout.contains(needle), "--help lacks {needle:?}");
+    }
+}
+
+/// tcp-load refuses `base` + each case's arguments as a usage error: exit 2, nothing on
+/// stdout, the case's text on stderr.
+fn assert_usage_errors(base: &[&str], cases: &[(&[&str], &str)]) {
+    for (extra, needle) in cases {
+        let args = [base, extra].concat();
+        let run = tcp_load(&args);
+        assert_eq!(run.code, 2, "{args:?}: {}", run.stderr);
+        assert!(run.stdout.is_empty(), "{args:?}");
+        assert!(run.stderr.contains(needle), "{args:?}: {}", run.stderr);
+    }
+}
+
 /// The transports tcp-load speaks; a behaviour that both share is one test over both.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Transport {
@@ -834,13 +865,7 @@ fn short_connection_usage_errors_exit_2() {
             "--close only applies with --requests-per-connection",
         ),
     ];
-    for (extra, needle) in cases {
-        let base = ["--addr", "127.0.0.1:1", "--protocol", "line"];
-        let run = tcp_load(&[&base[..], extra].concat());
-        assert_eq!(run.code, 2, "{extra:?}: {}", run.stderr);
-        assert!(run.stdout.is_empty(), "{extra:?}");
-        assert!(run.stderr.contains(needle), "{extra:?}: {}", run.stderr);
-    }
+    assert_usage_errors(&["--addr", "127.0.0.1:1", "--protocol", "line"], cases);
 }
 
 /// `--addr` twice: connection j goes to address j mod 2, so of 5 connections the first
@@ -1291,14 +1316,6 @@ fn tls_insecure_accepts_the_certificate_and_warns() {
 
 #[test]
 fn tls_usage_errors_exit_2() {
-    let base = [
-        "--addr",
-        "127.0.0.1:1",
-        "--protocol",
-        "line",
-        "--workload",
-        "ping",
-    ];
     let cases: &[(&[&str], &str)] = &[
         (&["--tls"], "pass --ca FILE"),
         (&["--ca", "ca.pem"], "--ca only applies with --tls"),
@@ -1312,19 +1329,10 @@ fn tls_usage_errors_exit_2() {
             "cannot be used together",
         ),
     ];
-    for (extra, needle) in cases {
-        let run = tcp_load(&[&base[..], extra].concat());
-        assert_eq!(run.code, 2, "{extra:?}: {}", run.stderr);
-        assert!(run.stdout.is_empty(), "{extra:?}");
-        assert!(run.stderr.contains(needle), "{extra:?}: {}", run.stderr);
-    }
-    let help = tcp_load(&["--help"]);
-    assert_eq!(help.code, 0);
-    for needle in ["--tls", "--ca <FILE>", "--insecure", "--server-name <NAME>"] {
-        assert!(help.stdout.contains(needle), "--help lacks {needle:?}");
-    }
+    assert_usage_errors(&PING_NOWHERE, cases);
+    assert_help_names(&["--tls", "--ca <FILE>", "--insecure", "--server-name <NAME>"]);
     // A CA file that cannot be read is named (a setup failure: exit 1).
-    let run = tcp_load(&[&base[..], &["--tls", "--ca", "/nonexistent/ca.pem"]].concat());
+    let run = tcp_load(&[&PING_NOWHERE[..], &["--tls", "--ca", "/nonexistent/ca.pem"]].concat());
     assert_eq!(run.code, 1, "{}", run.stderr);
     assert!(
         run.stderr
@@ -1332,4 +1340,275 @@ fn tls_usage_errors_exit_2() {
         "{}",
         run.stderr
     );
+}
+
+// ---- PROXY protocol headers (--proxy-header, --proxy-source) ----
+
+/// A stand-in for a server behind a balancer: on every connection it reads the PROXY header
+/// (parsed with `ppp`, kept as the bytes received), then, over TLS if given a config,
+/// echoes whatever follows, so tcp-load's `echo` replies verify.
+struct ProxiedEcho {
+    addr: String,
+    headers: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    acceptor: thread::JoinHandle<()>,
+}
+
+impl ProxiedEcho {
+    fn start(tls: Option<std::sync::Arc<rustls::ServerConfig>>) -> ProxiedEcho {
+        use std::sync::atomic::Ordering;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let headers = std::sync::Arc::default();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (kept, stopped) = (
+            std::sync::Arc::clone(&headers),
+            std::sync::Arc::clone(&stop),
+        );
+        let acceptor = thread::spawn(move || {
+            let mut sessions = Vec::new();
+            while !stopped.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((socket, _)) => {
+                        let (kept, tls) = (std::sync::Arc::clone(&kept), tls.clone());
+                        sessions.push(thread::spawn(move || proxied_echo(socket, &kept, tls)));
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(e) => panic!("accept: {e}"),
+                }
+            }
+            for session in sessions {
+                session.join().unwrap();
+            }
+        });
+        ProxiedEcho {
+            addr,
+            headers,
+            stop,
+            acceptor,
+        }
+    }
+
+    /// Stops accepting, waits for every session to end, and returns the headers received.
+    fn finish(self) -> Vec<Vec<u8>> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.acceptor.join().unwrap();
+        std::mem::take(&mut *self.headers.lock().unwrap())
+    }
+}
+
+/// One connection of [`ProxiedEcho`]: the header, then an echo until the client goes.
+fn proxied_echo(
+    mut socket: std::net::TcpStream,
+    headers: &std::sync::Mutex<Vec<Vec<u8>>>,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+) {
+    use ppp::{HeaderResult, PartialResult};
+    socket.set_nonblocking(false).unwrap();
+    socket.set_read_timeout(Some(RUN_DEADLINE)).unwrap();
+    let mut received = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let len = loop {
+        let n = socket.read(&mut chunk).expect("read the PROXY header");
+        assert!(n > 0, "closed before its PROXY header was complete");
+        received.extend_from_slice(&chunk[..n]);
+        match HeaderResult::parse(&received) {
+            HeaderResult::V1(Ok(h)) => break h.header.len(),
+            HeaderResult::V2(Ok(h)) => break h.len(),
+            incomplete if incomplete.is_incomplete() => {}
+            other => panic!("not a PROXY header: {other:?} in {received:?}"),
+        }
+    };
+    let rest = received.split_off(len);
+    headers.lock().unwrap().push(received);
+    match tls {
+        None => {
+            socket.write_all(&rest).unwrap();
+            echo(socket);
+        }
+        Some(config) => {
+            // The header came in the clear; whatever followed it is the ClientHello's start.
+            assert!(
+                rest.is_empty() || rest[0] == 0x16,
+                "not a TLS record: {rest:?}"
+            );
+            let mut session = rustls::ServerConnection::new(config).unwrap();
+            session.read_tls(&mut &rest[..]).unwrap();
+            session.process_new_packets().unwrap();
+            echo(rustls::StreamOwned::new(session, socket));
+        }
+    }
+}
+
+/// Writes back what it reads until EOF or an error (tcp-load may close with an RST).
+fn echo(mut stream: impl Read + Write) {
+    let mut chunk = [0u8; 4096];
+    while let Ok(n) = stream.read(&mut chunk) {
+        if n == 0 || stream.write_all(&chunk[..n]).is_err() {
+            return;
+        }
+    }
+}
+
+/// The header tcp-load must have sent from `src` to `dst`, built here byte by byte.
+fn expected_header(
+    version: &str,
+    src: std::net::SocketAddrV4,
+    dst: std::net::SocketAddrV4,
+) -> Vec<u8> {
+    match version {
+        "v1" => format!(
+            "PROXY TCP4 {} {} {} {}\r\n",
+            src.ip(),
+            dst.ip(),
+            src.port(),
+            dst.port()
+        )
+        .into_bytes(),
+        _ => [
+            &b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c"[..],
+            &src.ip().octets(),
+            &dst.ip().octets(),
+            &src.port().to_be_bytes(),
+            &dst.port().to_be_bytes(),
+        ]
+        .concat(),
+    }
+}
+
+/// The source a header names (IPv4 only: the listener is on 127.0.0.1).
+fn header_source(header: &[u8]) -> std::net::SocketAddrV4 {
+    let addresses = match ppp::HeaderResult::parse(header) {
+        ppp::HeaderResult::V1(Ok(h)) => match h.addresses {
+            ppp::v1::Addresses::Tcp4(a) => Some(a),
+            _ => None,
+        },
+        ppp::HeaderResult::V2(Ok(h)) => match h.addresses {
+            ppp::v2::Addresses::IPv4(a) => Some(a),
+            _ => None,
+        },
+        _ => None,
+    };
+    let a = addresses.unwrap_or_else(|| panic!("not a TCP4 PROXY header: {header:?}"));
+    std::net::SocketAddrV4::new(a.source_address, a.source_port)
+}
+
+/// `--proxy-header v1|v2`: every connection, reconnects and TLS ones too, starts with its
+/// header (exact bytes), the destination the address connected to, the sources distinct
+/// (198.18.0.1, 198.18.0.2, ... port 1024) or all `--proxy-source`; replies verify as ever.
+#[test]
+fn every_connection_starts_with_its_proxy_header() {
+    // 40 requests, 2 per connection, on one thread: exactly 20 connections.
+    const CONNECTS: usize = 20;
+    let cert = TestCert::new();
+    let config = tcp_reactor::reactor::tls::load_config(&cert.cert, &cert.key).unwrap();
+    let cases: &[(&str, Option<&str>, Transport)] = &[
+        ("v1", None, Transport::Plain),
+        ("v2", None, Transport::Plain),
+        ("v1", None, Transport::Tls),
+        ("v2", Some("203.0.113.9"), Transport::Plain),
+        ("v1", Some("203.0.113.9:4000"), Transport::Tls),
+        ("v2", Some("203.0.113.9:4000"), Transport::Tls),
+    ];
+    for &(version, source, transport) in cases {
+        let context = format!("{version} {source:?} {}", transport.name());
+        let tls = (transport == Transport::Tls).then(|| std::sync::Arc::clone(&config));
+        let server = ProxiedEcho::start(tls);
+        let dst: std::net::SocketAddrV4 = server.addr.parse().unwrap();
+        let mut args = vec![
+            "--addr",
+            &server.addr,
+            "--protocol",
+            "line",
+            "--workload",
+            "echo",
+            "--size",
+            "16",
+            "--requests",
+            "40",
+            "--requests-per-connection",
+            "2",
+            "--connections",
+            "4",
+            "--threads",
+            "1",
+            "--proxy-header",
+            version,
+            "--json",
+        ];
+        if let Some(source) = source {
+            args.extend(["--proxy-source", source]);
+        }
+        if transport == Transport::Tls {
+            args.extend(["--tls", "--ca", cert.cert_arg()]);
+        }
+        let run = tcp_load(&args);
+        let headers = server.finish();
+        assert_eq!(run.code, 0, "{context}: stderr:\n{}", run.stderr);
+        let json = run.json();
+        assert_no_errors(&json, &context);
+        assert_eq!(json["requests"], 40, "{context}: {json}");
+        assert_eq!(json["settings"]["proxy_header"], version, "{context}");
+        assert_eq!(
+            json["settings"]["proxy_source"],
+            source.map_or(Value::Null, Value::from),
+            "{context}"
+        );
+        assert_eq!(headers.len(), CONNECTS, "{context}");
+        let sources: Vec<_> = headers.iter().map(|h| header_source(h)).collect();
+        for (header, src) in headers.iter().zip(&sources) {
+            assert_eq!(*header, expected_header(version, *src, dst), "{context}");
+        }
+        let distinct: std::collections::BTreeSet<_> = sources.iter().collect();
+        match source {
+            None => {
+                assert_eq!(distinct.len(), CONNECTS, "{context}: {sources:?}");
+                for src in &sources {
+                    let [a, b, c, d] = src.ip().octets();
+                    assert_eq!((a, b, c, src.port()), (198, 18, 0, 1024), "{context}");
+                    // n = g * 4 + j < 20 * 4: one place might make all 20 connects.
+                    assert!((1..=80).contains(&d), "{context}: {src}");
+                }
+            }
+            Some(text) if text.contains(':') => {
+                assert_eq!(distinct.len(), 1, "{context}: {sources:?}");
+                assert_eq!(sources[0].to_string(), text, "{context}");
+            }
+            Some(text) => {
+                assert_eq!(distinct.len(), CONNECTS, "{context}: ports counted");
+                assert!(
+                    sources.iter().all(|s| s.ip().to_string() == text),
+                    "{context}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn proxy_source_without_proxy_header_is_a_usage_error() {
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["--proxy-source", "203.0.113.9"],
+            "error: the following required arguments were not provided:\n  \
+             --proxy-header <VERSION>",
+        ),
+        (
+            &["--proxy-header", "v3"],
+            "invalid value 'v3' for '--proxy-header <VERSION>'",
+        ),
+        (
+            &["--proxy-header", "v1", "--proxy-source", "nowhere"],
+            "`nowhere` is not an IP address or IP:PORT",
+        ),
+    ];
+    assert_usage_errors(&PING_NOWHERE, cases);
+    assert_help_names(&[
+        "--proxy-header <VERSION>",
+        "--proxy-source <IP|IP:PORT>",
+        "198.18.0.0/15",
+    ]);
 }

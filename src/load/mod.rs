@@ -10,6 +10,7 @@
 //!          [--rate R] [--threads T (cores)] [--source-addr IP[,IP...]] [--timeout DUR (5s)]
 //!          [--drain DUR (2s, chat only)] [--json] [--hdr-out FILE] [--progress]
 //!          [--tls (--ca FILE | --insecure) [--server-name NAME]]
+//!          [--proxy-header v1|v2 [--proxy-source IP|IP:PORT]]
 //! ```
 //!
 //! # How a run goes
@@ -94,6 +95,16 @@
 //! latency stays what it is without TLS, request to reply. Byte rates count the requests'
 //! and replies' bytes, not the TLS records carrying them.
 //!
+//! # Behind a balancer (`--proxy-header v1|v2`)
+//!
+//! Every connection (every workload, every reconnect, TLS too) first sends a PROXY protocol
+//! header (`proxy.rs`), in the clear and before anything else (over TLS, before the
+//! ClientHello), in a `write` of its own as soon as the connect is done. Its destination is
+//! the `--addr` connected to; its source is made up, distinct per connection over the run
+//! (from 198.18.0.0/15, or 2001:2::/48 to an IPv6 address: `proxy.rs` has the scheme), or
+//! `--proxy-source` for every connection, so that a server's per-address limits can be hit
+//! on purpose. The header is not counted in the byte rates; replies are verified as ever.
+//!
 //! # Invariants
 //!
 //! - The main thread never touches a socket: it spawns the workers (`crew.rs`), paces the
@@ -107,6 +118,7 @@ pub mod chat;
 mod cpu;
 mod crew;
 mod pacing;
+pub mod proxy;
 pub mod report;
 mod stream;
 mod totals;
@@ -132,6 +144,7 @@ use chat::ChatPlan;
 use cpu::{CpuSample, CpuSpent};
 use crew::Crew;
 use pacing::Pacer;
+use proxy::Proxy;
 use report::Report;
 use totals::Totals;
 use worker::{Destination, Plan, Shared, UNKNOWN, clock_ns};
@@ -177,7 +190,19 @@ const DEFAULT_DRAIN: Duration = Duration::from_secs(2);
                   --drain for the pushes in flight. The summary adds messages sent, \
                   deliveries (pushes received), deliveries/s, delivery latency (SAY sent to \
                   push received) and the messages missing, duplicated or reordered (errors), \
-                  the sessions disconnected and the pushes of other runs (foreign)."
+                  the sessions disconnected and the pushes of other runs (foreign).\n\n\
+                  --proxy-header v1|v2: every connection (every workload and reconnect; over \
+                  TLS before the ClientHello) first sends a PROXY protocol header (HAProxy's \
+                  v1 text or v2 binary, TCP4 or TCP6, no TLVs) naming the --addr as the \
+                  destination and a made-up source, distinct per connection: connection n of \
+                  the run (n = g*C + j for the g-th connect of place j, C = --connections) \
+                  comes from 198.18.0.0/15 (RFC 2544) skipping .0 and .255, host n mod \
+                  130048 (198.18.0.1, ..., 198.18.0.254, 198.18.1.1, ...), port 1024 + \
+                  floor(n / 130048) mod 64512; to an IPv6 --addr from 2001:2::(n+1), port \
+                  1024. --proxy-source IP names that address for every connection (port 1024 \
+                  + n mod 64512), IP:PORT exactly that: to hit a per-address limit on \
+                  purpose. A header names one family: an IPv4 address beside an IPv6 one is \
+                  written IPv4-mapped."
 )]
 pub struct LoadConfig {
     /// Server address; a host name is resolved once, at start. Given more than once, the
@@ -282,6 +307,18 @@ pub struct LoadConfig {
 
     #[command(flatten)]
     pub tls: TlsArgs,
+
+    /// Send a PROXY protocol header first on every connection, v1 (text) or v2 (binary),
+    /// naming a made-up source distinct per connection (from 198.18.0.0/15; the scheme is
+    /// in the description above).
+    #[arg(long, value_enum, value_name = "VERSION")]
+    pub proxy_header: Option<proxy::Version>,
+
+    /// With --proxy-header: name this source in every connection's header instead (IP: the
+    /// port counts up per connection; IP:PORT: exactly that).
+    #[arg(long, value_name = "IP|IP:PORT", requires = "proxy_header",
+          value_parser = proxy::parse_source)]
+    pub proxy_source: Option<proxy::Source>,
 }
 
 /// How a connection closes after its `--requests-per-connection`.
@@ -526,6 +563,15 @@ impl LoadConfig {
         }
     }
 
+    /// `--proxy-header` and `--proxy-source`, if asked for.
+    #[must_use]
+    pub fn proxy(&self) -> Option<Proxy> {
+        self.proxy_header.map(|version| Proxy {
+            version,
+            source: self.proxy_source,
+        })
+    }
+
     /// Whether to print the progress line.
     #[must_use]
     pub fn show_progress(&self) -> bool {
@@ -549,9 +595,12 @@ impl LoadConfig {
                 self.close().name()
             ),
         };
+        let proxy = self
+            .proxy()
+            .map_or_else(String::new, |proxy| format!(", {}", proxy.describe()));
         format!(
-            "{} {}/{}: {} connection(s), {threads} thread(s), pipeline {}{short}, {shape}, \
-             {amount} after {}s warmup",
+            "{} {}/{}: {} connection(s), {threads} thread(s), pipeline {}{short}{proxy}, \
+             {shape}, {amount} after {}s warmup",
             self.addrs_shown(),
             self.protocol.name(),
             self.workload.name(),
@@ -593,6 +642,8 @@ impl LoadConfig {
                 .then(|| self.tls.server_name(&self.addr().text).ok())
                 .flatten()
                 .map(|name| name.to_str().into_owned()),
+            "proxy_header": self.proxy_header.map(proxy::Version::name),
+            "proxy_source": self.proxy_source.map(|source| source.to_string()),
         });
         match value {
             Value::Object(map) => map,
@@ -628,6 +679,7 @@ impl LoadConfig {
             epoch_ns,
             progress: self.show_progress(),
             chat,
+            proxy: self.proxy(),
         }
     }
 }
@@ -758,6 +810,13 @@ mod tests {
         LoadConfig::try_parse_args_from(all)
     }
 
+    /// `--workload ping` with `extra`, which must parse.
+    fn ping(extra: &[&str]) -> LoadConfig {
+        let mut args = vec!["--protocol", "line", "--workload", "ping"];
+        args.extend_from_slice(extra);
+        parse(&args).unwrap()
+    }
+
     #[test]
     fn defaults() {
         let c = parse(&["--protocol", "line", "--workload", "ping"]).unwrap();
@@ -855,11 +914,6 @@ mod tests {
 
     #[test]
     fn short_connection_flags_and_their_defaults() {
-        let ping = |extra: &[&str]| {
-            let mut args = vec!["--protocol", "line", "--workload", "ping"];
-            args.extend_from_slice(extra);
-            parse(&args).unwrap()
-        };
         let persistent = ping(&[]);
         assert_eq!(persistent.requests_per_connection, 0);
         assert_eq!(
@@ -945,6 +999,38 @@ mod tests {
         .unwrap();
         assert_eq!(named.settings(1)["server_name"], "server.test");
         assert_eq!(named.settings(1)["insecure"], true);
+    }
+
+    #[test]
+    fn proxy_flags_parse_and_show() {
+        let plain = ping(&[]);
+        assert_eq!(plain.proxy(), None);
+        assert_eq!(plain.settings(1)["proxy_header"], Value::Null);
+        assert_eq!(plain.settings(1)["proxy_source"], Value::Null);
+        assert!(!plain.title(1).contains("PROXY"));
+
+        let counted = ping(&["--proxy-header", "v1"]);
+        assert_eq!(counted.settings(1)["proxy_header"], "v1");
+        assert_eq!(counted.settings(1)["proxy_source"], Value::Null);
+        assert!(
+            counted
+                .title(1)
+                .contains("pipeline 1, PROXY v1 header (sources counted), closed loop"),
+            "{}",
+            counted.title(1)
+        );
+        let fixed = ping(&["--proxy-header", "v2", "--proxy-source", "10.0.0.7:4000"]);
+        let proxy = fixed.proxy().unwrap();
+        assert_eq!(proxy.version, proxy::Version::V2);
+        assert_eq!(fixed.settings(1)["proxy_header"], "v2");
+        assert_eq!(fixed.settings(1)["proxy_source"], "10.0.0.7:4000");
+        assert!(
+            fixed
+                .title(1)
+                .contains("PROXY v2 header (source 10.0.0.7:4000)")
+        );
+        let ip = ping(&["--proxy-header", "v1", "--proxy-source", "fd00::1"]);
+        assert_eq!(ip.settings(1)["proxy_source"], "fd00::1");
     }
 
     #[test]
@@ -1210,6 +1296,41 @@ mod tests {
                     "linger",
                 ],
                 "linger",
+            ),
+            (
+                &[
+                    "--protocol",
+                    "line",
+                    "--workload",
+                    "ping",
+                    "--proxy-source",
+                    "10.0.0.1",
+                ],
+                "--proxy-header <VERSION>",
+            ),
+            (
+                &[
+                    "--protocol",
+                    "line",
+                    "--workload",
+                    "ping",
+                    "--proxy-header",
+                    "v3",
+                ],
+                "v3",
+            ),
+            (
+                &[
+                    "--protocol",
+                    "line",
+                    "--workload",
+                    "ping",
+                    "--proxy-header",
+                    "v1",
+                    "--proxy-source",
+                    "somewhere",
+                ],
+                "not an IP address or IP:PORT",
             ),
             (&["--protocol", "line", "--workload", "nope"], "nope"),
             (&["--protocol", "tcp", "--workload", "ping"], "tcp"),

@@ -9,7 +9,8 @@
 //! open loop: send the requests whose scheduled time has come
 //! every SCAN: close connections that got no reply for --timeout
 //! poll(timeout = next connect / scan / end of window; open loop: a timerfd for the next send)
-//!   -> for each event: connecting  => connected? send the first batch (TLS: the ClientHello)
+//!   -> for each event: connecting  => connected? (--proxy-header: write the PROXY header)
+//!                                     send the first batch (TLS: the ClientHello)
 //!                      handshaking => TLS only: records in and out until the handshake is
 //!                                     done, then send the first batch
 //!                      open        => read until a short read, verify every reply in place,
@@ -143,10 +144,12 @@ use socket2::{Domain, Socket, Type};
 
 use super::Close;
 use super::chat::{ChatPlan, Moment, Session, Tally};
+use super::proxy::Proxy;
 use super::report::{ErrorKind, Errors, new_histogram};
 use super::stream::{Reading, Received, Stream, TlsStream};
 use super::workload::{Exchange, Periodic, Verifier};
 use crate::client::tls::TlsConfig;
+use crate::net::write_some;
 
 /// Wakes a worker when the main thread has set the measured window.
 const WAKER: Token = Token(usize::MAX);
@@ -225,6 +228,8 @@ pub(crate) struct Plan {
     pub progress: bool,
     /// `--workload chat`: what every thread shares of the room.
     pub chat: Option<Arc<ChatPlan>>,
+    /// `--proxy-header`: every connection sends its PROXY header first.
+    pub proxy: Option<Proxy>,
 }
 
 impl Plan {
@@ -966,6 +971,9 @@ impl Worker {
             self.connect_times.saturating_record(took);
             self.connects += 1;
         }
+        if self.plan.proxy.is_some() && !self.send_proxy_header(i) {
+            return false;
+        }
         let j = self.plan.global_index(i);
         let session = match self
             .plan
@@ -994,6 +1002,45 @@ impl Worker {
         }
         trace!("conn={}.{i} TLS handshake", self.plan.thread);
         self.handshake(i)
+    }
+
+    /// `--proxy-header`: writes connection `i`'s PROXY header, its first bytes (before any
+    /// TLS record). `false` if that failed, a `connect` error.
+    ///
+    /// One `write` of at most 107 bytes on a socket just connected: its send buffer is empty
+    /// and never smaller than 4 KiB (Linux's `SO_SNDBUF` floor), so it takes the whole header;
+    /// a short write is reported, not retried, rather than carried as state of its own.
+    #[cold]
+    fn send_proxy_header(&mut self, i: usize) -> bool {
+        let Some(proxy) = self.plan.proxy else {
+            return true;
+        };
+        let j = self.plan.global_index(i);
+        let dst = self.plan.destination(j).addr;
+        // Connection number n of the run: the g-th connect of place j (`generation` counts
+        // the connects started, this one included).
+        let g = self.conns[i].generation - 1;
+        let n = g * self.plan.connections as u64 + j as u64;
+        let header = proxy.header(n, dst);
+        let bytes = header.as_bytes();
+        let ConnState::Connecting(socket) = &mut self.conns[i].state else {
+            debug_assert!(false, "a PROXY header on a connection not connecting");
+            return false;
+        };
+        let failure = match write_some(socket, bytes) {
+            Ok(Some(k)) if k == bytes.len() => {
+                trace!("conn={}.{i} PROXY header: {k} bytes", self.plan.thread);
+                return true;
+            }
+            Ok(taken) => format!(
+                "PROXY header: the socket took {} of {} bytes",
+                taken.unwrap_or(0),
+                bytes.len()
+            ),
+            Err(e) => format!("PROXY header: {e}"),
+        };
+        self.fail(i, ErrorKind::Connect, &failure);
+        false
     }
 
     /// Moves the TLS handshake of connection `i` on: records out, records in, until it is
@@ -1738,6 +1785,7 @@ mod tests {
             epoch_ns: 0,
             progress: false,
             chat: None,
+            proxy: None,
         }
     }
 
