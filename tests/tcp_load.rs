@@ -1612,3 +1612,77 @@ fn proxy_source_without_proxy_header_is_a_usage_error() {
         "198.18.0.0/15",
     ]);
 }
+
+/// Against the server itself: behind `--proxy-protocol` with `--max-connections-per-ip 1`,
+/// tcp-load's made-up sources (one per connection, each reconnect a new one) are all served,
+/// on both ports; one `--proxy-source` for three connections has two of them refused.
+#[test]
+fn proxy_headers_from_made_up_sources_pass_a_per_address_limit_of_one() {
+    let server = TestServer::start(&["--proxy-protocol", "--max-connections-per-ip", "1"]);
+    let line = server.line_addr().to_string();
+    let frame = server.frame_addr().to_string();
+    for (addr, protocol, workload, header) in [
+        (&line, "line", "ping", "v1"),
+        (&frame, "frame", "heartbeat", "v2"),
+    ] {
+        let outcome = tcp_load(&[
+            "--addr",
+            addr,
+            "--protocol",
+            protocol,
+            "--workload",
+            workload,
+            "--connections",
+            "20",
+            "--requests",
+            "400",
+            "--requests-per-connection",
+            "5",
+            "--proxy-header",
+            header,
+            "--json",
+        ]);
+        assert_eq!(outcome.code, 0, "{}", outcome.stderr);
+        let json = outcome.json();
+        assert_eq!(json["requests"], 400, "{header}");
+        assert_eq!(
+            json["errors"],
+            serde_json::json!({"connect": 0, "eof": 0, "mismatch": 0, "reset": 0, "timeout": 0}),
+            "{header}"
+        );
+    }
+    let outcome = tcp_load(&[
+        "--addr",
+        &line,
+        "--protocol",
+        "line",
+        "--workload",
+        "ping",
+        "--connections",
+        "3",
+        "--duration",
+        "300ms",
+        "--proxy-header",
+        "v2",
+        "--proxy-source",
+        "203.0.113.9",
+        "--json",
+    ]);
+    let json = outcome.json();
+    assert_eq!(json["errors"]["mismatch"], 2, "{}", outcome.stdout);
+    let mut stats = std::net::TcpStream::connect(server.line_addr()).unwrap();
+    stats.write_all(b"PROXY UNKNOWN\r\nSTATS\n").unwrap();
+    let mut reply = String::new();
+    let mut buf = [0u8; 2048];
+    while !reply.ends_with('\n') {
+        let n = stats.read(&mut buf).unwrap();
+        assert!(n > 0, "EOF before STATS");
+        reply.push_str(std::str::from_utf8(&buf[..n]).unwrap());
+    }
+    let stats = common::parse_stats(reply.as_bytes());
+    assert_eq!(
+        (stats["rejected_per_ip"], stats["proxy_errors"]),
+        (2, 0),
+        "{reply}"
+    );
+}

@@ -119,6 +119,51 @@ fn behind_a_balancer_the_proxy_header_comes_before_the_client_hello() {
     }
 }
 
+/// Over `--max-connections-per-ip`, a TLS connection is closed at once: the notice would
+/// need a handshake, and a refusal must not cost one.
+#[test]
+fn over_the_per_address_limit_a_tls_connection_is_closed_before_any_handshake() {
+    let cert = TestCert::new();
+    let server = TestServer::start_tls(&cert, &["--max-connections-per-ip", "1"]);
+    let mut first = tls_connect(server.line_tls_addr(), &cert);
+    first.write_all(b"PING\n").unwrap();
+    expect_bytes(&mut first, b"PONG\n");
+    let mut second = connect(server.line_tls_addr());
+    // Whatever a client sends, nothing comes back but the close.
+    let _ = second.write_all(b"\x16\x03\x01\x00\x05hello");
+    let mut got = [0u8; 64];
+    assert!(matches!(second.read(&mut got), Ok(0) | Err(_)));
+    drop(first);
+    let mut again = None;
+    assert!(
+        wait_until(after(Duration::from_secs(5)), || {
+            let socket = connect(server.line_tls_addr());
+            let name = ServerName::try_from("localhost").expect("server name");
+            let conn = ClientConnection::new(client_config(&cert), name).expect("client");
+            let mut stream = StreamOwned::new(conn, socket);
+            let ok = stream.write_all(b"PING\n").is_ok()
+                && stream.flush().is_ok()
+                && stream.read(&mut got).is_ok_and(|n| &got[..n] == b"PONG\n");
+            again = ok.then_some(stream);
+            ok
+        }),
+        "the freed place was not given again"
+    );
+    drop(again);
+    // STATS is a connection from the same address too: once the place is free again.
+    let mut line = Vec::new();
+    assert!(wait_until(after(Duration::from_secs(5)), || {
+        line = server.line_client().request(b"STATS");
+        line.starts_with(b"STATS ")
+    }));
+    // The second connection, and any retry above that came before the first one's close.
+    assert!(
+        parse_stats(&line)["rejected_per_ip"] >= 1,
+        "{}",
+        show(&line)
+    );
+}
+
 #[test]
 fn a_frame_session_over_tls_is_the_plain_session() {
     let cert = TestCert::new();
