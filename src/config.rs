@@ -8,11 +8,12 @@
 //! One subcommand, `passwd`, makes a line for the users file instead of serving; with no
 //! subcommand the program is the server, as it always was.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{ArgGroup, Parser, Subcommand};
+use ipnet::IpNet;
 
 /// `--max-line`'s default: the longest line accepted, in bytes, not counting its ending.
 pub const DEFAULT_MAX_LINE_BYTES: usize = 65_536;
@@ -143,9 +144,48 @@ pub struct Config {
     #[arg(long, value_name = "MODE", value_enum, default_value_t = Balance::LeastConn)]
     pub balance: Balance,
 
+    /// Every connection, on every listener, must begin with a PROXY protocol header (v1 or
+    /// v2, as HAProxy's `send-proxy`/`send-proxy-v2` send it; over TLS, before the
+    /// ClientHello), and is served as coming from the client it names. A connection without
+    /// a valid header within --request-timeout is closed without a reply (`proxy_errors` in
+    /// STATS). Without this flag a PROXY header is just bytes.
+    #[arg(long)]
+    pub proxy_protocol: bool,
+
+    /// With --proxy-protocol: the only peers that may connect (the balancers), as networks
+    /// (`10.0.0.0/8`, `2001:db8::/32`) or addresses, comma-separated; others are closed at
+    /// accept (`proxy_errors`). Without it any peer may send a header.
+    #[arg(
+        long,
+        value_name = "CIDR[,CIDR...]",
+        value_delimiter = ',',
+        value_parser = parse_network,
+        requires = "proxy_protocol"
+    )]
+    pub proxy_from: Vec<IpNet>,
+
+    /// At most this many connections at once from one client address (the address a PROXY
+    /// header names, with --proxy-protocol; else the peer's), all workers together. The next
+    /// one gets `ERR too many connections from your address` (an Error frame on the frame
+    /// port) and is closed (`rejected_per_ip` in STATS). `0`: no limit.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub max_connections_per_ip: usize,
+
     /// What to do instead of serving; none runs the server.
     #[command(subcommand)]
     pub command: Option<Command>,
+}
+
+/// Parses one of `--proxy-from`'s networks: `10.0.0.0/8`, `::1/128`, or a bare address (the
+/// network of that address alone).
+pub fn parse_network(text: &str) -> Result<IpNet, String> {
+    let text = text.trim();
+    if let Ok(net) = text.parse::<IpNet>() {
+        return Ok(net.trunc());
+    }
+    text.parse::<IpAddr>()
+        .map(IpNet::from)
+        .map_err(|_| format!("expected a network such as 10.0.0.0/8 or an address, got {text:?}"))
 }
 
 /// `--workers`: a count, or as many as the cores available.
@@ -314,6 +354,31 @@ mod tests {
         ] {
             assert!(parse_size(text).is_err(), "{text:?} accepted");
         }
+    }
+
+    #[test]
+    fn proxy_from_networks_and_addresses_and_the_refused_forms() {
+        for (text, net) in [
+            ("10.0.0.0/8", "10.0.0.0/8"),
+            ("10.1.2.3/8", "10.0.0.0/8"),
+            (" 127.0.0.1 ", "127.0.0.1/32"),
+            ("::1", "::1/128"),
+            ("2001:db8::/32", "2001:db8::/32"),
+        ] {
+            assert_eq!(parse_network(text), Ok(net.parse().unwrap()), "{text}");
+        }
+        for text in ["", "10.0.0.0/33", "localhost", "10.0.0/8", "::1/129"] {
+            assert!(parse_network(text).is_err(), "{text:?} accepted");
+        }
+        let config = Config::try_parse_from([
+            "tcp-reactor",
+            "--proxy-protocol",
+            "--proxy-from",
+            "10.0.0.0/8,192.0.2.1",
+        ])
+        .unwrap();
+        assert_eq!(config.proxy_from.len(), 2);
+        assert!(Config::try_parse_from(["tcp-reactor", "--proxy-from", "10.0.0.0/8"]).is_err());
     }
 
     #[test]

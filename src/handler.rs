@@ -367,6 +367,8 @@ pub enum Notice {
     ServerFull,
     /// Closed to keep the server within `--client-memory`.
     OutOfMemory,
+    /// Over `--max-connections-per-ip`.
+    TooManyFromAddress,
 }
 
 impl Notice {
@@ -376,6 +378,7 @@ impl Notice {
             Notice::RequestTimeout => "request timeout",
             Notice::ServerFull => "server full",
             Notice::OutOfMemory => "server out of memory",
+            Notice::TooManyFromAddress => "too many connections from your address",
         }
     }
 }

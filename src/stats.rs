@@ -92,6 +92,12 @@ counters! {
     /// Times a connection stopped being read because its request would have needed more
     /// client memory than was left.
     memory_throttles,
+    /// With `--proxy-protocol`: connections closed without a reply for not beginning with a
+    /// valid PROXY header in time, or for coming from outside `--proxy-from`.
+    proxy_errors,
+    /// Connections refused with `ERR too many connections from your address` at
+    /// `--max-connections-per-ip`.
+    rejected_per_ip,
 }
 
 /// Where the STATS line gets the whole process's figures: the loop answering passes its own
@@ -129,11 +135,12 @@ mod tests {
         assert!(
             text.ends_with(
                 " slow_reader_drops=1 accept_emfile=0 logins=0 login_failures=0 lingering=0 \
-                 client_memory=0 client_memory_peak=0 memory_evictions=0 memory_throttles=0"
+                 client_memory=0 client_memory_peak=0 memory_evictions=0 memory_throttles=0 \
+                 proxy_errors=0 rejected_per_ip=0"
             ),
             "{text}"
         );
-        assert_eq!(text.split(' ').count(), 26);
+        assert_eq!(text.split(' ').count(), 28);
     }
 
     #[test]
@@ -150,7 +157,7 @@ mod tests {
         Alone.write_stats(&stats, &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(
-            text.ends_with(" memory_throttles=0 workers=1 active_by_worker=4"),
+            text.ends_with(" rejected_per_ip=0 workers=1 active_by_worker=4"),
             "{text}"
         );
     }

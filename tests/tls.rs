@@ -86,6 +86,39 @@ fn a_line_session_over_tls_is_the_plain_session() {
     expect_tls_eof(&mut stream);
 }
 
+/// Behind a balancer (`--proxy-protocol`) the PROXY header comes in the clear, before the
+/// ClientHello: sent on its own, or with the ClientHello in the same write.
+#[test]
+fn behind_a_balancer_the_proxy_header_comes_before_the_client_hello() {
+    let cert = TestCert::new();
+    let server = TestServer::start_tls(&cert, &["--proxy-protocol"]);
+    let addr = server.line_tls_addr();
+    let header = format!(
+        "PROXY TCP4 203.0.113.7 {} 51234 {}\r\n",
+        addr.ip(),
+        addr.port()
+    );
+    for together in [false, true] {
+        let mut socket = connect(addr);
+        let name = ServerName::try_from("localhost").expect("server name");
+        let mut conn = ClientConnection::new(client_config(&cert), name).expect("client");
+        let mut first = header.clone().into_bytes();
+        if together {
+            conn.write_tls(&mut first).expect("the ClientHello");
+        }
+        socket.write_all(&first).expect("write the header");
+        let mut stream = StreamOwned::new(conn, socket);
+        while stream.conn.is_handshaking() {
+            stream
+                .conn
+                .complete_io(&mut stream.sock)
+                .expect("TLS handshake after the PROXY header");
+        }
+        stream.write_all(b"PING\n").unwrap();
+        expect_bytes(&mut stream, b"PONG\n");
+    }
+}
+
 #[test]
 fn a_frame_session_over_tls_is_the_plain_session() {
     let cert = TestCert::new();

@@ -35,6 +35,7 @@ use std::fmt;
 
 pub mod frame;
 pub mod line;
+pub mod proxy;
 
 /// Outcome of a decode attempt on the bytes buffered so far.
 ///

@@ -2,6 +2,9 @@
 //! reactor may do with it.
 //!
 //! ```text
+//!   AwaitingProxy --(a valid PROXY header)--> Open   (with --proxy-protocol; anything else,
+//!                                                     or none in time: Closed, no reply)
+//!
 //!            output > HIGH_WATER
 //!   Open  ----------------------->  Paused
 //!    |    <-----------------------    |
@@ -42,6 +45,7 @@
 //! `set_state` is the only writer of `state`, so every transition is traced in one place.
 
 use std::io;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use log::trace;
@@ -53,6 +57,7 @@ use super::token;
 use crate::buffer::Buffer;
 use crate::handler::{self, Context, Limits, Notice, Outcome, Processed, Session};
 use crate::net::{read_some, write_some};
+use crate::protocol::proxy;
 use crate::stats::Stats;
 use crate::timer_wheel::TimerId;
 
@@ -103,10 +108,16 @@ pub enum CloseReason {
     Shutdown,
     /// Closed to bring the client memory back under `--client-memory`: it held the most.
     OutOfMemory,
+    /// Over `--max-connections-per-ip`.
+    TooManyFromAddress,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
+    /// With `--proxy-protocol`: nothing is executed until the PROXY header has arrived
+    /// (`reactor::proxy`); its bytes gather in `input`. The request deadline runs from the
+    /// accept.
+    AwaitingProxy,
     /// Read, execute, reply.
     Open,
     /// The client memory is short and the incomplete request in `input` would need more than
@@ -197,6 +208,9 @@ pub struct Connection {
     /// The connection holds one of the process's `--max-connections` slots: from its
     /// admission (a refusal holds none) until the session ends.
     holds_slot: bool,
+    /// The client address whose `--max-connections-per-ip` count this connection is in, from
+    /// its admission until the session ends.
+    address_slot: Option<IpAddr>,
 }
 
 impl Connection {
@@ -221,7 +235,65 @@ impl Connection {
             charged: 0,
             queued: false,
             holds_slot: false,
+            address_slot: None,
         }
+    }
+
+    /// A connection that must begin with a PROXY header: its request clock runs from now.
+    pub fn await_proxy_header(&mut self, now: Instant) {
+        self.set_state(State::AwaitingProxy);
+        self.request_started = Some(now);
+    }
+
+    /// Reads bytes of the PROXY header straight from the socket (never through TLS: the
+    /// header comes before the ClientHello) and keeps them in `input`. `Ok(Some(0))` at EOF,
+    /// `Ok(None)` when there is nothing more for now. Bytes past the header may come with it:
+    /// [`Connection::end_preamble`] keeps them. Never more than the longest header is held.
+    pub fn receive_preamble(&mut self, scratch: &mut [u8]) -> io::Result<Option<usize>> {
+        let room = proxy::MAX_HEADER_LEN.saturating_sub(self.input.len());
+        let len = room.min(scratch.len());
+        let into = &mut scratch[..len];
+        let read = read_some(&mut self.socket, into)?;
+        if let Some(n) = read {
+            self.input.extend_from_slice(&into[..n]);
+        }
+        Ok(read)
+    }
+
+    /// The socket's peer: the balancer, behind `--proxy-protocol`.
+    pub fn peer_addr(&self) -> io::Result<std::net::SocketAddr> {
+        self.socket.peer_addr()
+    }
+
+    /// The bytes received while awaiting the PROXY header.
+    pub fn preamble(&self) -> &[u8] {
+        self.input.data()
+    }
+
+    /// The header took the first `consumed` bytes of `input`: the rest is the first request
+    /// (or, over TLS, the first records, handed to the TLS session), and the connection is
+    /// Open. The request clock stops unless a request has begun.
+    pub fn end_preamble(&mut self, consumed: usize) -> io::Result<()> {
+        self.input.consume(consumed);
+        if let Some(tls) = &mut self.tls {
+            let early = std::mem::take(&mut self.input);
+            tls.take_early(early.data())?;
+        }
+        if self.input.is_empty() {
+            self.request_started = None;
+        }
+        self.set_state(State::Open);
+        Ok(())
+    }
+
+    /// Counts the connection in `ip`'s `--max-connections-per-ip` slots (taken by the caller).
+    pub fn hold_address(&mut self, ip: IpAddr) {
+        self.address_slot = Some(ip);
+    }
+
+    /// Gives the address slot up (the session is ending): the address it was counted for.
+    pub fn release_address(&mut self) -> Option<IpAddr> {
+        self.address_slot.take()
     }
 
     /// Records that the connection was admitted into one of the `--max-connections` slots.
@@ -624,7 +696,11 @@ impl Connection {
     /// deadline, the moment its buffers may be given back, or its linger deadline.
     pub fn deadline(&self, timeouts: Timeouts) -> Option<Instant> {
         match self.state {
-            State::Open | State::Paused | State::Verifying | State::Throttled => {
+            State::AwaitingProxy
+            | State::Open
+            | State::Paused
+            | State::Verifying
+            | State::Throttled => {
                 let idle = timeouts.idle.map(|timeout| self.last_activity + timeout);
                 let quiet = self.holds_idle_memory().then(|| self.last_activity + QUIET);
                 [idle, quiet, self.request_deadline(timeouts)]
@@ -643,10 +719,16 @@ impl Connection {
     /// memory for longer by being too large to serve. A TLS handshake is a request like any
     /// other: it must be over this long after the accept.
     pub fn request_deadline(&self, timeouts: Timeouts) -> Option<Instant> {
-        if !matches!(self.state, State::Open | State::Throttled) {
+        if !matches!(
+            self.state,
+            State::AwaitingProxy | State::Open | State::Throttled
+        ) {
             return None;
         }
         let timeout = timeouts.request?;
+        if self.state == State::AwaitingProxy {
+            return Some(self.request_started? + timeout);
+        }
         if let Some(tls) = &self.tls
             && tls.is_handshaking()
         {

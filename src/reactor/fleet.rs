@@ -50,6 +50,7 @@ use mio::{Poll, Token, Waker};
 use super::Server;
 use super::accept::ListenerId;
 use super::logins::Logins;
+use super::proxy::Addresses;
 use super::token;
 use crate::config::{Balance, Config};
 use crate::handler::Names;
@@ -99,6 +100,8 @@ pub struct Fleet {
     names: Arc<Names>,
     logins: Arc<Logins>,
     tls: Option<Arc<rustls::ServerConfig>>,
+    /// Connections per client address, for `--max-connections-per-ip`.
+    addresses: Addresses,
 }
 
 /// What one worker is given to be built from: its poll (with the waker the others use
@@ -159,6 +162,7 @@ impl Fleet {
             names: Arc::new(Names::default()),
             logins,
             tls,
+            addresses: Addresses::new(config.max_connections_per_ip),
         });
         Ok(polls
             .into_iter()
@@ -193,6 +197,11 @@ impl Fleet {
 
     pub fn tls(&self) -> Option<Arc<rustls::ServerConfig>> {
         self.tls.clone()
+    }
+
+    /// The per-address connection counts, one for the whole process.
+    pub fn addresses(&self) -> &Addresses {
+        &self.addresses
     }
 
     /// The names every worker's room shares; `None` for a worker alone, whose room needs

@@ -217,7 +217,11 @@ impl Server {
             conn.charged(),
             self.stats.client_memory
         );
-        if conn.is_closing() || conn.is_handshaking() || conn.pending_output() > LOW_WATER {
+        if conn.is_closing()
+            || conn.is_handshaking()
+            || conn.state() == State::AwaitingProxy
+            || conn.pending_output() > LOW_WATER
+        {
             // Not reading what it is owed (or unable to be told anything): a notice would
             // only wait behind the rest.
             return self.close(key, "out of memory");

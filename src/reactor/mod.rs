@@ -60,6 +60,7 @@ pub mod connection;
 pub mod fleet;
 pub mod logins;
 pub mod memory;
+pub mod proxy;
 pub mod tls;
 pub mod token;
 
@@ -91,6 +92,7 @@ use connection::{
 use fleet::{Census, Fleet, Mailbox};
 use logins::{LoginBridge, Logins, Submitted};
 use memory::Budget;
+use proxy::Preamble;
 use tls::TlsSession;
 
 /// The timer wheel's slot width. Idle timeouts are whole seconds in practice; 10 ms keeps the
@@ -629,6 +631,12 @@ impl Server {
     /// would need a whole handshake before it could read it, so TLS refusals are plain closes.
     fn admit(&mut self, mut socket: TcpStream, peer: SocketAddr, id: ListenerId) {
         self.stats.accepted += 1;
+        if self.config.proxy_protocol && !proxy::is_trusted(&self.config.proxy_from, peer.ip()) {
+            debug!("refusing {peer}: not in --proxy-from, closed at once");
+            self.stats.proxy_errors += 1;
+            self.stats.closed += 1;
+            return self.mailbox.fleet().leave(self.mailbox.index());
+        }
         let full = !self.mailbox.fleet().take_slot(self.config.max_connections);
         if full {
             self.stats.rejected_full += 1;
@@ -674,10 +682,19 @@ impl Server {
             self.rejecting += 1;
             conn.notify(Notice::ServerFull);
             conn.set_state(State::draining(CloseReason::ServerFull));
+        } else if self.config.proxy_protocol {
+            debug!(
+                "conn={shown} accepted from {peer} ({}), awaiting its PROXY header",
+                id.name()
+            );
+            conn.await_proxy_header(self.now);
         } else {
             debug!("conn={shown} accepted from {peer} ({})", id.name());
         }
         entry.insert(conn);
+        if !full && !self.config.proxy_protocol {
+            self.admit_address(key, peer.ip());
+        }
         if self.shutdown_deadline.is_some() {
             // Handed over by the acceptor just before its shutdown began.
             return self.shut_down_connection(key);
@@ -740,6 +757,13 @@ impl Server {
             let conn = &mut self.connections[key];
             match conn.state() {
                 State::Open => {}
+                State::AwaitingProxy => {
+                    match self.read_preamble(key) {
+                        Preamble::Done => self.execute(key, 0),
+                        Preamble::Waiting | Preamble::Closed => return,
+                    }
+                    continue;
+                }
                 State::Paused | State::Verifying | State::Throttled | State::Closed => return,
                 State::Draining { .. } | State::Lingering(_) => return self.discard_input(key),
             }
@@ -1090,13 +1114,21 @@ impl Server {
         let conn = &mut self.connections[key];
         let token = token::show(conn.token());
         match conn.state() {
-            State::Open | State::Paused | State::Verifying | State::Throttled => {
+            State::AwaitingProxy
+            | State::Open
+            | State::Paused
+            | State::Verifying
+            | State::Throttled => {
                 let idle = timeouts
                     .idle
                     .is_some_and(|timeout| now >= conn.last_activity() + timeout);
                 let slow = conn
                     .request_deadline(timeouts)
                     .is_some_and(|deadline| now >= deadline);
+                if (idle || slow) && conn.state() == State::AwaitingProxy {
+                    debug!("conn={token} no PROXY header in time");
+                    return self.preamble_timed_out(key);
+                }
                 if idle {
                     self.stats.idle_timeouts += 1;
                 } else if slow {
@@ -1223,6 +1255,10 @@ impl Server {
     /// A connection's part of a shutdown: answer what it sent before the signal, then close.
     fn shut_down_connection(&mut self, key: usize) {
         let conn = &mut self.connections[key];
+        if conn.state() == State::AwaitingProxy {
+            // Nothing was asked yet, and nothing can be said to it.
+            return self.close(key, "shutdown before its PROXY header");
+        }
         if matches!(conn.state(), State::Paused | State::Throttled) {
             conn.set_state(State::Open);
         }
@@ -1327,8 +1363,13 @@ impl Server {
     /// before our FIN goes out: a client that has read its EOF must find the slot free, on
     /// whichever worker its next connection lands.
     fn release_slot(&mut self, key: usize) {
-        if self.connections[key].release_slot() {
-            self.mailbox.fleet().free_slot();
+        let conn = &mut self.connections[key];
+        let fleet = self.mailbox.fleet();
+        if conn.release_slot() {
+            fleet.free_slot();
+        }
+        if let Some(ip) = conn.release_address() {
+            fleet.addresses().free(ip);
         }
     }
 

@@ -154,6 +154,20 @@ impl TlsSession {
         }
     }
 
+    /// Records that arrived before the session could read the socket itself: the bytes that
+    /// followed a PROXY header in the same read. Processed as if just read.
+    pub fn take_early(&mut self, mut bytes: &[u8]) -> io::Result<()> {
+        while !bytes.is_empty() {
+            if self.conn.read_tls(&mut bytes)? == 0 {
+                break;
+            }
+            self.conn
+                .process_new_packets()
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        }
+        Ok(())
+    }
+
     /// Hands `bytes` (plaintext) to rustls and moves records to the socket, until everything
     /// is taken and written or the socket is full. `Ok(Some(n))`: `n` bytes taken, and when
     /// `n < bytes.len()` the socket is full; `Ok(None)`: nothing taken, the socket is full.

@@ -44,7 +44,7 @@ pub const ERROR: u8 = 4;
 pub const DEFAULT_MAX_FRAME: u32 = 10 * 1024 * 1024;
 
 /// Every key of the STATS line, in the order the spec lists them.
-pub const STATS_KEYS: [&str; 28] = [
+pub const STATS_KEYS: [&str; 30] = [
     "accepted",
     "active",
     "closed",
@@ -71,6 +71,8 @@ pub const STATS_KEYS: [&str; 28] = [
     "client_memory_peak",
     "memory_evictions",
     "memory_throttles",
+    "proxy_errors",
+    "rejected_per_ip",
     "workers",
     "active_by_worker",
 ];
