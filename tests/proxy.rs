@@ -285,6 +285,23 @@ over_workers! {
         assert_eq!(show(&read_to_eof(&mut refused)), show(TOO_MANY));
         let mut other = line_from(&server, "203.0.113.8:1000");
         assert_eq!(other.request(b"PING"), b"PONG\n");
+        // The balancer's own connections (health checks: LOCAL, UNKNOWN) name no client and
+        // are not counted: three of them at once from one peer are all served.
+        let mut checks: Vec<LineClient> = (0..3)
+            .map(|i| {
+                let mut check = LineClient::new(connect(server.line_addr()));
+                let header = if i % 2 == 0 {
+                    v2("0.0.0.0:0", server.line_addr(), true, &[])
+                } else {
+                    b"PROXY UNKNOWN\r\n".to_vec()
+                };
+                check.send(&header);
+                check
+            })
+            .collect();
+        for check in &mut checks {
+            assert_eq!(check.request(b"PING"), b"PONG\n");
+        }
         let stats = stats(&server);
         assert_eq!((stats["rejected_per_ip"], stats["proxy_errors"]), (1, 0), "{stats:?}");
     }

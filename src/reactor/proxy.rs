@@ -10,7 +10,9 @@
 //! - the client's address is the header's source (or, for a v2 `LOCAL` health check or a v1
 //!   `UNKNOWN`, the socket's own peer), logged as `conn=... from 203.0.113.7:51234 via
 //!   127.0.0.1:40412`;
-//! - the per-address limit counts the connection for that address;
+//! - the per-address limit counts the connection for that address, when the header names
+//!   one: a `LOCAL` or `UNKNOWN` connection is the balancer's own (its health checks), not a
+//!   client's, and refusing a health check for a client limit would mark a healthy node down;
 //! - the bytes after the header are the first request, executed at once (over TLS, the first
 //!   records, handed to the TLS session).
 //!
@@ -173,30 +175,23 @@ impl Server {
     fn end_preamble(&mut self, key: usize, header: ProxyHeader, consumed: usize) -> Preamble {
         let conn = &mut self.connections[key];
         let shown = token::show(conn.token());
-        let client = match (header.source, conn.peer_addr()) {
-            (Some(source), peer) => {
-                if log_enabled!(log::Level::Debug) {
-                    let via = peer.map_or_else(|e| format!("? ({e})"), |peer| peer.to_string());
-                    debug!("conn={shown} from {source} via {via}");
-                }
-                source
+        if log_enabled!(log::Level::Debug) {
+            let peer = conn
+                .peer_addr()
+                .map_or_else(|e| format!("? ({e})"), |peer| peer.to_string());
+            match header.source {
+                Some(source) => debug!("conn={shown} from {source} via {peer}"),
+                None => debug!("conn={shown} PROXY header names no client: {peer} stands"),
             }
-            (None, Ok(peer)) => {
-                debug!("conn={shown} PROXY header names no client: {peer} stands");
-                peer
-            }
-            (None, Err(e)) => {
-                debug!("conn={shown} peer address: {e}");
-                self.close(key, "no peer address");
-                return Preamble::Closed;
-            }
-        };
+        }
         if let Err(e) = conn.end_preamble(consumed) {
             debug!("conn={shown} TLS: {e}");
             self.close(key, "TLS error");
             return Preamble::Closed;
         }
-        self.admit_address(key, client.ip());
+        if let Some(client) = header.source {
+            self.admit_address(key, client.ip());
+        }
         if self.connections[key].is_closed() {
             Preamble::Closed
         } else {
