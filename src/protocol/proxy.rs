@@ -92,12 +92,13 @@ fn decode_v1(bytes: &[u8]) -> Result<Decoded<ProxyHeader>, ProxyError> {
     }
     let searched = &bytes[..bytes.len().min(V1_MAX_LEN)];
     let line_len = match memchr::memchr2(b'\r', b'\n', searched) {
+        Some(cr) if searched[cr] == b'\r' && cr + 2 > V1_MAX_LEN => {
+            return Err(ProxyError("v1: no CRLF within 107 bytes".into()));
+        }
         Some(cr) if searched[cr] == b'\r' && cr + 1 == bytes.len() => {
             return Ok(Decoded::Incomplete);
         }
-        Some(cr) if searched[cr] == b'\r' && bytes[cr + 1] == b'\n' && cr + 2 <= V1_MAX_LEN => {
-            cr + 2
-        }
+        Some(cr) if searched[cr] == b'\r' && bytes[cr + 1] == b'\n' => cr + 2,
         Some(_) => return Err(ProxyError("v1: a CR or LF out of place".into())),
         None if bytes.len() >= V1_MAX_LEN => {
             return Err(ProxyError("v1: no CRLF within 107 bytes".into()));
@@ -332,6 +333,12 @@ mod tests {
         let mut line = b"PROXY TCP6 ".to_vec();
         line.resize(107, b'1');
         assert!(decode(&line).is_err());
+        assert_eq!(decode(&line[..106]), Ok(Decoded::Incomplete));
+        // A CR as the 107th byte: its LF would be the 108th, one too many.
+        line[106] = b'\r';
+        assert!(decode(&line).is_err());
+        // At 105 and 106 the CRLF fits: the longest header there can be.
+        line[105] = b'\r';
         assert_eq!(decode(&line[..106]), Ok(Decoded::Incomplete));
     }
 }
