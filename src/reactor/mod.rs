@@ -56,6 +56,7 @@
 //! run side by side, one per core.
 
 pub mod accept;
+pub mod activation;
 pub mod connection;
 pub mod fleet;
 pub mod logins;
@@ -85,6 +86,7 @@ use crate::handler::{
 use crate::stats::Stats;
 use crate::timer_wheel::{TimerId, TimerWheel};
 use accept::{Acceptor, Burst, ListenerId};
+use activation::Inherited;
 use connection::{
     CloseReason, Connection, Discarded, QUIET, State, Timeouts, Written, count_written,
 };
@@ -247,11 +249,17 @@ impl Server {
     /// Binds the listeners and sets up the loop, alone in its process; nothing is served
     /// until [`Server::run`].
     pub fn bind(config: Config) -> io::Result<Server> {
+        Server::bind_listeners(config, None)
+    }
+
+    /// Like [`Server::bind`], serving the `inherited` listeners instead of binding the
+    /// configured addresses, when a service manager passed some ([`activation`]).
+    pub fn bind_listeners(config: Config, inherited: Option<Inherited>) -> io::Result<Server> {
         let (logins, tls) = Server::shared_setup(&config)?;
-        let seat = Fleet::seats(&config, 1, logins, tls)?
+        let seat = Fleet::seats(&config, 1, logins, tls, inherited.is_some())?
             .pop()
             .ok_or_else(|| io::Error::other("no seat for the one worker"))?;
-        Server::bind_worker(config, seat)
+        Server::bind_worker(config, seat, inherited)
     }
 
     /// What every worker of the process shares and that is read from files once: the users
@@ -274,8 +282,13 @@ impl Server {
 
     /// Sets up one worker of a fleet ([`fleet`]) in its seat: its listeners, if it has any
     /// of its own (worker 0, or every worker with `--balance reuseport`), its signals, and
-    /// its share of the client-memory budget.
-    pub fn bind_worker(config: Config, seat: fleet::Seat) -> io::Result<Server> {
+    /// its share of the client-memory budget. Under socket activation worker 0 is given
+    /// the `inherited` listeners; the others, none.
+    pub fn bind_worker(
+        config: Config,
+        seat: fleet::Seat,
+        inherited: Option<Inherited>,
+    ) -> io::Result<Server> {
         let fleet::Seat {
             poll,
             waker,
@@ -283,10 +296,12 @@ impl Server {
         } = seat;
         let fleet = mailbox.fleet();
         let workers = fleet.workers();
-        let mut acceptor = if fleet.listens(mailbox.index()) {
-            Acceptor::bind(&config, fleet.reuse_port())?
-        } else {
-            Acceptor::none()
+        let mut acceptor = match inherited {
+            Some(inherited) => Acceptor::inherited(inherited),
+            None if fleet.listens(mailbox.index()) && !fleet.inherits_listeners() => {
+                Acceptor::bind(&config, fleet.reuse_port())?
+            }
+            None => Acceptor::none(),
         };
         let registry = poll.registry();
         acceptor.register(registry)?;
