@@ -8,7 +8,7 @@
 //! The sockets come from the configuration (bound here, [`Acceptor::bind`]) or from a service
 //! manager that bound them and passed them in (socket activation, [`Acceptor::inherited`]).
 //! The one difference after that is at the end: inherited sockets outlive the process, so
-//! closing them closes only this process's copy.
+//! closing them closes only this process's copy, and their backlog is left to the next one.
 //!
 //! Up to four listeners feed the one loop: lines and frames, each in the clear and, when
 //! configured, over TLS ([`ListenerId`]). A TLS connection is an ordinary connection whose
@@ -130,6 +130,8 @@ const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 pub struct Acceptor {
     sockets: [Option<TcpListener>; 4],
     addrs: [Option<SocketAddr>; 4],
+    /// The sockets were passed in by the service manager, which keeps its own copies open.
+    inherited: bool,
     /// The spare descriptor given up on EMFILE.
     reserve: Option<File>,
     /// Accepting is paused until this time after EMFILE.
@@ -176,6 +178,7 @@ impl Acceptor {
         Ok(Acceptor {
             sockets,
             addrs,
+            inherited: false,
             reserve: File::open("/dev/null").ok(),
             paused_until: None,
             last_warning: None,
@@ -187,6 +190,7 @@ impl Acceptor {
     /// those are served, whatever addresses the configuration names.
     pub fn inherited(inherited: Inherited) -> Self {
         let mut acceptor = Acceptor::none();
+        acceptor.inherited = true;
         acceptor.reserve = File::open("/dev/null").ok();
         for passed in inherited.into_passed() {
             info!(
@@ -206,6 +210,7 @@ impl Acceptor {
         Acceptor {
             sockets: [None, None, None, None],
             addrs: [None; 4],
+            inherited: false,
             reserve: None,
             paused_until: None,
             last_warning: None,
@@ -315,6 +320,12 @@ impl Acceptor {
         ListenerId::ALL
             .into_iter()
             .filter(|id| self.sockets[id.index()].is_some())
+    }
+
+    /// Whether the listeners were passed in by a service manager (socket activation): then
+    /// they outlive this process, and what waits in their backlog is not its to take.
+    pub fn is_inherited(&self) -> bool {
+        self.inherited
     }
 
     /// Closes every listener: new connects are refused from now on. Inherited ones only

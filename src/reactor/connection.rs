@@ -197,6 +197,8 @@ pub struct Connection {
     /// The connection holds one of the process's `--max-connections` slots: from its
     /// admission (a refusal holds none) until the session ends.
     holds_slot: bool,
+    /// At least one request has been executed: the client has been served something.
+    executed: bool,
 }
 
 impl Connection {
@@ -221,6 +223,7 @@ impl Connection {
             charged: 0,
             queued: false,
             holds_slot: false,
+            executed: false,
         }
     }
 
@@ -512,6 +515,7 @@ impl Connection {
         } else {
             *offset += processed.consumed;
         }
+        self.executed |= processed.consumed > 0;
         Some((processed, over_limit))
     }
 
@@ -590,6 +594,11 @@ impl Connection {
             next
         );
         self.state = next;
+    }
+
+    /// Whether a request of this connection has been executed yet.
+    pub fn has_executed(&self) -> bool {
+        self.executed
     }
 
     /// Requests may be read and executed.

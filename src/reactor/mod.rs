@@ -123,6 +123,13 @@ const READ_BUDGET: usize = 4 * READ_CHUNK;
 /// transfers themselves lose little: the next wakeup comes at once (poll with no timeout).
 const BULK_BUDGET: usize = 16 * READ_CHUNK;
 
+/// Under socket activation, how long a shutdown waits for the first request of a connection
+/// that has sent none (see `Server::spares`). A client sends its request right after its
+/// connect completes, so this only has to outlast a scheduling delay on its side; it is
+/// short because a silent connection holds up the exit by this much, and with it the start
+/// of the next process.
+const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
+
 /// Events taken from one `poll`.
 const EVENTS_CAPACITY: usize = 1024;
 
@@ -727,6 +734,10 @@ impl Server {
         if readiness != Readiness::Writable {
             self.read_ready(key, READ_BUDGET, readiness == Readiness::ReadToEnd);
         }
+        if self.shutdown_deadline.is_some() && self.connections[key].state() == State::Open {
+            // Spared by the shutdown until its first requests (`spares`): now served?
+            return self.shut_down_connection(key);
+        }
         self.settle(key);
     }
 
@@ -1049,10 +1060,16 @@ impl Server {
     /// then fires early, finds the connection active, and is re-armed (lazy re-arming).
     #[inline]
     fn arm_timer(&mut self, key: usize) {
-        let conn = &self.connections[key];
-        let Some(deadline) = conn.deadline(self.timeouts()) else {
+        let Some(deadline) = self.connections[key].deadline(self.timeouts()) else {
             return;
         };
+        self.arm_timer_at(key, deadline);
+    }
+
+    /// Makes sure the connection's timer is due no later than `deadline`.
+    #[inline]
+    fn arm_timer_at(&mut self, key: usize, deadline: Instant) {
+        let conn = &self.connections[key];
         // Never earlier than the next tick: a deadline that is already past but not acted on
         // would otherwise fire on every wakeup and spin the loop.
         let tick = self.tick_at(deadline).max(self.tick_now() + 1);
@@ -1100,6 +1117,10 @@ impl Server {
     /// A connection's timer fired: act on whichever of its deadlines has passed, then arm it
     /// for the next one.
     fn on_connection_timer(&mut self, key: usize) {
+        if self.shutdown_deadline.is_some() && self.connections[key].state() == State::Open {
+            // Spared by the shutdown (`spares`): its grace is over, or it was served.
+            return self.shut_down_connection(key);
+        }
         let now = self.now;
         let timeouts = self.timeouts();
         let conn = &mut self.connections[key];
@@ -1161,6 +1182,8 @@ impl Server {
 
     /// Stops accepting, answers every complete request already received, and turns every
     /// connection into a Draining one; the loop exits once all are closed or at the deadline.
+    /// Listeners of our own are emptied first; inherited ones (socket activation) are not,
+    /// their backlog being the next process's.
     fn begin_shutdown(&mut self, why: &str) {
         if self.shutdown_deadline.is_some() {
             return;
@@ -1170,9 +1193,15 @@ impl Server {
             self.connections.len(),
             self.config.shutdown_timeout
         );
-        // Connections the kernel completed before the signal are served like the others:
-        // closing the listener would reset them.
-        self.accept_backlog();
+        if self.acceptor.is_inherited() {
+            // The sockets outlive this process (the service manager holds them open): what
+            // waits in their backlog is the next process's to serve. Only our copies close.
+            info!("listeners passed by systemd: their backlog is left to the next process");
+        } else {
+            // Connections the kernel completed before the signal are served like the
+            // others: closing the listener would reset them.
+            self.accept_backlog();
+        }
         self.acceptor.close_all(self.poll.registry());
         self.stop_listening();
         self.shutdown_deadline = Some(self.now + self.config.shutdown_timeout);
@@ -1236,7 +1265,12 @@ impl Server {
     }
 
     /// A connection's part of a shutdown: answer what it sent before the signal, then close.
+    /// Under socket activation a connection that has sent no request yet is spared a while
+    /// first (see [`Server::spares`]).
     fn shut_down_connection(&mut self, key: usize) {
+        if self.spares(key) {
+            return;
+        }
         let conn = &mut self.connections[key];
         if matches!(conn.state(), State::Paused | State::Throttled) {
             conn.set_state(State::Open);
@@ -1255,6 +1289,33 @@ impl Server {
             self.drain(key, CloseReason::Shutdown);
         }
         self.settle(key);
+    }
+
+    /// Whether a shutdown leaves this connection Open for now: under socket activation, one
+    /// that has not sent a complete request yet, for `FIRST_REQUEST_GRACE` after the
+    /// shutdown began (or after its last activity, if later: its accept, for one handed
+    /// over since). Its client cannot tell it from a connection still waiting in the
+    /// backlog, which the next process will serve: so it is served here too, once. Its
+    /// first requests are answered, then it closes like the others (`connection_ready` and
+    /// `on_connection_timer` bring it back here). Without activation, the listeners close
+    /// with the process and a connect that comes later is refused anyway; the shutdown
+    /// stays as prompt as it was.
+    fn spares(&mut self, key: usize) -> bool {
+        let Some(deadline) = self.shutdown_deadline else {
+            return false;
+        };
+        let began = deadline - self.config.shutdown_timeout;
+        let conn = &self.connections[key];
+        let until = conn.last_activity().max(began) + FIRST_REQUEST_GRACE;
+        let spared = self.mailbox.fleet().inherits_listeners()
+            && conn.state() == State::Open
+            && !conn.has_executed()
+            && self.now < until;
+        if spared {
+            self.settle(key);
+            self.arm_timer_at(key, until);
+        }
+        spared
     }
 
     /// The waker fired: a shutdown was requested, or login verdicts are waiting (or both).

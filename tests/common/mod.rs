@@ -422,6 +422,30 @@ pub fn activated_command(sockets: &[(&str, RawFd)]) -> Command {
     command
 }
 
+/// Waits up to `within` for the server to exit after a signal; asserts it exited 0 and
+/// logged its exit summary.
+pub fn assert_clean_exit(server: &mut TestServer, within: Duration) {
+    let status = server.wait_exit(within);
+    let Some(status) = status else {
+        panic!(
+            "server still running {within:?} after the signal; log:\n{}",
+            server.logs().join("\n")
+        );
+    };
+    assert!(
+        status.success(),
+        "exit status {status}; log:\n{}",
+        server.logs().join("\n")
+    );
+    // The drain thread may still be copying the last lines.
+    assert!(
+        wait_until(after(Duration::from_secs(2)), || server
+            .logged("exit summary:")),
+        "no `exit summary:` in the log:\n{}",
+        server.logs().join("\n")
+    );
+}
+
 /// Connects to `addr` with read/write timeouts of [`IO_TIMEOUT`] and `TCP_NODELAY`.
 pub fn connect(addr: SocketAddr) -> TcpStream {
     let stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT)
