@@ -12,7 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{ArgGroup, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 use ipnet::IpNet;
 
 /// `--max-line`'s default: the longest line accepted, in bytes, not counting its ending.
@@ -32,8 +32,7 @@ pub const DEFAULT_MAX_FRAME_BYTES: u32 = 10_485_760;
                   DUR values are seconds (`30`, `0.5`) or a number with a unit: `500ms`, `2s`, `1m`.\n\n\
                   `tcp-reactor passwd NAME` prints a line for the --users file instead of serving.",
     args_conflicts_with_subcommands = true,
-    disable_help_subcommand = true,
-    group(ArgGroup::new("tls_listener").args(["line_tls_addr", "frame_tls_addr"]).multiple(true))
+    disable_help_subcommand = true
 )]
 pub struct Config {
     /// Address of the line (text) protocol listener; port 0 picks a free port.
@@ -54,12 +53,14 @@ pub struct Config {
     #[arg(long, value_name = "ADDR", requires_all = ["tls_cert", "tls_key"])]
     pub frame_tls_addr: Option<SocketAddr>,
 
-    /// The TLS listeners' certificate chain, PEM (the server's certificate first).
-    #[arg(long, value_name = "FILE", requires = "tls_listener")]
+    /// The TLS listeners' certificate chain, PEM (the server's certificate first). Needs a
+    /// TLS listener: --line-tls-addr, --frame-tls-addr, or one passed by systemd (checked
+    /// at startup, since clap cannot see the sockets passed).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
 
     /// The private key of --tls-cert, PEM (PKCS#8, PKCS#1 or SEC1).
-    #[arg(long, value_name = "FILE", requires = "tls_listener")]
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 
     /// Longest accepted line in bytes, not counting the line ending; a longer one gets

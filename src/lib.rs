@@ -7,6 +7,7 @@
 //!   closing marks a connection and the turn's end frees it (the liveness rule).
 //!   - `reactor::token`: what a mio `Token` means; generations against stale events.
 //!   - `reactor::accept`: the acceptor: accept bursts, the per-wakeup cap, surviving EMFILE.
+//!   - `reactor::activation`: socket activation: the listeners systemd passes in, checked.
 //!   - `reactor::connection`: one connection's socket, buffers and state machine; hides TLS.
 //!   - `reactor::fleet`: several loops in one process (`--workers`): placing connections,
 //!     the shared limits, chat across workers, summed STATS, the worker threads.

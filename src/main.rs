@@ -1,4 +1,5 @@
-//! `tcp-reactor`: parse the command line, set up logging, raise the descriptor limit, serve.
+//! `tcp-reactor`: parse the command line, set up logging, raise the descriptor limit, serve
+//! (on the configured addresses, or on the listeners systemd passed in).
 //! Or, as `tcp-reactor passwd NAME`, print a users file line and exit.
 
 use std::io::{self, BufRead, IsTerminal, Write};
@@ -10,12 +11,15 @@ use tcp_reactor::Config;
 use tcp_reactor::auth::{check_name, hash_line, wipe};
 use tcp_reactor::config::Command;
 use tcp_reactor::net::raise_fd_limit;
-use tcp_reactor::reactor::fleet;
+use tcp_reactor::reactor::{activation, fleet};
 
 /// Exit status for a bad NAME or an empty password: clap's own status for bad usage.
 const USAGE: u8 = 2;
 
 fn main() -> ExitCode {
+    // SAFETY: the first thing the program does: no other thread exists yet, so unsetting
+    // the variables races with no reader of the environment.
+    let environment = unsafe { activation::Environment::take() };
     let config = Config::parse();
     if config.require_login && config.users.is_none() {
         // Exits 2 with clap's usage line, as for any other bad command line.
@@ -31,13 +35,39 @@ fn main() -> ExitCode {
         return passwd(name);
     }
     init_logging(config.workers.count() > 1);
+    let inherited = match activation::inherit(&environment, &config) {
+        Ok(inherited) => inherited,
+        Err(e) => {
+            // A setup the operator must fix, like a bad command line: exits 2 the same way.
+            Config::command()
+                .error(
+                    clap::error::ErrorKind::ValueValidation,
+                    format!("socket activation: {e}"),
+                )
+                .exit()
+        }
+    };
+    let tls_listener = config.line_tls_addr.is_some()
+        || config.frame_tls_addr.is_some()
+        || inherited
+            .as_ref()
+            .is_some_and(|inherited| inherited.ids().any(|id| id.is_tls()));
+    if config.tls_cert.is_some() && !tls_listener {
+        Config::command()
+            .error(
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "--tls-cert and --tls-key need a TLS listener: --line-tls-addr, \
+                 --frame-tls-addr, or a line-tls or frame-tls socket passed by systemd",
+            )
+            .exit();
+    }
 
     pin_mmap_threshold();
     match raise_fd_limit() {
         Ok((soft, hard)) => info!("open files limit: soft {soft} raised to hard {hard}"),
         Err(e) => warn!("could not raise the open files limit: {e}"),
     }
-    match fleet::run(config) {
+    match fleet::run(config, inherited) {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e}");

@@ -3,7 +3,7 @@
 mod common;
 
 use common::{
-    HEARTBEAT, LineClient, TestServer, after, expect_eof, frame, read_frame, send, show,
+    HEARTBEAT, LineClient, after, assert_clean_exit, expect_eof, frame, read_frame, send, show,
     wait_until, write_until_stalled,
 };
 use std::io::{self, Read};
@@ -12,28 +12,6 @@ use std::time::{Duration, Instant};
 
 /// Slack on top of the configured shutdown timeout for process exit and our polling.
 const EXIT_SLACK: Duration = Duration::from_secs(3);
-
-fn assert_clean_exit(server: &mut TestServer, within: Duration) {
-    let status = server.wait_exit(within);
-    let Some(status) = status else {
-        panic!(
-            "server still running {within:?} after the signal; log:\n{}",
-            server.logs().join("\n")
-        );
-    };
-    assert!(
-        status.success(),
-        "exit status {status}; log:\n{}",
-        server.logs().join("\n")
-    );
-    // The drain thread may still be copying the last lines.
-    assert!(
-        wait_until(after(Duration::from_secs(2)), || server
-            .logged("exit summary:")),
-        "no `exit summary:` in the log:\n{}",
-        server.logs().join("\n")
-    );
-}
 
 fn is_refused(addr: SocketAddr) -> bool {
     match TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {

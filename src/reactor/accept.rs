@@ -5,6 +5,11 @@
 //! batch of sockets (one burst per listener per wakeup); it knows nothing of connections,
 //! the slab or the limits. The loop decides what becomes of each socket (`Server::admit`).
 //!
+//! The sockets come from the configuration (bound here, [`Acceptor::bind`]) or from a service
+//! manager that bound them and passed them in (socket activation, [`Acceptor::inherited`]).
+//! The one difference after that is at the end: inherited sockets outlive the process, so
+//! closing them closes only this process's copy, and their backlog is left to the next one.
+//!
 //! Up to four listeners feed the one loop: lines and frames, each in the clear and, when
 //! configured, over TLS ([`ListenerId`]). A TLS connection is an ordinary connection whose
 //! bytes pass through a rustls session (`reactor::tls`); everything past the accept is shared.
@@ -26,6 +31,7 @@ use log::{debug, info, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Registry, Token};
 
+use super::activation::Inherited;
 use super::token;
 use crate::buffer::Buffer;
 use crate::config::Config;
@@ -84,6 +90,16 @@ impl ListenerId {
         }
     }
 
+    /// Its name in socket activation (systemd's `FileDescriptorName=`, `LISTEN_FDNAMES`).
+    pub fn activation_name(self) -> &'static str {
+        match self {
+            ListenerId::Line => "line",
+            ListenerId::Frame => "frame",
+            ListenerId::LineTls => "line-tls",
+            ListenerId::FrameTls => "frame-tls",
+        }
+    }
+
     fn index(self) -> usize {
         self as usize
     }
@@ -108,10 +124,14 @@ const ACCEPT_BUDGET: usize = 128;
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
 /// The listening sockets, each optional: TLS ones only when configured, and shutdown closes
-/// them all.
+/// them all. They come from one of two sources: bound here from the configuration
+/// ([`Acceptor::bind`]), or passed in by a service manager ([`Acceptor::inherited`]); past
+/// that, accepting is the same.
 pub struct Acceptor {
     sockets: [Option<TcpListener>; 4],
     addrs: [Option<SocketAddr>; 4],
+    /// The sockets were passed in by the service manager, which keeps its own copies open.
+    inherited: bool,
     /// The spare descriptor given up on EMFILE.
     reserve: Option<File>,
     /// Accepting is paused until this time after EMFILE.
@@ -158,6 +178,7 @@ impl Acceptor {
         Ok(Acceptor {
             sockets,
             addrs,
+            inherited: false,
             reserve: File::open("/dev/null").ok(),
             paused_until: None,
             last_warning: None,
@@ -165,11 +186,31 @@ impl Acceptor {
         })
     }
 
+    /// The listeners a service manager passed in (socket activation, [`activation`](super::activation)): only
+    /// those are served, whatever addresses the configuration names.
+    pub fn inherited(inherited: Inherited) -> Self {
+        let mut acceptor = Acceptor::none();
+        acceptor.inherited = true;
+        acceptor.reserve = File::open("/dev/null").ok();
+        for passed in inherited.into_passed() {
+            info!(
+                "{} listener on {} (from systemd, fd {})",
+                passed.id.name(),
+                passed.addr,
+                passed.fd
+            );
+            acceptor.sockets[passed.id.index()] = Some(passed.listener);
+            acceptor.addrs[passed.id.index()] = Some(passed.addr);
+        }
+        acceptor
+    }
+
     /// An acceptor with no listeners: a worker that is handed its sockets by another.
     pub fn none() -> Self {
         Acceptor {
             sockets: [None, None, None, None],
             addrs: [None; 4],
+            inherited: false,
             reserve: None,
             paused_until: None,
             last_warning: None,
@@ -281,7 +322,15 @@ impl Acceptor {
             .filter(|id| self.sockets[id.index()].is_some())
     }
 
-    /// Closes every listener: new connects are refused from now on.
+    /// Whether the listeners were passed in by a service manager (socket activation): then
+    /// they outlive this process, and what waits in their backlog is not its to take.
+    pub fn is_inherited(&self) -> bool {
+        self.inherited
+    }
+
+    /// Closes every listener: new connects are refused from now on. Inherited ones only
+    /// close this process's copy: the service manager's keeps the socket listening, and
+    /// new connects wait in its backlog for the next process.
     pub fn close_all(&mut self, registry: &Registry) {
         for slot in &mut self.sockets {
             if let Some(mut listener) = slot.take() {

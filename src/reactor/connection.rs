@@ -211,6 +211,8 @@ pub struct Connection {
     /// The client address whose `--max-connections-per-ip` count this connection is in, from
     /// its admission until the session ends.
     address_slot: Option<IpAddr>,
+    /// At least one request has been executed: the client has been served something.
+    executed: bool,
 }
 
 impl Connection {
@@ -236,6 +238,7 @@ impl Connection {
             queued: false,
             holds_slot: false,
             address_slot: None,
+            executed: false,
         }
     }
 
@@ -584,6 +587,7 @@ impl Connection {
         } else {
             *offset += processed.consumed;
         }
+        self.executed |= processed.consumed > 0;
         Some((processed, over_limit))
     }
 
@@ -662,6 +666,11 @@ impl Connection {
             next
         );
         self.state = next;
+    }
+
+    /// Whether a request of this connection has been executed yet.
+    pub fn has_executed(&self) -> bool {
+        self.executed
     }
 
     /// Requests may be read and executed.

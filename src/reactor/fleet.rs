@@ -12,6 +12,9 @@
 //!   the owner as a connection closes), and sends it down that worker's hand-off channel.
 //!   With `reuseport`, every worker binds its own `SO_REUSEPORT` listeners and the kernel
 //!   picks, by a hash of the connection's addresses.
+//!   Under socket activation worker 0 serves the listeners passed in and places as with
+//!   least-conn; reuseport is refused then (the service manager passes one socket per
+//!   address, and each worker would need its own).
 //! - **The limits.** `--max-connections` is one count for the process (an atomic taken at
 //!   admission, given back when the session ends); the login pool is one pool
 //!   ([`Logins`]); `--client-memory` is split evenly, each worker holding its share.
@@ -49,6 +52,7 @@ use mio::{Poll, Token, Waker};
 
 use super::Server;
 use super::accept::ListenerId;
+use super::activation::{ActivationError, Inherited};
 use super::logins::Logins;
 use super::proxy::Addresses;
 use super::token;
@@ -97,6 +101,9 @@ pub struct Fleet {
     /// Workers whose listeners are still open. A worker in a shutdown exits only once this
     /// is 0: until then a socket may still be accepted and handed to it.
     accepting: AtomicUsize,
+    /// The listeners were passed in by a service manager (socket activation): worker 0
+    /// serves them, and a shutdown leaves their backlog to the next process.
+    inherited: bool,
     names: Arc<Names>,
     logins: Arc<Logins>,
     tls: Option<Arc<rustls::ServerConfig>>,
@@ -128,6 +135,7 @@ impl Fleet {
         workers: usize,
         logins: Arc<Logins>,
         tls: Option<Arc<rustls::ServerConfig>>,
+        inherited: bool,
     ) -> io::Result<Vec<Seat>> {
         let mut polls = Vec::with_capacity(workers);
         let mut members = Vec::with_capacity(workers);
@@ -159,6 +167,7 @@ impl Fleet {
             } else {
                 1
             }),
+            inherited,
             names: Arc::new(Names::default()),
             logins,
             tls,
@@ -213,6 +222,12 @@ impl Fleet {
     /// Whether `worker` binds listeners of its own.
     pub fn listens(&self, worker: usize) -> bool {
         worker == 0 || self.balance == Balance::Reuseport
+    }
+
+    /// Whether the listeners were passed in by a service manager (socket activation): they
+    /// outlive the process, and the connections in their backlog are the next process's.
+    pub fn inherits_listeners(&self) -> bool {
+        self.inherited
     }
 
     /// Whether the listeners are bound with `SO_REUSEPORT`, shared by every worker.
@@ -551,23 +566,39 @@ impl Server {
 /// of their counters (also logged as the exit summary). One worker runs on the calling
 /// thread as a plain [`Server`]; several run on threads named `w0`, `w1`, ..., which is how
 /// their log lines name them. Should one fail, the others are shut down.
-pub fn run(config: Config) -> io::Result<Stats> {
+///
+/// With `inherited` listeners (socket activation) worker 0 serves them and places what it
+/// accepts as with least-conn; `--balance reuseport` cannot be served so (each worker would
+/// need a socket of its own) and is refused.
+pub fn run(config: Config, inherited: Option<Inherited>) -> io::Result<Stats> {
     let workers = config.workers.count();
     if workers == 1 {
-        return Server::bind(config)?.run();
+        return Server::bind_listeners(config, inherited)?.run();
+    }
+    if inherited.is_some() && config.balance == Balance::Reuseport {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            ActivationError::Reuseport.to_string(),
+        ));
     }
     let (logins, tls) = Server::shared_setup(&config)?;
-    let seats = Fleet::seats(&config, workers, logins, tls)?;
+    let seats = Fleet::seats(&config, workers, logins, tls, inherited.is_some())?;
     let mut config = config;
+    let mut inherited = inherited;
     let mut servers = Vec::with_capacity(workers);
     for seat in seats {
-        let server = Server::bind_worker(config.clone(), seat)?;
+        let server = Server::bind_worker(config.clone(), seat, inherited.take())?;
         if servers.is_empty() {
             // Worker 0 resolved any port 0: the others' listeners share its ports.
-            config.line_addr = server.line_addr();
-            config.frame_addr = server.frame_addr();
-            config.line_tls_addr = server.addr(ListenerId::LineTls);
-            config.frame_tls_addr = server.addr(ListenerId::FrameTls);
+            for id in ListenerId::ALL {
+                let addr = server.addr(id);
+                match id {
+                    ListenerId::Line => config.line_addr = addr.unwrap_or(config.line_addr),
+                    ListenerId::Frame => config.frame_addr = addr.unwrap_or(config.frame_addr),
+                    ListenerId::LineTls => config.line_tls_addr = addr,
+                    ListenerId::FrameTls => config.frame_tls_addr = addr,
+                }
+            }
         }
         servers.push(server);
     }
@@ -626,7 +657,7 @@ mod tests {
     fn seats(workers: usize) -> Vec<Seat> {
         let config = Config::on_free_ports();
         let users = Users::parse("").expect("no users");
-        Fleet::seats(&config, workers, Logins::new(users), None).expect("seats")
+        Fleet::seats(&config, workers, Logins::new(users), None, false).expect("seats")
     }
 
     #[test]

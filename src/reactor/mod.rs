@@ -56,6 +56,7 @@
 //! run side by side, one per core.
 
 pub mod accept;
+pub mod activation;
 pub mod connection;
 pub mod fleet;
 pub mod logins;
@@ -86,6 +87,7 @@ use crate::handler::{
 use crate::stats::Stats;
 use crate::timer_wheel::{TimerId, TimerWheel};
 use accept::{Acceptor, Burst, ListenerId};
+use activation::Inherited;
 use connection::{
     CloseReason, Connection, Discarded, QUIET, State, Timeouts, Written, count_written,
 };
@@ -122,6 +124,13 @@ const READ_BUDGET: usize = 4 * READ_CHUNK;
 /// faulted in); with this, the wait behind bulk transfers is about a millisecond, and the
 /// transfers themselves lose little: the next wakeup comes at once (poll with no timeout).
 const BULK_BUDGET: usize = 16 * READ_CHUNK;
+
+/// Under socket activation, how long a shutdown waits for the first request of a connection
+/// that has sent none (see `Server::spares`). A client sends its request right after its
+/// connect completes, so this only has to outlast a scheduling delay on its side; it is
+/// short because a silent connection holds up the exit by this much, and with it the start
+/// of the next process.
+const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
 
 /// Events taken from one `poll`.
 const EVENTS_CAPACITY: usize = 1024;
@@ -249,11 +258,17 @@ impl Server {
     /// Binds the listeners and sets up the loop, alone in its process; nothing is served
     /// until [`Server::run`].
     pub fn bind(config: Config) -> io::Result<Server> {
+        Server::bind_listeners(config, None)
+    }
+
+    /// Like [`Server::bind`], serving the `inherited` listeners instead of binding the
+    /// configured addresses, when a service manager passed some ([`activation`]).
+    pub fn bind_listeners(config: Config, inherited: Option<Inherited>) -> io::Result<Server> {
         let (logins, tls) = Server::shared_setup(&config)?;
-        let seat = Fleet::seats(&config, 1, logins, tls)?
+        let seat = Fleet::seats(&config, 1, logins, tls, inherited.is_some())?
             .pop()
             .ok_or_else(|| io::Error::other("no seat for the one worker"))?;
-        Server::bind_worker(config, seat)
+        Server::bind_worker(config, seat, inherited)
     }
 
     /// What every worker of the process shares and that is read from files once: the users
@@ -276,8 +291,13 @@ impl Server {
 
     /// Sets up one worker of a fleet ([`fleet`]) in its seat: its listeners, if it has any
     /// of its own (worker 0, or every worker with `--balance reuseport`), its signals, and
-    /// its share of the client-memory budget.
-    pub fn bind_worker(config: Config, seat: fleet::Seat) -> io::Result<Server> {
+    /// its share of the client-memory budget. Under socket activation worker 0 is given
+    /// the `inherited` listeners; the others, none.
+    pub fn bind_worker(
+        config: Config,
+        seat: fleet::Seat,
+        inherited: Option<Inherited>,
+    ) -> io::Result<Server> {
         let fleet::Seat {
             poll,
             waker,
@@ -285,10 +305,12 @@ impl Server {
         } = seat;
         let fleet = mailbox.fleet();
         let workers = fleet.workers();
-        let mut acceptor = if fleet.listens(mailbox.index()) {
-            Acceptor::bind(&config, fleet.reuse_port())?
-        } else {
-            Acceptor::none()
+        let mut acceptor = match inherited {
+            Some(inherited) => Acceptor::inherited(inherited),
+            None if fleet.listens(mailbox.index()) && !fleet.inherits_listeners() => {
+                Acceptor::bind(&config, fleet.reuse_port())?
+            }
+            None => Acceptor::none(),
         };
         let registry = poll.registry();
         acceptor.register(registry)?;
@@ -729,6 +751,10 @@ impl Server {
         if readiness != Readiness::Writable {
             self.read_ready(key, READ_BUDGET, readiness == Readiness::ReadToEnd);
         }
+        if self.shutdown_deadline.is_some() && self.connections[key].state() == State::Open {
+            // Spared by the shutdown until its first requests (`spares`): now served?
+            return self.shut_down_connection(key);
+        }
         self.settle(key);
     }
 
@@ -1058,10 +1084,16 @@ impl Server {
     /// then fires early, finds the connection active, and is re-armed (lazy re-arming).
     #[inline]
     fn arm_timer(&mut self, key: usize) {
-        let conn = &self.connections[key];
-        let Some(deadline) = conn.deadline(self.timeouts()) else {
+        let Some(deadline) = self.connections[key].deadline(self.timeouts()) else {
             return;
         };
+        self.arm_timer_at(key, deadline);
+    }
+
+    /// Makes sure the connection's timer is due no later than `deadline`.
+    #[inline]
+    fn arm_timer_at(&mut self, key: usize, deadline: Instant) {
+        let conn = &self.connections[key];
         // Never earlier than the next tick: a deadline that is already past but not acted on
         // would otherwise fire on every wakeup and spin the loop.
         let tick = self.tick_at(deadline).max(self.tick_now() + 1);
@@ -1109,6 +1141,15 @@ impl Server {
     /// A connection's timer fired: act on whichever of its deadlines has passed, then arm it
     /// for the next one.
     fn on_connection_timer(&mut self, key: usize) {
+        if self.shutdown_deadline.is_some()
+            && matches!(
+                self.connections[key].state(),
+                State::Open | State::AwaitingProxy
+            )
+        {
+            // Spared by the shutdown (`spares`): its grace is over, or it was served.
+            return self.shut_down_connection(key);
+        }
         let now = self.now;
         let timeouts = self.timeouts();
         let conn = &mut self.connections[key];
@@ -1178,6 +1219,8 @@ impl Server {
 
     /// Stops accepting, answers every complete request already received, and turns every
     /// connection into a Draining one; the loop exits once all are closed or at the deadline.
+    /// Listeners of our own are emptied first; inherited ones (socket activation) are not,
+    /// their backlog being the next process's.
     fn begin_shutdown(&mut self, why: &str) {
         if self.shutdown_deadline.is_some() {
             return;
@@ -1187,9 +1230,15 @@ impl Server {
             self.connections.len(),
             self.config.shutdown_timeout
         );
-        // Connections the kernel completed before the signal are served like the others:
-        // closing the listener would reset them.
-        self.accept_backlog();
+        if self.acceptor.is_inherited() {
+            // The sockets outlive this process (the service manager holds them open): what
+            // waits in their backlog is the next process's to serve. Only our copies close.
+            info!("listeners passed by systemd: their backlog is left to the next process");
+        } else {
+            // Connections the kernel completed before the signal are served like the
+            // others: closing the listener would reset them.
+            self.accept_backlog();
+        }
         self.acceptor.close_all(self.poll.registry());
         self.stop_listening();
         self.shutdown_deadline = Some(self.now + self.config.shutdown_timeout);
@@ -1253,7 +1302,12 @@ impl Server {
     }
 
     /// A connection's part of a shutdown: answer what it sent before the signal, then close.
+    /// Under socket activation a connection that has sent no request yet is spared a while
+    /// first (see [`Server::spares`]).
     fn shut_down_connection(&mut self, key: usize) {
+        if self.spares(key) {
+            return;
+        }
         let conn = &mut self.connections[key];
         if conn.state() == State::AwaitingProxy {
             // Nothing was asked yet, and nothing can be said to it.
@@ -1276,6 +1330,33 @@ impl Server {
             self.drain(key, CloseReason::Shutdown);
         }
         self.settle(key);
+    }
+
+    /// Whether a shutdown leaves this connection Open (or awaiting its PROXY header) for now:
+    /// under socket activation, one that has not sent a complete request yet, for `FIRST_REQUEST_GRACE` after the
+    /// shutdown began (or after its last activity, if later: its accept, for one handed
+    /// over since). Its client cannot tell it from a connection still waiting in the
+    /// backlog, which the next process will serve: so it is served here too, once. Its
+    /// first requests are answered, then it closes like the others (`connection_ready` and
+    /// `on_connection_timer` bring it back here). Without activation, the listeners close
+    /// with the process and a connect that comes later is refused anyway; the shutdown
+    /// stays as prompt as it was.
+    fn spares(&mut self, key: usize) -> bool {
+        let Some(deadline) = self.shutdown_deadline else {
+            return false;
+        };
+        let began = deadline - self.config.shutdown_timeout;
+        let conn = &self.connections[key];
+        let until = conn.last_activity().max(began) + FIRST_REQUEST_GRACE;
+        let spared = self.mailbox.fleet().inherits_listeners()
+            && matches!(conn.state(), State::Open | State::AwaitingProxy)
+            && !conn.has_executed()
+            && self.now < until;
+        if spared {
+            self.settle(key);
+            self.arm_timer_at(key, until);
+        }
+        spared
     }
 
     /// The waker fired: a shutdown was requested, or login verdicts are waiting (or both).

@@ -21,6 +21,7 @@
 use std::collections::BTreeMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::os::fd::RawFd;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
@@ -124,15 +125,36 @@ impl TestServer {
         Self::spawn(args, Some(limit), "info")
     }
 
+    /// Like `start`, as systemd would start it from socket units (socket activation):
+    /// `sockets` are the listening sockets to pass, each with its `FileDescriptorName=`,
+    /// placed at descriptors 3, 4, ... with `LISTEN_FDS`, `LISTEN_FDNAMES` and a
+    /// `LISTEN_PID` naming the server. The addresses it logs are theirs.
+    pub fn start_activated(sockets: &[(&str, RawFd)], args: &[&str]) -> TestServer {
+        let mut command = activated_command(sockets);
+        command
+            .args(["--line-addr", "127.0.0.1:0", "--frame-addr", "127.0.0.1:0"])
+            .args(args)
+            .env("RUST_LOG", "info");
+        Self::launch(command, args)
+    }
+
+    /// Like `start`, with these variables added to the server's environment.
+    pub fn start_with_env(args: &[&str], vars: &[(&str, &str)]) -> TestServer {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tcp-reactor"));
+        command
+            .args(["--line-addr", "127.0.0.1:0", "--frame-addr", "127.0.0.1:0"])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .envs(vars.iter().copied());
+        Self::launch(command, args)
+    }
+
     fn spawn(args: &[&str], fd_limit: Option<u64>, log_level: &str) -> TestServer {
         let mut command = Command::new(env!("CARGO_BIN_EXE_tcp-reactor"));
         command
             .args(["--line-addr", "127.0.0.1:0", "--frame-addr", "127.0.0.1:0"])
             .args(args)
-            .env("RUST_LOG", log_level)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            .env("RUST_LOG", log_level);
         if let Some(limit) = fd_limit {
             use std::os::unix::process::CommandExt;
             // SAFETY: between fork and exec only setrlimit runs, which is async-signal-safe.
@@ -149,6 +171,16 @@ impl TestServer {
                 });
             }
         }
+        Self::launch(command, args)
+    }
+
+    /// Runs `command` (the server, with its arguments `args`) and waits until it has logged
+    /// both listener addresses.
+    fn launch(mut command: Command, args: &[&str]) -> TestServer {
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         let mut child = command.spawn().expect("spawn tcp-reactor");
         let stderr = child.stderr.take().expect("stderr is piped");
         let logs = Arc::new(Mutex::new(Vec::new()));
@@ -346,6 +378,74 @@ impl Drop for TestServer {
             let _ = drain.join();
         }
     }
+}
+
+/// A command that runs the server as systemd's socket activation does: `sockets` (each a
+/// `FileDescriptorName=` and a descriptor of this process) at descriptors 3, 4, ... of the
+/// server, not close-on-exec; `LISTEN_FDS` and `LISTEN_FDNAMES` set; and `LISTEN_PID`, which
+/// must be the server's own pid, set by a shell that then `exec`s the server (exec keeps the
+/// pid). Add the server's arguments to it.
+pub fn activated_command(sockets: &[(&str, RawFd)]) -> Command {
+    use std::os::unix::process::CommandExt;
+    let names: Vec<&str> = sockets.iter().map(|&(name, _)| name).collect();
+    let fds: Vec<RawFd> = sockets.iter().map(|&(_, fd)| fd).collect();
+    assert!(fds.len() <= 8, "at most 8 sockets");
+    let mut command = Command::new("sh");
+    command
+        .args([
+            "-c",
+            r#"LISTEN_PID=$$; export LISTEN_PID; exec "$0" "$@""#,
+            env!("CARGO_BIN_EXE_tcp-reactor"),
+        ])
+        .env("LISTEN_FDS", fds.len().to_string())
+        .env("LISTEN_FDNAMES", names.join(":"));
+    // SAFETY: between fork and exec only fcntl and dup2 run, which are async-signal-safe,
+    // on a Vec allocated before the fork.
+    unsafe {
+        command.pre_exec(move || {
+            // First out of the way (close-on-exec copies at 100 and up), so that placing one
+            // at 3 cannot overwrite another that happens to be there.
+            let mut high = [0; 8];
+            for (slot, &fd) in high.iter_mut().zip(&fds) {
+                *slot = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 100);
+                if *slot < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            for (target, &fd) in (3..).zip(&high[..fds.len()]) {
+                // dup2's copy is not close-on-exec: it survives the two execs.
+                if libc::dup2(fd, target) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    command
+}
+
+/// Waits up to `within` for the server to exit after a signal; asserts it exited 0 and
+/// logged its exit summary.
+pub fn assert_clean_exit(server: &mut TestServer, within: Duration) {
+    let status = server.wait_exit(within);
+    let Some(status) = status else {
+        panic!(
+            "server still running {within:?} after the signal; log:\n{}",
+            server.logs().join("\n")
+        );
+    };
+    assert!(
+        status.success(),
+        "exit status {status}; log:\n{}",
+        server.logs().join("\n")
+    );
+    // The drain thread may still be copying the last lines.
+    assert!(
+        wait_until(after(Duration::from_secs(2)), || server
+            .logged("exit summary:")),
+        "no `exit summary:` in the log:\n{}",
+        server.logs().join("\n")
+    );
 }
 
 /// Connects to `addr` with read/write timeouts of [`IO_TIMEOUT`] and `TCP_NODELAY`.
