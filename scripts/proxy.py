@@ -10,17 +10,21 @@ table; medians of --repeats runs, each run a fresh server):
            per connection (tcp-load --server-pid).
 - long:    PING at c=50 P=16 on held connections: the server's CPU per request, without and
            with the flag (v2 headers): the header costs nothing per request.
+- instructions: user-space instructions per short connection (callgrind, which does not drift
+           with the machine's load: runs of N and 2N connections, the difference over N),
+           without the flag and with it and v1 / v2 headers. The noise-free figure.
 - haproxy: PING, c=50, one request in flight per connection (closed loop), direct and through
            a real HAProxy (mode tcp, send-proxy-v2 to a node run with --proxy-protocol):
            requests/s and latency p50/p99. The three processes share the machine's cores.
 
-Usage: scripts/proxy.sh [--repeats 3] [--duration 5] [--parts short,long,haproxy]
+Usage: scripts/proxy.sh [--repeats 3] [--duration 5] [--parts short,long,instructions,haproxy]
                         [--workers 1] [--json FILE]
 """
 
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -167,6 +171,60 @@ def part_long(opts, results):
     print()
 
 
+def callgrind_total(server_flags, load_args):
+    """User-space instructions of the server (callgrind) over one tcp-load run."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "callgrind.out")
+        proc = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+                                 *Server(1, server_flags).command],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                env=dict(os.environ, RUST_LOG="warn"))
+        try:
+            wait_listening(LINE_PORT, proc, "tcp-reactor under callgrind")
+            done = subprocess.run([TCP_LOAD, *load_args, "--threads", "1", "--json"],
+                                  capture_output=True, text=True, timeout=600)
+            if done.returncode != 0:
+                raise RuntimeError(f"tcp-load failed: {done.stdout} {done.stderr[-1000:]}")
+            subprocess.run(["callgrind_control", "--dump", str(proc.pid)],
+                           capture_output=True, timeout=60)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        total = 0
+        for path in os.listdir(tmp):
+            with open(os.path.join(tmp, path)) as f:
+                for line in f:
+                    match = re.match(r"^(?:summary|totals): (\d+)", line)
+                    if match:
+                        total += int(match.group(1))
+                        break
+        return total
+
+
+def part_instructions(opts, results):
+    if shutil.which("valgrind") is None:
+        print("## Instructions per short connection: skipped, valgrind is not installed\n")
+        return
+    n = opts.connections
+    print(f"## Instructions per short connection (callgrind; runs of {n:,} and {2 * n:,} "
+          "connections, each connect, PING, close)\n")
+    print("| server | user-space instructions/connection | ratio to without |")
+    print("|---|---|---|")
+    table, base = {}, None
+    for name, server_flags, load_flags in CASES:
+        totals = []
+        for count in (n, 2 * n):
+            totals.append(callgrind_total(server_flags, [
+                "--addr", f"127.0.0.1:{LINE_PORT}", *PING, "--requests-per-connection", "1",
+                "--requests", str(count), *load_flags]))
+        per = (totals[1] - totals[0]) / n
+        base = base or per
+        table[name] = {"instructions_per_connection": per}
+        print(f"| {name} | {per:,.0f} | {per / base:.3f}x |", flush=True)
+    results["instructions"] = table
+    print()
+
+
 def part_haproxy(opts, results):
     if shutil.which("haproxy") is None:
         print("## PING through HAProxy: skipped, haproxy is not installed\n")
@@ -206,14 +264,17 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--duration", type=int, default=5, help="seconds per run")
     parser.add_argument("--workers", type=int, default=1, help="tcp-reactor --workers")
-    parser.add_argument("--parts", default="short,long,haproxy")
+    parser.add_argument("--parts", default="short,long,instructions,haproxy")
+    parser.add_argument("--connections", type=int, default=2000,
+                        help="N, for the instructions part")
     parser.add_argument("--json", help="also write the figures to this file")
     opts = parser.parse_args()
     parts = opts.parts.split(",")
     print(f"# tcp-reactor behind a balancer: --workers {opts.workers}, {opts.repeats} run(s) "
           f"each, {opts.duration} s after 1 s warmup, {os.cpu_count()} cores\n")
     results = {"workers": opts.workers, "repeats": opts.repeats, "duration_s": opts.duration}
-    for part, run in (("short", part_short), ("long", part_long), ("haproxy", part_haproxy)):
+    for part, run in (("short", part_short), ("long", part_long),
+                      ("instructions", part_instructions), ("haproxy", part_haproxy)):
         if part in parts:
             run(opts, results)
     if opts.json:

@@ -248,19 +248,20 @@ impl Connection {
         self.request_started = Some(now);
     }
 
-    /// Reads bytes of the PROXY header straight from the socket (never through TLS: the
-    /// header comes before the ClientHello) and keeps them in `input`. `Ok(Some(0))` at EOF,
-    /// `Ok(None)` when there is nothing more for now. Bytes past the header may come with it:
-    /// [`Connection::end_preamble`] keeps them. Never more than the longest header is held.
+    /// Reads bytes of the PROXY header into `scratch`, straight from the socket (never
+    /// through TLS: the header comes before the ClientHello). `Ok(Some(0))` at EOF, `Ok(None)`
+    /// when there is nothing more for now. Never more than the longest header can still use:
+    /// with what is held, at most `MAX_HEADER_LEN` bytes.
     pub fn receive_preamble(&mut self, scratch: &mut [u8]) -> io::Result<Option<usize>> {
         let room = proxy::MAX_HEADER_LEN.saturating_sub(self.input.len());
         let len = room.min(scratch.len());
-        let into = &mut scratch[..len];
-        let read = read_some(&mut self.socket, into)?;
-        if let Some(n) = read {
-            self.input.extend_from_slice(&into[..n]);
-        }
-        Ok(read)
+        read_some(&mut self.socket, &mut scratch[..len])
+    }
+
+    /// Keeps the start of a PROXY header that is not complete yet (usually it comes in one
+    /// read and is decoded where it was read, never copied).
+    pub fn hold_preamble(&mut self, bytes: &[u8]) {
+        self.input.extend_from_slice(bytes);
     }
 
     /// The socket's peer: the balancer, behind `--proxy-protocol`.
@@ -268,19 +269,28 @@ impl Connection {
         self.socket.peer_addr()
     }
 
-    /// The bytes received while awaiting the PROXY header.
+    /// The start of the PROXY header held from earlier reads (empty if none).
     pub fn preamble(&self) -> &[u8] {
         self.input.data()
     }
 
-    /// The header took the first `consumed` bytes of `input`: the rest is the first request
-    /// (or, over TLS, the first records, handed to the TLS session), and the connection is
-    /// Open. The request clock stops unless a request has begun.
-    pub fn end_preamble(&mut self, consumed: usize) -> io::Result<()> {
-        self.input.consume(consumed);
+    /// The header took the first `consumed` bytes of the held preamble, or, with none held,
+    /// of `fresh` (the read that completed it), and the connection is Open. What follows it
+    /// is the first request: left in the input when it was held, else in `fresh` for the
+    /// caller to execute; over TLS it is the first records, handed to the TLS session. The
+    /// request clock stops unless a request has begun.
+    pub fn end_preamble(&mut self, consumed: usize, fresh: &[u8]) -> io::Result<()> {
+        let held = !self.input.is_empty();
+        if held {
+            self.input.consume(consumed);
+        }
         if let Some(tls) = &mut self.tls {
-            let early = std::mem::take(&mut self.input);
-            tls.take_early(early.data())?;
+            if held {
+                let early = std::mem::take(&mut self.input);
+                tls.take_early(early.data())?;
+            } else {
+                tls.take_early(&fresh[consumed..])?;
+            }
         }
         if self.input.is_empty() {
             self.request_started = None;
@@ -390,6 +400,11 @@ impl Connection {
             None => read_some(&mut self.socket, into),
             Some(tls) => tls.receive(&mut self.socket, into),
         }
+    }
+
+    /// Accepted on a TLS listener.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// Whether a read shorter than the buffer proves the socket drained. Over TLS it proves

@@ -785,7 +785,7 @@ impl Server {
                 State::Open => {}
                 State::AwaitingProxy => {
                     match self.read_preamble(key) {
-                        Preamble::Done => self.execute(key, 0),
+                        Preamble::Done(fresh) => self.execute(key, fresh),
                         Preamble::Waiting | Preamble::Closed => return,
                     }
                     continue;

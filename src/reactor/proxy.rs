@@ -3,9 +3,10 @@
 //!
 //! With `--proxy-protocol`, every accepted connection starts in `State::AwaitingProxy`. Its
 //! bytes are read straight from the socket (over TLS too: the balancer writes the header in
-//! the clear, before the ClientHello) into its input buffer, and decoded
-//! (`protocol::proxy`) after every read, so a header split over any number of reads is the
-//! same header. Once it is complete:
+//! the clear, before the ClientHello) and decoded (`protocol::proxy`) after every read: where
+//! they were read when the header comes in one read, as it nearly always does; otherwise the
+//! start is kept in the connection's input buffer and decoded with each read joined to it, so
+//! a header split over any number of reads is the same header. Once it is complete:
 //!
 //! - the client's address is the header's source (or, for a v2 `LOCAL` health check or a v1
 //!   `UNKNOWN`, the socket's own peer), logged as `conn=... from 203.0.113.7:51234 via
@@ -51,9 +52,10 @@ use crate::protocol::proxy::{self, ProxyHeader};
 pub enum Preamble {
     /// Not complete yet: nothing more to read for now.
     Waiting,
-    /// Complete: the connection is Open (or was refused by the per-address limit), and what
-    /// followed the header waits to be executed or read.
-    Done,
+    /// Complete: the connection is Open (or was refused by the per-address limit). What
+    /// followed the header waits in its input (or its TLS session), or is the first `n`
+    /// bytes of `scratch_in`, fresh for `execute`.
+    Done(usize),
     /// Closed.
     Closed,
 }
@@ -128,6 +130,7 @@ impl Server {
     #[cold]
     #[inline(never)]
     pub(super) fn read_preamble(&mut self, key: usize) -> Preamble {
+        let mut fresh;
         loop {
             let conn = &mut self.connections[key];
             match conn.receive_preamble(&mut self.scratch_in) {
@@ -153,12 +156,27 @@ impl Server {
                 Ok(Some(n)) => {
                     self.stats.bytes_in += n as u64;
                     conn.touch(self.now);
+                    fresh = n;
                 }
             }
-            match proxy::decode(self.connections[key].preamble()) {
-                Ok(Decoded::Incomplete) => continue,
+            // Decoded where it was read when nothing is held: a header nearly always comes
+            // in one read.
+            let conn = &mut self.connections[key];
+            let read = &self.scratch_in[..fresh];
+            let held = !conn.preamble().is_empty();
+            if held {
+                conn.hold_preamble(read);
+            }
+            let decoded = proxy::decode(if held { conn.preamble() } else { read });
+            match decoded {
+                Ok(Decoded::Incomplete) => {
+                    if !held {
+                        conn.hold_preamble(read);
+                    }
+                    continue;
+                }
                 Ok(Decoded::Complete { request, consumed }) => {
-                    return self.end_preamble(key, request, consumed);
+                    return self.end_preamble(key, request, consumed, fresh);
                 }
                 Err(e) => {
                     let conn = &self.connections[key];
@@ -172,7 +190,14 @@ impl Server {
     }
 
     /// The header is complete: the connection is its client's from here.
-    fn end_preamble(&mut self, key: usize, header: ProxyHeader, consumed: usize) -> Preamble {
+    /// `fresh`: the bytes of the read that completed it, in `scratch_in`.
+    fn end_preamble(
+        &mut self,
+        key: usize,
+        header: ProxyHeader,
+        consumed: usize,
+        fresh: usize,
+    ) -> Preamble {
         let conn = &mut self.connections[key];
         let shown = token::show(conn.token());
         if log_enabled!(log::Level::Debug) {
@@ -184,18 +209,27 @@ impl Server {
                 None => debug!("conn={shown} PROXY header names no client: {peer} stands"),
             }
         }
-        if let Err(e) = conn.end_preamble(consumed) {
+        let held = !conn.preamble().is_empty();
+        if let Err(e) = conn.end_preamble(consumed, &self.scratch_in[..fresh]) {
             debug!("conn={shown} TLS: {e}");
             self.close(key, "TLS error");
             return Preamble::Closed;
         }
+        // Requests that came with the header in one read are executed from where they were
+        // read, as any others are: moved to the front of the scratch buffer.
+        let rest = if held || conn.is_tls() {
+            0
+        } else {
+            self.scratch_in.copy_within(consumed..fresh, 0);
+            fresh - consumed
+        };
         if let Some(client) = header.source {
             self.admit_address(key, client.ip());
         }
         if self.connections[key].is_closed() {
             Preamble::Closed
         } else {
-            Preamble::Done
+            Preamble::Done(rest)
         }
     }
 
