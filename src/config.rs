@@ -172,6 +172,22 @@ pub struct Config {
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub max_connections_per_ip: usize,
 
+    /// Share one chat room with the other nodes that name the same Redis (and
+    /// `--cluster-channel`): SAYs cross over Redis pub/sub, and HELLO names are claimed in
+    /// Redis so that they are unique across the nodes (see docs/PROTOCOL.md, "Cluster").
+    #[arg(long, value_name = "HOST:PORT")]
+    pub cluster_redis: Option<String>,
+
+    /// With --cluster-redis: the pub/sub channel, and the prefix of the name keys
+    /// (`<channel>:name:<name>`). Nodes share a room only if they use the same one.
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "tcp-reactor",
+        requires = "cluster_redis"
+    )]
+    pub cluster_channel: String,
+
     /// What to do instead of serving; none runs the server.
     #[command(subcommand)]
     pub command: Option<Command>,

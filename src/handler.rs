@@ -49,6 +49,9 @@ pub struct Session {
     pub id: SessionId,
     /// Set by `HELLO <name>`; the name is held in the [`Room`] while the session lives.
     name: Option<Box<str>>,
+    /// In a cluster: the name reserved in the [`Room`] while the other nodes are asked
+    /// whether it is free ([`Outcome::Claim`]).
+    pending_name: Option<Box<str>>,
     /// Set by a successful login: the user this session acts as.
     user: Option<Box<str>>,
     /// The user of the login being verified.
@@ -63,6 +66,7 @@ impl Session {
             protocol,
             id,
             name: None,
+            pending_name: None,
             user: None,
             pending_user: None,
             failed_logins: 0,
@@ -149,10 +153,18 @@ pub struct Limits {
 /// With several loops in the process the room is still one room: names are unique across
 /// all of them, held in one [`Names`] that every loop's room shares. Only HELLO and a
 /// session's end touch it (a lock each), never another request.
+///
+/// In a cluster (`--cluster-redis`) a HELLO also needs the other nodes' word: the name is
+/// reserved here (no other session of this process can take it meanwhile) and the session
+/// waits for the claim in Redis ([`Outcome::Claim`], then [`finish_hello`]). A reserved name
+/// is not a member yet: it receives no pushes until its WELCOME.
 #[derive(Debug, Default)]
 pub struct Room {
     members: HashMap<Box<str>, SessionId>,
+    /// Names reserved by sessions whose claim is being made in Redis.
+    pending: HashMap<Box<str>, SessionId>,
     shared: Option<Arc<Names>>,
+    clustered: bool,
 }
 
 /// The names held in every loop's room at once: what makes HELLO unique process-wide.
@@ -181,9 +193,15 @@ impl Room {
     /// One loop's part of a room whose names are held in `names`, with the other loops'.
     pub fn shared(names: Arc<Names>) -> Room {
         Room {
-            members: HashMap::new(),
             shared: Some(names),
+            ..Room::default()
         }
+    }
+
+    /// This room is one node's part of a cluster's: a HELLO waits for its claim in Redis.
+    pub fn clustered(mut self) -> Room {
+        self.clustered = true;
+        self
     }
 
     /// This loop's sessions that have identified themselves.
@@ -199,12 +217,27 @@ impl Room {
         self.members.is_empty()
     }
 
-    /// Frees the session's name: called when its connection ends.
-    pub fn leave(&mut self, session: &Session) {
-        if let Some(name) = session.name()
-            && self.members.get(name) == Some(&session.id)
-        {
-            self.members.remove(name);
+    /// Frees the session's name (or the name it reserved): called when its connection ends.
+    /// Returns the name if it was a member's, the first time only: in a cluster, its claim
+    /// in Redis is then given up.
+    pub fn leave<'s>(&mut self, session: &'s Session) -> Option<&'s str> {
+        if let Some(name) = session.pending_name.as_deref() {
+            self.unreserve(name, session.id);
+        }
+        let name = session.name()?;
+        if self.members.get(name) != Some(&session.id) {
+            return None;
+        }
+        self.members.remove(name);
+        if let Some(names) = &self.shared {
+            names.release(name);
+        }
+        Some(name)
+    }
+
+    fn unreserve(&mut self, name: &str, id: SessionId) {
+        if self.pending.get(name) == Some(&id) {
+            self.pending.remove(name);
             if let Some(names) = &self.shared {
                 names.release(name);
             }
@@ -213,7 +246,17 @@ impl Room {
 
     /// Takes `name` for `id`; `false`: someone has it, in this loop or another.
     fn join(&mut self, name: &str, id: SessionId) -> bool {
-        if self.members.contains_key(name) {
+        if !self.reserve(name, id) {
+            return false;
+        }
+        self.pending.remove(name);
+        self.members.insert(name.into(), id);
+        true
+    }
+
+    /// Reserves `name` for `id` until it joins or gives it up; `false`: someone has it.
+    fn reserve(&mut self, name: &str, id: SessionId) -> bool {
+        if self.members.contains_key(name) || self.pending.contains_key(name) {
             return false;
         }
         if let Some(names) = &self.shared
@@ -221,9 +264,20 @@ impl Room {
         {
             return false;
         }
-        self.members.insert(name.into(), id);
+        self.pending.insert(name.into(), id);
         true
     }
+}
+
+/// What the cluster said to a HELLO's claim of its name in Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimVerdict {
+    /// The name is this node's now: WELCOME.
+    Claimed,
+    /// Another node holds it: `ERR name taken`.
+    Taken,
+    /// Redis could not be asked: `ERR cluster unavailable, try again`.
+    Unavailable,
 }
 
 /// Why processing stopped, and what the reactor must do next.
@@ -248,6 +302,9 @@ pub enum Outcome {
     Login(Box<Credentials>),
     /// Flush the output, then close: too many failed logins.
     LoginFailures,
+    /// In a cluster, a HELLO: claim this name in Redis, then call [`finish_hello`]; execute
+    /// nothing of this session until then.
+    Claim(Box<str>),
 }
 
 /// The result of one `process` call.
@@ -500,7 +557,7 @@ fn execute_line(
             let _ = cx.totals.write_stats(cx.stats, out);
             out.extend_from_slice(b"\n");
         }
-        Command::Hello(name) => hello(session, name, out, cx.room),
+        Command::Hello(name) => return hello(session, name, out, cx.room),
         Command::Say(text) => return say(session, text, out),
         Command::Invalid(reason) => write_line(out, &[b"ERR ", reason.as_bytes()]),
     }
@@ -524,22 +581,65 @@ fn say(session: &Session, text: &[u8], out: &mut Buffer) -> Outcome {
 }
 
 #[inline(never)]
-fn hello(session: &mut Session, name: &[u8], out: &mut Buffer, room: &mut Room) {
+fn hello(session: &mut Session, name: &[u8], out: &mut Buffer, room: &mut Room) -> Outcome {
     if let Some(current) = session.name() {
         let _ = writeln!(out, "ERR already identified as {current}");
-        return;
+        return Outcome::Continue;
     }
     // The codec admits only [A-Za-z0-9_-], so this is always UTF-8; refuse rather than panic.
     let Ok(name) = std::str::from_utf8(name) else {
         write_line(out, &[b"ERR invalid name: use 1-32 of A-Z a-z 0-9 _ -"]);
-        return;
+        return Outcome::Continue;
     };
+    if room.clustered {
+        if !room.reserve(name, session.id) {
+            write_line(out, &[NAME_TAKEN]);
+            return Outcome::Continue;
+        }
+        session.pending_name = Some(name.into());
+        return Outcome::Claim(name.into());
+    }
     if !room.join(name, session.id) {
-        write_line(out, &[b"ERR name taken"]);
-        return;
+        write_line(out, &[NAME_TAKEN]);
+        return Outcome::Continue;
     }
     write_line(out, &[b"WELCOME ", name.as_bytes()]);
     session.name = Some(name.into());
+    Outcome::Continue
+}
+
+const NAME_TAKEN: &[u8] = b"ERR name taken";
+
+/// Answers a HELLO whose name was claimed in the cluster ([`Outcome::Claim`]) with the
+/// cluster's verdict: `WELCOME <name>` (the session joins the room), `ERR name taken` or
+/// `ERR cluster unavailable, try again` (the reservation is given up). A session with no
+/// claim pending is left alone: `false`.
+pub fn finish_hello(
+    session: &mut Session,
+    verdict: ClaimVerdict,
+    room: &mut Room,
+    out: &mut Buffer,
+) -> bool {
+    let Some(name) = session.pending_name.take() else {
+        return false;
+    };
+    match verdict {
+        ClaimVerdict::Claimed if room.pending.get(&name) == Some(&session.id) => {
+            room.pending.remove(&name);
+            room.members.insert(name.clone(), session.id);
+            write_line(out, &[b"WELCOME ", name.as_bytes()]);
+            session.name = Some(name);
+        }
+        ClaimVerdict::Claimed | ClaimVerdict::Taken => {
+            room.unreserve(&name, session.id);
+            write_line(out, &[NAME_TAKEN]);
+        }
+        ClaimVerdict::Unavailable => {
+            room.unreserve(&name, session.id);
+            write_line(out, &[b"ERR cluster unavailable, try again"]);
+        }
+    }
+    true
 }
 
 /// Executes one frame. `raw` is the frame as received, header included: a Heartbeat's reply
@@ -775,6 +875,63 @@ mod tests {
         one.room.leave(&alice);
         assert_eq!(two.run(&mut other, b"HELLO alice\n").0, b"WELCOME alice\n");
         assert_eq!((one.room.len(), two.room.len()), (0, 1));
+    }
+
+    #[test]
+    fn a_clustered_hello_waits_for_its_claim_and_holds_the_name_meanwhile() {
+        let mut fixture = Fixture::new();
+        fixture.room = Room::default().clustered();
+        let (mut ann, mut other) = (line(1), line(2));
+        let (out, processed) = fixture.run(&mut ann, b"HELLO ann\nPING\n");
+        assert_eq!(out, b"");
+        assert_eq!(processed.outcome, Outcome::Claim("ann".into()));
+        assert_eq!(processed.consumed, 10, "the PING waits behind the claim");
+        assert_eq!(fixture.room.len(), 0, "no pushes before its WELCOME");
+        let (out, _) = fixture.run(&mut other, b"HELLO ann\n");
+        assert_eq!(out, b"ERR name taken\n", "reserved locally meanwhile");
+
+        let mut out = Buffer::new();
+        assert!(finish_hello(
+            &mut ann,
+            ClaimVerdict::Claimed,
+            &mut fixture.room,
+            &mut out
+        ));
+        assert_eq!(out.data(), b"WELCOME ann\n");
+        assert_eq!((ann.name(), fixture.room.len()), (Some("ann"), 1));
+        assert!(!finish_hello(
+            &mut ann,
+            ClaimVerdict::Claimed,
+            &mut fixture.room,
+            &mut out
+        ));
+
+        for (verdict, reply) in [
+            (ClaimVerdict::Taken, &b"ERR name taken\n"[..]),
+            (
+                ClaimVerdict::Unavailable,
+                b"ERR cluster unavailable, try again\n",
+            ),
+        ] {
+            let (_, processed) = fixture.run(&mut other, b"HELLO bob\n");
+            assert_eq!(processed.outcome, Outcome::Claim("bob".into()));
+            let mut out = Buffer::new();
+            assert!(finish_hello(
+                &mut other,
+                verdict,
+                &mut fixture.room,
+                &mut out
+            ));
+            assert_eq!(out.data(), reply);
+            assert_eq!(other.name(), None);
+        }
+        // A session that ends while its claim is made gives the reservation up.
+        let (_, processed) = fixture.run(&mut other, b"HELLO bob\n");
+        assert_eq!(processed.outcome, Outcome::Claim("bob".into()));
+        assert_eq!(fixture.room.leave(&other), None);
+        let (_, processed) = fixture.run(&mut line(3), b"HELLO bob\n");
+        assert_eq!(processed.outcome, Outcome::Claim("bob".into()));
+        assert_eq!(fixture.room.leave(&ann), Some("ann"));
     }
 
     #[test]

@@ -98,6 +98,17 @@ counters! {
     /// Connections refused with `ERR too many connections from your address` at
     /// `--max-connections-per-ip`.
     rejected_per_ip,
+    /// With `--cluster-redis`: 1 while the links to Redis are up (subscribed, and the command
+    /// link connected), else 0. Always 0 without it.
+    cluster_up,
+    /// Chat messages published to the other nodes over Redis.
+    cluster_published,
+    /// Chat messages from other nodes received over Redis (this node's own echoes not
+    /// counted).
+    cluster_received,
+    /// Chat messages not published to the other nodes: Redis was unreachable, or more were
+    /// waiting to be sent than the outbound bound allows.
+    cluster_dropped,
 }
 
 /// Where the STATS line gets the whole process's figures: the loop answering passes its own
@@ -136,11 +147,12 @@ mod tests {
             text.ends_with(
                 " slow_reader_drops=1 accept_emfile=0 logins=0 login_failures=0 lingering=0 \
                  client_memory=0 client_memory_peak=0 memory_evictions=0 memory_throttles=0 \
-                 proxy_errors=0 rejected_per_ip=0"
+                 proxy_errors=0 rejected_per_ip=0 cluster_up=0 cluster_published=0 \
+                 cluster_received=0 cluster_dropped=0"
             ),
             "{text}"
         );
-        assert_eq!(text.split(' ').count(), 28);
+        assert_eq!(text.split(' ').count(), 32);
     }
 
     #[test]
@@ -157,7 +169,7 @@ mod tests {
         Alone.write_stats(&stats, &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(
-            text.ends_with(" rejected_per_ip=0 workers=1 active_by_worker=4"),
+            text.ends_with(" cluster_dropped=0 workers=1 active_by_worker=4"),
             "{text}"
         );
     }

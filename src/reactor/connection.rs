@@ -651,6 +651,28 @@ impl Connection {
         outcome
     }
 
+    /// Answers a HELLO's claim with the cluster's verdict, and goes back to Open if it was
+    /// waiting for it (else the reply goes out with the fresh batch in `scratch_out`).
+    /// `false`: no claim was pending, and nothing was answered.
+    pub fn answer_claim(
+        &mut self,
+        verdict: handler::ClaimVerdict,
+        room: &mut handler::Room,
+        scratch_out: &mut Buffer,
+    ) -> bool {
+        let waiting = self.state == State::Verifying;
+        let out = if waiting {
+            &mut self.output
+        } else {
+            replies_to(&mut self.output, scratch_out)
+        };
+        let answered = handler::finish_hello(&mut self.session, verdict, room, out);
+        if waiting {
+            self.set_state(State::Open);
+        }
+        answered
+    }
+
     pub fn state(&self) -> State {
         self.state
     }

@@ -53,6 +53,7 @@ use mio::{Poll, Token, Waker};
 use super::Server;
 use super::accept::ListenerId;
 use super::activation::{ActivationError, Inherited};
+use super::cluster::Cluster;
 use super::logins::Logins;
 use super::proxy::Addresses;
 use super::token;
@@ -109,6 +110,8 @@ pub struct Fleet {
     tls: Option<Arc<rustls::ServerConfig>>,
     /// Connections per client address, for `--max-connections-per-ip`.
     addresses: Addresses,
+    /// With `--cluster-redis`: the links to the other nodes, one pair for the process.
+    cluster: Option<Arc<Cluster>>,
 }
 
 /// What one worker is given to be built from: its poll (with the waker the others use
@@ -172,7 +175,14 @@ impl Fleet {
             logins,
             tls,
             addresses: Addresses::new(config.max_connections_per_ip),
+            cluster: config
+                .cluster_redis
+                .as_deref()
+                .map(|addr| Cluster::new(addr, &config.cluster_channel)),
         });
+        if let Some(cluster) = &fleet.cluster {
+            cluster.start(Arc::downgrade(&fleet))?;
+        }
         Ok(polls
             .into_iter()
             .zip(receivers)
@@ -206,6 +216,11 @@ impl Fleet {
 
     pub fn tls(&self) -> Option<Arc<rustls::ServerConfig>> {
         self.tls.clone()
+    }
+
+    /// The cluster this process is a node of (`--cluster-redis`), if any.
+    pub fn cluster(&self) -> Option<Arc<Cluster>> {
+        self.cluster.clone()
     }
 
     /// The per-address connection counts, one for the whole process.
@@ -442,9 +457,17 @@ pub struct Census {
 impl Totals for Census {
     fn write_stats(&self, own: &Stats, out: &mut dyn Write) -> io::Result<()> {
         if self.fleet.is_alone() {
-            return crate::stats::Alone.write_stats(own, out);
+            let Some(cluster) = &self.fleet.cluster else {
+                return crate::stats::Alone.write_stats(own, out);
+            };
+            let mut own = own.clone();
+            cluster.figures(&mut own);
+            return crate::stats::Alone.write_stats(&own, out);
         }
-        let (sum, active) = self.fleet.totals(self.index, own);
+        let (mut sum, active) = self.fleet.totals(self.index, own);
+        if let Some(cluster) = &self.fleet.cluster {
+            cluster.figures(&mut sum);
+        }
         sum.write_pairs(&mut *out)?;
         write!(out, " workers={} active_by_worker=", self.fleet.workers())?;
         for (n, count) in active.iter().enumerate() {

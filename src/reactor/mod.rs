@@ -57,6 +57,7 @@
 
 pub mod accept;
 pub mod activation;
+pub mod cluster;
 pub mod connection;
 pub mod fleet;
 pub mod logins;
@@ -82,12 +83,14 @@ use crate::auth::Users;
 use crate::buffer::{Buffer, HIGH_WATER, LOW_WATER, PUSH_CAP};
 use crate::config::Config;
 use crate::handler::{
-    Context, Credentials, Limits, LoginRules, Notice, Outcome, Room, Session, SessionId,
+    ClaimVerdict, Context, Credentials, Limits, LoginRules, Notice, Outcome, Room, Session,
+    SessionId,
 };
 use crate::stats::Stats;
 use crate::timer_wheel::{TimerId, TimerWheel};
 use accept::{Acceptor, Burst, ListenerId};
 use activation::Inherited;
+use cluster::ClusterBridge;
 use connection::{
     CloseReason, Connection, Discarded, QUIET, State, Timeouts, Written, count_written,
 };
@@ -198,6 +201,8 @@ pub struct Server {
     shutdown_requested: Arc<AtomicBool>,
     /// Verifies passwords off the loop; see [`logins`].
     logins: LoginBridge,
+    /// With `--cluster-redis`: HELLO claims and SAYs to the other nodes; see [`cluster`].
+    cluster: Option<ClusterBridge>,
     connections: Slab<Connection>,
     /// The generation given to the last connection accepted.
     generation: u32,
@@ -327,6 +332,14 @@ impl Server {
             Some(names) => Room::shared(names),
             None => Room::default(),
         };
+        let cluster = fleet
+            .cluster()
+            .map(|cluster| ClusterBridge::new(cluster, Arc::clone(&waker)));
+        let room = if cluster.is_some() {
+            room.clustered()
+        } else {
+            room
+        };
         let logins = LoginBridge::new(fleet.logins(), Arc::clone(&waker));
         let tls_config = fleet.tls();
         let census = mailbox.census();
@@ -346,6 +359,7 @@ impl Server {
             tls_config,
             signals,
             logins,
+            cluster,
             waker,
             shutdown_requested: Arc::new(AtomicBool::new(false)),
             connections: Slab::new(),
@@ -866,6 +880,7 @@ impl Server {
                 Outcome::ProtocolError => self.drain(key, CloseReason::ProtocolError),
                 Outcome::Login(credentials) => self.start_login(key, *credentials),
                 Outcome::LoginFailures => self.drain(key, CloseReason::LoginFailures),
+                Outcome::Claim(name) => self.start_claim(key, name),
             }
         }
         let unexecuted = &self.scratch_in[offset..fresh];
@@ -1041,6 +1056,9 @@ impl Server {
         let sender = self.connections[sender_key].session().id;
         if !self.mailbox.fleet().is_alone() {
             self.post_to_others(message);
+        }
+        if let Some(cluster) = &self.cluster {
+            cluster.publish(message);
         }
         self.deliver(message, Some(sender));
     }
@@ -1367,7 +1385,13 @@ impl Server {
         while let Some((token, ok)) = self.logins.next_verdict() {
             self.finish_login(token, ok);
         }
-        if !self.mailbox.fleet().is_alone() {
+        if self.cluster.is_some() {
+            while let Some(result) = self.cluster.as_ref().and_then(ClusterBridge::next_verdict) {
+                self.finish_claim(Token(result.ticket as usize), &result.name, result.verdict);
+            }
+            // Messages from the other nodes come through this worker's inbox.
+            self.take_mail();
+        } else if !self.mailbox.fleet().is_alone() {
             self.take_mail();
         }
     }
@@ -1422,12 +1446,74 @@ impl Server {
         self.settle(key);
     }
 
+    /// A HELLO in a cluster: its name is reserved here, and claimed in Redis while the
+    /// connection waits in `Verifying` (the requests after it wait in order, as behind a
+    /// LOGIN). With Redis out of reach it is answered "unavailable" at once.
+    fn start_claim(&mut self, key: usize, name: Box<str>) {
+        let conn = &mut self.connections[key];
+        let token = conn.token();
+        let queued = self
+            .cluster
+            .as_ref()
+            .is_some_and(|cluster| cluster.claim(token, name));
+        if queued {
+            trace!("conn={} name claim sent to Redis", token::show(token));
+            conn.set_state(State::Verifying);
+        } else {
+            conn.answer_claim(
+                ClaimVerdict::Unavailable,
+                &mut self.room,
+                &mut self.scratch_out,
+            );
+        }
+    }
+
+    /// The cluster's verdict on a HELLO's claim: answer it, then go on with the requests
+    /// that waited behind it. A name claimed for a connection that has gone, or stopped
+    /// waiting, is given back.
+    fn finish_claim(&mut self, token: Token, name: &str, verdict: ClaimVerdict) {
+        let waiting = self
+            .key_of(token)
+            .filter(|&key| self.connections[key].state() == State::Verifying);
+        let Some(key) = waiting else {
+            if verdict == ClaimVerdict::Claimed
+                && let Some(cluster) = &self.cluster
+            {
+                cluster.release(name);
+            }
+            return;
+        };
+        debug!("conn={} name claim: {verdict:?}", token::show(token));
+        let conn = &mut self.connections[key];
+        if !conn.answer_claim(verdict, &mut self.room, &mut self.scratch_out)
+            && verdict == ClaimVerdict::Claimed
+            && let Some(cluster) = &self.cluster
+        {
+            cluster.release(name);
+        }
+        if self.shutdown_deadline.is_some() {
+            return self.shut_down_connection(key);
+        }
+        self.revisit_next_turn(key);
+        self.settle(key);
+    }
+
     /// Stops executing a connection's requests; what it is owed is flushed, then it closes.
     /// Its chat name is free from now on: the session is over even if the socket lingers.
     fn drain(&mut self, key: usize, reason: CloseReason) {
         let conn = &mut self.connections[key];
         conn.set_state(State::draining(reason));
-        self.room.leave(conn.session());
+        self.leave_room(key);
+    }
+
+    /// Frees the session's chat name, here and, in a cluster, in Redis.
+    fn leave_room(&mut self, key: usize) {
+        let session = self.connections[key].session();
+        if let Some(name) = self.room.leave(session)
+            && let Some(cluster) = &self.cluster
+        {
+            cluster.release(name);
+        }
     }
 
     /// The session ended (our FIN is out, or the connection closed before that): it counts
@@ -1477,7 +1563,7 @@ impl Server {
             self.wheel.cancel(id);
             conn.set_timer(None);
         }
-        self.room.leave(conn.session());
+        self.leave_room(key);
         if matches!(was, State::Lingering(_)) {
             self.stats.lingering -= 1;
         } else {

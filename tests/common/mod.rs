@@ -45,7 +45,7 @@ pub const ERROR: u8 = 4;
 pub const DEFAULT_MAX_FRAME: u32 = 10 * 1024 * 1024;
 
 /// Every key of the STATS line, in the order the spec lists them.
-pub const STATS_KEYS: [&str; 30] = [
+pub const STATS_KEYS: [&str; 34] = [
     "accepted",
     "active",
     "closed",
@@ -74,6 +74,10 @@ pub const STATS_KEYS: [&str; 30] = [
     "memory_throttles",
     "proxy_errors",
     "rejected_per_ip",
+    "cluster_up",
+    "cluster_published",
+    "cluster_received",
+    "cluster_dropped",
     "workers",
     "active_by_worker",
 ];

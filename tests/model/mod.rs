@@ -384,6 +384,9 @@ pub fn serve(protocol: Protocol, limits: Limits, reads: &[&[u8]], out_limit: usi
                         break 'reads;
                     }
                 }
+                Outcome::Claim(name) => {
+                    panic!("a room that is not clustered claimed {name:?} in Redis")
+                }
                 ended @ (Outcome::Quit | Outcome::ProtocolError | Outcome::LoginFailures) => {
                     ended_by = Some(ended);
                     break 'reads;
