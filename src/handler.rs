@@ -4,8 +4,9 @@
 //! [`crate::protocol`], and appends replies to an output [`Buffer`]. It knows nothing of
 //! sockets, tokens or readiness; the reactor knows nothing of verbs. What the handler asks of
 //! the reactor is carried in its [`Outcome`], with the data it needs: "deliver this message to
-//! the other sessions" (a chat push), "verify these credentials" (a LOGIN), or "close this
-//! connection after flushing" (QUIT, a protocol error, too many failed logins).
+//! the other sessions" (a chat push), "verify these credentials" (a LOGIN), "claim this name
+//! in the cluster" (a HELLO with `--cluster-redis`), or "close this connection after
+//! flushing" (QUIT, a protocol error, too many failed logins).
 //!
 //! Invariants:
 //! - Processing stops as soon as the output passes the caller's limit, so a batch of cheap

@@ -10,7 +10,8 @@
 //!    |    <-----------------------    |
 //!    |       output < LOW_WATER       |
 //!    |  LOGIN           verdict
-//!    +--------> Verifying ------> Open    (a password is being checked off the loop)
+//!    +--------> Verifying ------> Open    (a password is being checked off the loop, or,
+//!    |  clustered HELLO                    with --cluster-redis, a name claimed in Redis)
 //!    |  client memory short    memory freed
 //!    +--------> Throttled ------> Open    (its request would need more than is left)
 //!    |              |                 |
@@ -127,8 +128,9 @@ pub enum State {
     /// Replies are piling up unread: no reading or executing until they drain below
     /// `LOW_WATER`.
     Paused,
-    /// A LOGIN is being verified on the worker pool: no reading or executing until the
-    /// verdict comes back; the requests after the LOGIN wait in `input`, in order.
+    /// A LOGIN is being verified on the worker pool (or, in a cluster, a HELLO's name is
+    /// being claimed in Redis): no reading or executing until the verdict comes back; the
+    /// requests after it wait in `input`, in order.
     Verifying,
     /// No more requests: flush what is owed, then send our FIN. `peer_done`: the peer's EOF
     /// has been read, so once the FIN is out nothing is left to wait for.

@@ -606,6 +606,9 @@ pub fn run(config: Config, inherited: Option<Inherited>) -> io::Result<Stats> {
     }
     let (logins, tls) = Server::shared_setup(&config)?;
     let seats = Fleet::seats(&config, workers, logins, tls, inherited.is_some())?;
+    let cluster = seats
+        .first()
+        .and_then(|seat| seat.mailbox.fleet().cluster());
     let mut config = config;
     let mut inherited = inherited;
     let mut servers = Vec::with_capacity(workers);
@@ -664,6 +667,9 @@ pub fn run(config: Config, inherited: Option<Inherited>) -> io::Result<Stats> {
     }
     for thread in threads {
         let _ = thread.join();
+    }
+    if let Some(cluster) = cluster {
+        cluster.figures(&mut sum);
     }
     super::log_summary(&sum);
     match failure {

@@ -434,6 +434,9 @@ impl Server {
         self.stop_listening();
         served?;
         if self.mailbox.fleet().is_alone() {
+            if let Some(cluster) = self.mailbox.fleet().cluster() {
+                cluster.figures(&mut self.stats);
+            }
             log_summary(&self.stats);
         } else {
             // The fleet logs the sums once every worker is done.
