@@ -1,6 +1,7 @@
 //! Three nodes sharing one chat room over a real Redis (`--cluster-redis`): SAYs crossing
-//! nodes exactly once and in order, names unique across the nodes, and the nodes riding out
-//! Redis going away and coming back on the same port without a restart of their own.
+//! nodes exactly once and in order, names unique across the nodes, the nodes riding out
+//! Redis going away and coming back on the same port without a restart of their own, and
+//! the names of a node killed outright expiring within their TTL.
 //!
 //! Each test runs its own `redis-server --port <free> --save '' --appendonly no` as a child,
 //! killed on drop. Without a `redis-server` binary the tests fail when `CI` is set (`.ci/run`
@@ -153,6 +154,19 @@ fn hello(node: &TestServer, name: &str) -> LineClient {
     client
 }
 
+/// Says `HELLO name` on `client` until it is not `ERR name taken` (for at most `within`),
+/// and asserts it was welcomed.
+fn hello_once_free(client: &mut LineClient, name: &str, within: Duration) {
+    let hello = format!("HELLO {name}");
+    let mut reply = Vec::new();
+    let freed = wait_until(after(within), || {
+        reply = client.request(hello.as_bytes());
+        reply != b"ERR name taken\n"
+    });
+    assert!(freed, "{name} still taken after {within:?}");
+    assert_eq!(show(&reply), show(format!("WELCOME {name}\n").as_bytes()));
+}
+
 #[test]
 fn say_crosses_nodes_exactly_once_in_order_and_names_are_unique_across_them() {
     let Some(bin) = require_redis("say_crosses_nodes") else {
@@ -220,13 +234,7 @@ fn say_crosses_nodes_exactly_once_in_order_and_names_are_unique_across_them() {
     assert_eq!(show(&other.read_line()), show(b"ERR name taken\n"));
     assert_eq!(other.read_line(), b"PONG after\n");
     assert_eq!(ann.request(b"QUIT"), b"BYE\n");
-    let mut reply = Vec::new();
-    let freed = wait_until(after(Duration::from_secs(5)), || {
-        reply = other.request(b"HELLO ann");
-        reply != b"ERR name taken\n"
-    });
-    assert!(freed, "ann was never freed on B");
-    assert_eq!(show(&reply), show(b"WELCOME ann\n"));
+    hello_once_free(&mut other, "ann", Duration::from_secs(5));
     // And now A refuses it.
     let mut again = nodes[0].line_client();
     assert_eq!(
@@ -295,4 +303,30 @@ fn nodes_keep_local_chat_without_redis_and_cross_again_once_it_is_back() {
     );
     assert_eq!(show(&late.request(b"HELLO carl")), show(b"WELCOME carl\n"));
     bob.expect_silence(QUIET);
+}
+
+#[test]
+fn the_names_of_a_node_that_dies_expire_within_the_ttl() {
+    let Some(bin) = require_redis("the_names_of_a_node_that_dies") else {
+        return;
+    };
+    let redis = Redis::start(bin);
+    let mut nodes = [node(&redis, &[]), node(&redis, &[])];
+    for (n, node) in nodes.iter().enumerate() {
+        wait_cluster_up(node, 1, &format!("node {n}"));
+    }
+    let _ann = hello(&nodes[0], "ann");
+    let mut other = nodes[1].line_client();
+    assert_eq!(
+        show(&other.request(b"HELLO ann")),
+        show(b"ERR name taken\n")
+    );
+
+    // Killed: no session ends, nothing is released; the key's TTL (5 s) frees the name.
+    nodes[0].signal(libc::SIGKILL);
+    assert!(
+        nodes[0].wait_exit(Duration::from_secs(5)).is_some(),
+        "node A still runs"
+    );
+    hello_once_free(&mut other, "ann", Duration::from_secs(8));
 }
