@@ -247,26 +247,32 @@ impl Room {
 
     /// Takes `name` for `id`; `false`: someone has it, in this loop or another.
     fn join(&mut self, name: &str, id: SessionId) -> bool {
-        if !self.reserve(name, id) {
+        if !self.take(name) {
             return false;
         }
-        self.pending.remove(name);
         self.members.insert(name.into(), id);
         true
     }
 
     /// Reserves `name` for `id` until it joins or gives it up; `false`: someone has it.
     fn reserve(&mut self, name: &str, id: SessionId) -> bool {
-        if self.members.contains_key(name) || self.pending.contains_key(name) {
-            return false;
-        }
-        if let Some(names) = &self.shared
-            && !names.claim(name)
-        {
+        if !self.take(name) {
             return false;
         }
         self.pending.insert(name.into(), id);
         true
+    }
+
+    /// Takes `name` in every loop's names if nobody here or there has it, as a member or a
+    /// reservation; `false`: someone has it.
+    fn take(&mut self, name: &str) -> bool {
+        if self.members.contains_key(name) || self.pending.contains_key(name) {
+            return false;
+        }
+        match &self.shared {
+            Some(names) => names.claim(name),
+            None => true,
+        }
     }
 }
 
