@@ -583,23 +583,48 @@ impl Commander {
     /// Pipelines the batch: every command in one write, then each reply in order.
     fn run_batch(&mut self, batch: Vec<Command>) {
         if self.link.is_none() {
+            // Answered as if their replies had been lost: claims "unavailable", messages
+            // dropped, releases left to expire.
             for command in batch {
-                match command {
-                    Command::Claim(job) => job.answer(ClaimVerdict::Unavailable),
-                    Command::Release(name) => {
-                        self.owned.remove(&name); // expires within NAME_TTL
-                    }
-                    Command::Publish(_) => {
-                        self.shared.dropped.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
+                self.abandon(command);
             }
             return;
         }
+        self.encode(&batch);
+        let out = std::mem::take(&mut self.out);
+        let sent = self.link_mut().map(|link| link.send(&out));
+        self.out = out;
+        if let Some(Err(e)) = sent {
+            self.lose_link(&e);
+            return self.run_batch(batch);
+        }
+        let mut commands = batch.into_iter();
+        for command in commands.by_ref() {
+            match self.link_mut().map(Link::reply) {
+                Some(Ok(reply)) => self.answered(command, reply),
+                Some(Err(e)) => {
+                    self.lose_link(&e);
+                    self.abandon(command);
+                    break;
+                }
+                None => {
+                    self.abandon(command);
+                    break;
+                }
+            }
+        }
+        // Replies that will not come: the link was lost.
+        for command in commands {
+            self.abandon(command);
+        }
+    }
+
+    /// The batch's commands, in order, into `out`.
+    fn encode(&mut self, batch: &[Command]) {
         let ttl = NAME_TTL.as_millis().to_string();
         let node = self.shared.node_value();
         self.out.clear();
-        for command in &batch {
+        for command in batch {
             match command {
                 Command::Claim(job) => {
                     let key = self.shared.name_key(&job.name);
@@ -620,33 +645,6 @@ impl Commander {
                     encode_command(&mut self.out, &[b"PUBLISH", channel, payload]);
                 }
             }
-        }
-        let out = std::mem::take(&mut self.out);
-        let sent = self.link_mut().map(|link| link.send(&out));
-        self.out = out;
-        if let Some(Err(e)) = sent {
-            self.lose_link(&e);
-            return self.run_batch(batch); // answered as with no link
-        }
-        let mut commands = batch.into_iter();
-        for command in commands.by_ref() {
-            let reply = match self.link_mut().map(Link::reply) {
-                Some(Ok(reply)) => reply,
-                Some(Err(e)) => {
-                    self.lose_link(&e);
-                    self.abandon(command);
-                    break;
-                }
-                None => {
-                    self.abandon(command);
-                    break;
-                }
-            };
-            self.answered(command, reply);
-        }
-        // Replies that will not come: the link was lost.
-        for command in commands {
-            self.abandon(command);
         }
     }
 
@@ -693,7 +691,7 @@ impl Commander {
         match command {
             Command::Claim(job) => job.answer(ClaimVerdict::Unavailable),
             Command::Release(name) => {
-                self.owned.remove(&name);
+                self.owned.remove(&name); // the key expires within NAME_TTL
             }
             Command::Publish(_) => {
                 self.shared.dropped.fetch_add(1, Ordering::Relaxed);
