@@ -8,7 +8,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::SocketAddr;
+use std::net::{Shutdown, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -187,6 +187,31 @@ fn an_idle_or_slow_metrics_connection_is_closed_at_its_timeout() {
             "{flag}: closed after {waited:?}"
         );
     }
+}
+
+#[test]
+fn a_client_whose_eof_came_with_its_request_is_let_go_at_once() {
+    let server = TestServer::start_logging(&["--metrics-addr", "127.0.0.1:0"], "debug");
+    // Stopped, so that the request and the EOF are both in when the server first looks: one
+    // edge for both. (Linux also re-announces readiness when the ACK of the reply comes in,
+    // so this passes without the server's second look too; mio promises no such edge.)
+    server.signal(libc::SIGSTOP);
+    let mut stream = connect(server.metrics_addr());
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\n\r\n")
+        .expect("send");
+    stream.shutdown(Shutdown::Write).expect("our EOF");
+    server.signal(libc::SIGCONT);
+    let mut reply = Vec::new();
+    stream
+        .read_to_end(&mut reply)
+        .expect("the reply, then a close");
+    assert!(reply.starts_with(b"HTTP/1.1 200 OK\r\n"));
+    // Not held for the 5 s linger: its EOF is already known.
+    let released = wait_until(after(Duration::from_secs(2)), || {
+        server.logged("closed: closed after the peer's EOF")
+    });
+    assert!(released, "{}", server.logs().join("\n"));
 }
 
 #[test]

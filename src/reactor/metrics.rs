@@ -426,7 +426,13 @@ impl Server {
         let client = &mut self.metrics.clients[key];
         if client.phase == Phase::Writing {
             match client.write(now) {
-                Ok(_) => {}
+                // The client's EOF may be in already, with no edge left to announce it.
+                Ok(true) => {
+                    if let Progress::Close(why) = client.read(now) {
+                        return self.close_metrics(key, why);
+                    }
+                }
+                Ok(false) => {}
                 Err(_) => return self.close_metrics(key, "write error"),
             }
         }
