@@ -53,6 +53,12 @@ pub struct Config {
     #[arg(long, value_name = "ADDR", requires_all = ["tls_cert", "tls_key"])]
     pub frame_tls_addr: Option<SocketAddr>,
 
+    /// Also serve Prometheus metrics on this address (off unless given): `GET /metrics`
+    /// answers every STATS counter and the loops' own figures in the Prometheus text format,
+    /// then closes. Served by worker 0, under the same --idle-timeout and --request-timeout.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+
     /// The TLS listeners' certificate chain, PEM (the server's certificate first). Needs a
     /// TLS listener: --line-tls-addr, --frame-tls-addr, or one passed by systemd (checked
     /// at startup, since clap cannot see the sockets passed).

@@ -15,14 +15,17 @@
 //!     verdicts through the waker.
 //!   - `reactor::memory`: the client-memory budget: the ledger, throttling, evictions
 //!     largest first, giving freed memory back.
+//!   - `reactor::metrics`: `--metrics-addr`: `GET /metrics` for Prometheus, gathered from
+//!     the counters when scraped; the loop's busy time and histograms.
 //!   - `reactor::tls`: TLS on a non-blocking socket, rustls driven by readiness.
 //! - [`net`]: socket helpers shared by the server and the tools: `read_some`, `write_some`,
 //!   the listening socket, the open-files limit.
 //! - [`buffer`]: the input/output byte buffers and the backpressure marks.
 //! - [`timer_wheel`]: the hashed timer wheel behind idle timeouts and close deadlines.
-//! - [`protocol`]: the pure codecs: [`protocol::line`] and [`protocol::frame`].
+//! - [`protocol`]: the pure codecs: [`protocol::line`] and [`protocol::frame`] (and the PROXY
+//!   header, and the HTTP request head of a scrape).
 //! - [`handler`]: what each request means: replies, sessions, the chat room.
-//! - [`stats`]: the counters shown by `STATS`.
+//! - [`stats`]: the counters shown by `STATS`, each with its kind and HELP for the metrics.
 //! - [`load`]: `tcp-load`, the load generator: per-thread mio loops, pipelined batches, latency.
 //!   - `load::crew`: the worker threads: spawned with their plans, woken, released, joined.
 //!   - `load::pacing`: the main thread's loop: window start, CPU samples, progress line.

@@ -6,14 +6,55 @@
 
 use std::io::{self, Write};
 
+/// What a counter measures, for the metrics endpoint (`reactor::metrics`): a `Counter` only
+/// ever grows (it is exposed as `tcp_reactor_<key>_total`), a `Gauge` is a level that goes up
+/// and down (`tcp_reactor_<key>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+}
+
+/// One STATS key as the metrics endpoint describes it: its name, kind and doc comment (the
+/// metric's HELP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Key {
+    pub name: &'static str,
+    pub kind: Kind,
+    /// The field's doc comment, its lines joined by spaces.
+    pub help: &'static str,
+}
+
+/// Declares every counter once, with its kind and doc, so that the STATS line, the sums over
+/// the workers and the metrics endpoint's names, types and HELP texts all follow from this
+/// one list: a key added here appears everywhere, with nothing else to edit.
+///
+/// ```text
+/// /// Connections accepted, including those refused as over the limit.
+/// counter accepted,
+/// ```
 macro_rules! counters {
-    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+    (@kind counter) => { Kind::Counter };
+    (@kind gauge) => { Kind::Gauge };
+    ($($(#[doc = $doc:literal])* $kind:ident $name:ident),* $(,)?) => {
         #[derive(Debug, Default, Clone, PartialEq, Eq)]
         pub struct Stats {
-            $($(#[$doc])* pub $name: u64,)*
+            $($(#[doc = $doc])* pub $name: u64,)*
         }
 
         impl Stats {
+            /// Every key, in declaration order (the order of [`Stats::values`]).
+            pub const KEYS: &[Key] = &[$(Key {
+                name: stringify!($name),
+                kind: counters!(@kind $kind),
+                help: concat!($($doc),*),
+            }),*];
+
+            /// Every value, in the order of [`Stats::KEYS`].
+            pub fn values(&self) -> impl Iterator<Item = u64> + use<> {
+                [$(self.$name),*].into_iter()
+            }
+
             /// Writes `key=value` pairs separated by spaces, in declaration order.
             pub fn write_pairs(&self, out: &mut (impl Write + ?Sized)) -> io::Result<()> {
                 let mut separator = "";
@@ -37,78 +78,78 @@ macro_rules! counters {
 
 counters! {
     /// Connections accepted, including those refused as over the limit.
-    accepted,
+    counter accepted,
     /// Connections open now.
-    active,
+    gauge active,
     /// Connections closed, for any reason.
-    closed,
+    counter closed,
     /// Connections closed for having had no traffic for `--idle-timeout`.
-    idle_timeouts,
+    counter idle_timeouts,
     /// Connections closed for taking longer than `--request-timeout` to send one request.
-    request_timeouts,
+    counter request_timeouts,
     /// Connections closed for breaking the protocol (bad magic, line too long, ...).
-    protocol_errors,
+    counter protocol_errors,
     /// Connections refused with `ERR server full` / an Error frame at `--max-connections`.
-    rejected_full,
+    counter rejected_full,
     /// Bytes read from clients.
-    bytes_in,
+    counter bytes_in,
     /// Bytes written to clients.
-    bytes_out,
+    counter bytes_out,
     /// Requests executed.
-    requests,
+    counter requests,
     /// Reads that ended a request in the middle (the rest came in a later read).
-    partial_reads,
+    counter partial_reads,
     /// Writes that took only part of the pending output.
-    partial_writes,
+    counter partial_writes,
     /// Reads that found nothing and returned WouldBlock.
-    read_would_block,
+    counter read_would_block,
     /// Writes that found the socket buffer full and returned WouldBlock.
-    write_would_block,
+    counter write_would_block,
     /// Returns from `poll`.
-    wakeups,
+    counter wakeups,
     /// Timers that expired (idle checks, close deadlines, accept pauses).
-    timers_fired,
+    counter timers_fired,
     /// Times a connection stopped being read because its replies were not being read.
-    backpressure_pauses,
+    counter backpressure_pauses,
     /// Sessions disconnected for falling more than the push cap behind on chat messages.
-    slow_reader_drops,
+    counter slow_reader_drops,
     /// Times accept failed for lack of file descriptors (EMFILE/ENFILE).
-    accept_emfile,
+    counter accept_emfile,
     /// Successful logins.
-    logins,
+    counter logins,
     /// Failed logins (wrong password or unknown user: one count, one answer).
-    login_failures,
+    counter login_failures,
     /// Sockets whose session has ended (our FIN is sent, counted in `closed`) still reading
     /// and discarding input until the peer's EOF, for at most the linger deadline.
-    lingering,
+    gauge lingering,
     /// Bytes held now on the clients' behalf (buffer capacity, TLS sessions): what
     /// `--client-memory` bounds.
-    client_memory,
+    gauge client_memory,
     /// The most `client_memory` has been.
-    client_memory_peak,
+    gauge client_memory_peak,
     /// Connections closed to bring `client_memory` back under `--client-memory`, largest
     /// first, told `ERR server out of memory`.
-    memory_evictions,
+    counter memory_evictions,
     /// Times a connection stopped being read because its request would have needed more
     /// client memory than was left.
-    memory_throttles,
+    counter memory_throttles,
     /// With `--proxy-protocol`: connections closed without a reply for not beginning with a
     /// valid PROXY header in time, or for coming from outside `--proxy-from`.
-    proxy_errors,
+    counter proxy_errors,
     /// Connections refused with `ERR too many connections from your address` at
     /// `--max-connections-per-ip`.
-    rejected_per_ip,
+    counter rejected_per_ip,
     /// With `--cluster-redis`: 1 while the links to Redis are up (subscribed, and the command
     /// link connected), else 0. Always 0 without it.
-    cluster_up,
+    gauge cluster_up,
     /// Chat messages published to the other nodes over Redis.
-    cluster_published,
+    counter cluster_published,
     /// Chat messages from other nodes received over Redis (this node's own echoes not
     /// counted).
-    cluster_received,
+    counter cluster_received,
     /// Chat messages not published to the other nodes: Redis was unreachable, or more were
     /// waiting to be sent than the outbound bound allows.
-    cluster_dropped,
+    counter cluster_dropped,
 }
 
 /// Where the STATS line gets the whole process's figures: the loop answering passes its own
@@ -153,6 +194,48 @@ mod tests {
             "{text}"
         );
         assert_eq!(text.split(' ').count(), 32);
+    }
+
+    #[test]
+    fn every_key_has_a_kind_a_help_and_a_value_in_order() {
+        let stats = Stats {
+            requests: 7,
+            ..Stats::default()
+        };
+        let keys: Vec<_> = Stats::KEYS.iter().zip(stats.values()).collect();
+        assert_eq!(keys.len(), 32);
+        let (requests, value) = keys[9];
+        assert_eq!(
+            (requests.name, requests.kind, value),
+            ("requests", Kind::Counter, 7)
+        );
+        assert_eq!(requests.help.trim(), "Requests executed.");
+        let gauges: Vec<_> = Stats::KEYS
+            .iter()
+            .filter(|key| key.kind == Kind::Gauge)
+            .map(|key| key.name)
+            .collect();
+        assert_eq!(
+            gauges,
+            [
+                "active",
+                "lingering",
+                "client_memory",
+                "client_memory_peak",
+                "cluster_up"
+            ]
+        );
+        // A doc of several lines is one HELP line, its lines joined by spaces.
+        let lingering = Stats::KEYS
+            .iter()
+            .find(|key| key.name == "lingering")
+            .unwrap();
+        assert!(
+            lingering.help.contains("still reading and discarding"),
+            "{}",
+            lingering.help
+        );
+        assert!(Stats::KEYS.iter().all(|key| !key.help.trim().is_empty()));
     }
 
     #[test]

@@ -175,7 +175,7 @@ fn say_crosses_nodes_exactly_once_in_order_and_names_are_unique_across_them() {
     let redis = Redis::start(bin);
     // Node A runs two workers: messages from Redis reach both through the fleet's inboxes.
     let nodes = [
-        node(&redis, &["--workers", "2"]),
+        node(&redis, &["--workers", "2", "--metrics-addr", "127.0.0.1:0"]),
         node(&redis, &[]),
         node(&redis, &[]),
     ];
@@ -225,6 +225,22 @@ fn say_crosses_nodes_exactly_once_in_order_and_names_are_unique_across_them() {
             stats["cluster_dropped"],
         ];
         assert_eq!(figures, [1, published, received, 0], "node {n}");
+    }
+    // In A's metrics the cluster's figures are the process's, on worker 0's series.
+    let mut scrape = std::net::TcpStream::connect(nodes[0].metrics_addr()).unwrap();
+    scrape
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: node\r\n\r\n")
+        .unwrap();
+    let mut body = String::new();
+    scrape.read_to_string(&mut body).unwrap();
+    for series in [
+        "tcp_reactor_cluster_up{worker=\"0\"} 1\n",
+        "tcp_reactor_cluster_up{worker=\"1\"} 0\n",
+        "tcp_reactor_cluster_published_total{worker=\"0\"} 4\n",
+        "tcp_reactor_cluster_received_total{worker=\"0\"} 4\n",
+        "tcp_reactor_cluster_received_total{worker=\"1\"} 0\n",
+    ] {
+        assert!(body.contains(series), "{series:?} not in:\n{body}");
     }
 
     // A name held on A is refused on B, pipelined requests waiting behind the claim.

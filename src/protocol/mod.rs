@@ -7,6 +7,9 @@
 //! - [`frame`]: the 8-byte-header binary protocol of the Go program on port 8888,
 //!   byte-compatible with it.
 //!
+//! Beside them, [`proxy`] reads a balancer's PROXY header and [`http`] the request head of a
+//! metrics scrape, in the same shape.
+//!
 //! Both codecs share one shape, borrowed from httparse's `Status::{Complete, Partial}`:
 //! `&[u8]` in, and out one of
 //!
@@ -34,6 +37,7 @@
 use std::fmt;
 
 pub mod frame;
+pub mod http;
 pub mod line;
 pub mod proxy;
 

@@ -24,8 +24,9 @@
 //!   at [`INBOX_BYTES`], that its owner drains on its next wakeup and delivers to its own
 //!   sessions. One sender's messages enter each inbox in the order sent and leave it in that
 //!   order, so every session sees each sender's messages in order, once.
-//! - **STATS.** Each worker publishes a copy of its counters at the end of every turn; the
-//!   worker answering STATS adds the others' copies to its own live counters.
+//! - **STATS.** Each worker publishes a copy of its counters (and its loop figures, for the
+//!   metrics endpoint) at the end of every turn; the worker answering STATS adds the others'
+//!   copies to its own live counters, and worker 0 labels each in a scrape.
 //!
 //! Waking: a worker that hands a socket over or posts a message sets the receiver's
 //! `signalled` flag and, if it was clear, calls its `mio::Waker` (one eventfd write); the
@@ -55,6 +56,7 @@ use super::accept::ListenerId;
 use super::activation::{ActivationError, Inherited};
 use super::cluster::Cluster;
 use super::logins::Logins;
+use super::metrics::LoopMetrics;
 use super::proxy::Addresses;
 use super::token;
 use crate::config::{Balance, Config};
@@ -89,8 +91,8 @@ struct Member {
     lost: AtomicBool,
     /// Connections placed on this worker and not yet closed (least-conn only).
     load: AtomicUsize,
-    /// The worker's counters as of the end of its last turn.
-    published: Mutex<Stats>,
+    /// The worker's counters and loop figures as of the end of its last turn.
+    published: Mutex<(Stats, LoopMetrics)>,
 }
 
 /// The workers of one process and what they share; see the module doc.
@@ -156,7 +158,7 @@ impl Fleet {
                 inbox_bytes: AtomicUsize::new(0),
                 lost: AtomicBool::new(false),
                 load: AtomicUsize::new(0),
-                published: Mutex::new(Stats::default()),
+                published: Mutex::new((Stats::default(), LoopMetrics::default())),
             });
             polls.push((poll, waker));
             receivers.push((handoffs_rx, inbox_rx));
@@ -364,13 +366,24 @@ impl Fleet {
         member.waker.wake()
     }
 
-    /// Publishes `worker`'s counters for the others' STATS.
-    pub fn publish(&self, worker: usize, stats: &Stats) {
+    /// Publishes `worker`'s counters for the others' STATS, and its loop figures with them
+    /// for the metrics endpoint.
+    pub fn publish(&self, worker: usize, stats: &Stats, loops: &LoopMetrics) {
+        let mut published = self.members[worker]
+            .published
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        published.0.clone_from(stats);
+        published.1.clone_from(loops);
+    }
+
+    /// What `worker` published at the end of its last turn.
+    pub fn published(&self, worker: usize) -> (Stats, LoopMetrics) {
         self.members[worker]
             .published
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .clone_from(stats);
+            .clone()
     }
 
     /// The sums over every worker, `own` (the caller's live counters) standing for
@@ -387,8 +400,8 @@ impl Fleet {
                     .published
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner);
-                sum.absorb(&published);
-                active.push(published.active);
+                sum.absorb(&published.0);
+                active.push(published.0.active);
             }
         }
         (sum, active)
@@ -528,7 +541,7 @@ impl Server {
     pub(super) fn tell_fleet(&mut self) {
         self.mailbox
             .fleet()
-            .publish(self.mailbox.index(), &self.stats);
+            .publish(self.mailbox.index(), &self.stats, &self.loop_metrics);
         self.wake_others();
     }
 
@@ -765,7 +778,7 @@ mod tests {
             closed: 3,
             ..Stats::default()
         };
-        fleet.publish(1, &other);
+        fleet.publish(1, &other, &LoopMetrics::default());
         let own = Stats {
             accepted: 4,
             active: 4,

@@ -62,6 +62,7 @@ pub mod connection;
 pub mod fleet;
 pub mod logins;
 pub mod memory;
+pub mod metrics;
 pub mod proxy;
 pub mod tls;
 pub mod token;
@@ -97,6 +98,7 @@ use connection::{
 use fleet::{Census, Fleet, Mailbox};
 use logins::{LoginBridge, Logins, Submitted};
 use memory::Budget;
+use metrics::{Endpoint, LoopMetrics};
 use proxy::Preamble;
 use tls::TlsSession;
 
@@ -165,6 +167,8 @@ enum Timer {
     Connection(Token),
     /// The pause after running out of descriptors is over.
     ResumeAccept,
+    /// Look at this metrics client ([`metrics`]): too slow, or done lingering?
+    Metrics(usize),
 }
 
 /// Asks a running [`Server`] (on another thread) to shut down gracefully, as SIGTERM does.
@@ -230,6 +234,11 @@ pub struct Server {
     scratch_out: Buffer,
     room: Room,
     stats: Stats,
+    /// The loop's own figures for the metrics endpoint: busy time, events per wakeup, bytes
+    /// per read.
+    loop_metrics: LoopMetrics,
+    /// `--metrics-addr` (worker 0 only) and its clients; see [`metrics`].
+    metrics: Endpoint,
     /// This worker's place among the loops of the process (alone, with `--workers 1`).
     mailbox: Mailbox,
     /// What STATS reports: these counters and the other workers'.
@@ -319,6 +328,8 @@ impl Server {
         };
         let registry = poll.registry();
         acceptor.register(registry)?;
+        let mut metrics = Endpoint::bind(&config, mailbox.index() == 0)?;
+        metrics.register(registry)?;
         let mut signals = Signals::new([SIGINT, SIGTERM])?;
         registry.register(&mut signals, token::SIGNALS, Interest::READABLE)?;
         let login_rules = LoginRules {
@@ -377,6 +388,8 @@ impl Server {
             scratch_out: Buffer::new(),
             room,
             stats: Stats::default(),
+            loop_metrics: LoopMetrics::default(),
+            metrics,
             mailbox,
             census,
             to_wake: Vec::new(),
@@ -408,6 +421,11 @@ impl Server {
     /// Where a listener is bound; `None` for a TLS listener that is not configured.
     pub fn addr(&self, id: ListenerId) -> Option<SocketAddr> {
         self.acceptor.addr(id)
+    }
+
+    /// Where the metrics listener is bound (`--metrics-addr`, on worker 0).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.addr()
     }
 
     pub fn stats(&self) -> &Stats {
@@ -442,7 +460,7 @@ impl Server {
             // The fleet logs the sums once every worker is done.
             self.mailbox
                 .fleet()
-                .publish(self.mailbox.index(), &self.stats);
+                .publish(self.mailbox.index(), &self.stats, &self.loop_metrics);
             debug!("worker done: served {} connections", self.stats.accepted);
         }
         Ok(self.stats)
@@ -455,6 +473,8 @@ impl Server {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        // Busy from the last wakeup until now: the second of the turn's two clock reads.
+        self.loop_metrics.record_busy(self.now, Instant::now());
         match self.poll.poll(&mut self.events, timeout) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -523,11 +543,14 @@ impl Server {
         if log_enabled!(Level::Trace) {
             trace_events(&events);
         }
+        let mut count = 0;
         for event in events.iter() {
+            count += 1;
             match event.token() {
                 token::SIGNALS => self.on_signals(),
                 token::WAKER => self.on_wake(),
                 listener if let Some(id) = ListenerId::of_token(listener) => self.on_listener(id),
+                metrics if token::is_metrics(metrics) => self.on_metrics(metrics),
                 conn => {
                     let readiness = if event.is_read_closed() || event.is_error() {
                         // The peer's FIN (or an error) may sit behind the data: read to the end.
@@ -541,6 +564,7 @@ impl Server {
                 }
             }
         }
+        self.loop_metrics.record_wakeup(count);
         self.events = events;
     }
 
@@ -552,6 +576,10 @@ impl Server {
         for &token in &pending {
             if let Some(id) = ListenerId::of_token(token) {
                 self.on_listener(id);
+                continue;
+            }
+            if token::is_metrics(token) {
+                self.on_metrics(token);
                 continue;
             }
             let Some(key) = self.key_of(token) else {
@@ -829,6 +857,7 @@ impl Server {
                 Ok(Some(n)) => {
                     trace!("conn={} read: {n} bytes", token::show(token));
                     self.stats.bytes_in += n as u64;
+                    self.loop_metrics.record_read(n);
                     conn.touch(self.now);
                     self.execute(key, n);
                     if n < self.scratch_in.len() && !to_end {
@@ -1144,6 +1173,7 @@ impl Server {
                     let open = self.acceptor.resume().map(ListenerId::token);
                     self.revisit.extend(open);
                 }
+                Timer::Metrics(key) => self.on_metrics_timer(key),
                 Timer::Connection(token) => {
                     let Some(key) = self.key_of(token) else {
                         continue;
@@ -1261,6 +1291,7 @@ impl Server {
             self.accept_backlog();
         }
         self.acceptor.close_all(self.poll.registry());
+        self.metrics.close_listener(self.poll.registry());
         self.stop_listening();
         self.shutdown_deadline = Some(self.now + self.config.shutdown_timeout);
         // Keys stay valid for the rest of this turn, whatever closes meanwhile.

@@ -12,7 +12,8 @@
 //! event's token no longer matches the slot's generation and is ignored. The same check
 //! protects the reactor's own lists of tokens to revisit or flush.
 //!
-//! Connection tokens never collide with the fixed ones: bit 63 is never set in them.
+//! Connection tokens never collide with the fixed ones: bit 63 is never set in them. Just
+//! below the fixed tokens are those of the metrics clients ([`metrics_client`]).
 
 use mio::Token;
 
@@ -22,6 +23,12 @@ pub const SIGNALS: Token = Token(usize::MAX - 2);
 pub const WAKER: Token = Token(usize::MAX - 3);
 pub const LINE_TLS_LISTENER: Token = Token(usize::MAX - 4);
 pub const FRAME_TLS_LISTENER: Token = Token(usize::MAX - 5);
+pub const METRICS_LISTENER: Token = Token(usize::MAX - 6);
+
+/// Metrics clients open at once (`reactor::metrics`); their tokens are the ones just below
+/// the fixed ones, `METRICS_CLIENT_TOP - key`.
+pub const METRICS_CLIENTS: usize = 64;
+const METRICS_CLIENT_TOP: usize = usize::MAX - 7;
 
 const KEY_BITS: u32 = 32;
 const KEY_MASK: u64 = (1 << KEY_BITS) - 1;
@@ -44,6 +51,27 @@ pub fn split(token: Token) -> (usize, u32) {
     )
 }
 
+/// The token of metrics client `key` (below [`METRICS_CLIENTS`]). Metrics clients are few
+/// and short-lived, and a stale event for one only makes its successor try a read that finds
+/// nothing, so their tokens carry no generation.
+pub fn metrics_client(key: usize) -> Token {
+    debug_assert!(key < METRICS_CLIENTS, "metrics client key {key}");
+    Token(METRICS_CLIENT_TOP - key)
+}
+
+/// The key of the metrics client a token names, if it names one.
+pub fn metrics_client_key(token: Token) -> Option<usize> {
+    METRICS_CLIENT_TOP
+        .checked_sub(token.0)
+        .filter(|&key| key < METRICS_CLIENTS)
+}
+
+/// Whether a token is the metrics listener's or a metrics client's.
+#[inline]
+pub fn is_metrics(token: Token) -> bool {
+    token == METRICS_LISTENER || metrics_client_key(token).is_some()
+}
+
 /// The generation after `generation`, wrapping within the bits a token has for it.
 pub fn next_generation(generation: u32) -> u32 {
     generation.wrapping_add(1) & GENERATION_MASK
@@ -62,6 +90,8 @@ pub fn show(token: Token) -> impl std::fmt::Display {
                 WAKER => f.write_str("waker"),
                 LINE_TLS_LISTENER => f.write_str("line-tls-listener"),
                 FRAME_TLS_LISTENER => f.write_str("frame-tls-listener"),
+                METRICS_LISTENER => f.write_str("metrics-listener"),
+                token if let Some(key) = metrics_client_key(token) => write!(f, "metrics.{key}"),
                 token => {
                     let (key, generation) = split(token);
                     write!(f, "{key}.{generation}")
@@ -102,6 +132,8 @@ mod tests {
     #[test]
     fn connection_tokens_never_reach_the_fixed_tokens() {
         let highest = connection(u32::MAX as usize, GENERATION_MASK);
+        let lowest_metrics = metrics_client(METRICS_CLIENTS - 1);
+        assert!(highest.0 < lowest_metrics.0);
         for fixed in [
             LINE_LISTENER,
             FRAME_LISTENER,
@@ -109,9 +141,20 @@ mod tests {
             WAKER,
             LINE_TLS_LISTENER,
             FRAME_TLS_LISTENER,
+            METRICS_LISTENER,
         ] {
             assert!(highest.0 < fixed.0);
+            assert_eq!(metrics_client_key(fixed), None);
         }
+        for key in [0, METRICS_CLIENTS - 1] {
+            assert_eq!(metrics_client_key(metrics_client(key)), Some(key));
+        }
+        assert_eq!(
+            metrics_client_key(Token(METRICS_CLIENT_TOP - METRICS_CLIENTS)),
+            None
+        );
+        assert_eq!(metrics_client_key(highest), None);
+        assert_eq!(show(metrics_client(3)).to_string(), "metrics.3");
         assert_eq!(next_generation(GENERATION_MASK), 0);
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! Invariants the tests rely on:
 //! - Every server is a child process bound to `127.0.0.1:0`; the bound addresses are learned
-//!   from its `line listener on ...` / `frame listener on ...` log lines, so tests run in
+//!   from its `line listener on ...` / `frame listener on ...` log lines (and the TLS and
+//!   `metrics listener on ...` ones when those are asked for), so tests run in
 //!   parallel without port clashes.
 //! - Stderr is drained by a thread for the whole life of the child, so the pipe never fills
 //!   (a full pipe would block the server inside a log call) and tests can assert on log lines.
@@ -89,6 +90,7 @@ pub struct TestServer {
     frame_addr: SocketAddr,
     line_tls_addr: Option<SocketAddr>,
     frame_tls_addr: Option<SocketAddr>,
+    metrics_addr: Option<SocketAddr>,
     logs: Arc<Mutex<Vec<String>>>,
     drain: Option<JoinHandle<()>>,
 }
@@ -210,25 +212,30 @@ impl TestServer {
             frame_addr: SocketAddr::from(([0, 0, 0, 0], 0)),
             line_tls_addr: None,
             frame_tls_addr: None,
+            metrics_addr: None,
             logs,
             drain: Some(drain),
         };
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         let wants_line_tls = args.contains(&"--line-tls-addr");
         let wants_frame_tls = args.contains(&"--frame-tls-addr");
+        let wants_metrics = args.contains(&"--metrics-addr");
         loop {
             let line_addr = server.find_listener("line listener on ");
             let frame_addr = server.find_listener("frame listener on ");
             let line_tls_addr = server.find_listener("line TLS listener on ");
             let frame_tls_addr = server.find_listener("frame TLS listener on ");
+            let metrics_addr = server.find_listener("metrics listener on ");
             if let (Some(line), Some(frame)) = (line_addr, frame_addr)
                 && (line_tls_addr.is_some() || !wants_line_tls)
                 && (frame_tls_addr.is_some() || !wants_frame_tls)
+                && (metrics_addr.is_some() || !wants_metrics)
             {
                 server.line_addr = line;
                 server.frame_addr = frame;
                 server.line_tls_addr = line_tls_addr;
                 server.frame_tls_addr = frame_tls_addr;
+                server.metrics_addr = metrics_addr;
                 return server;
             }
             if let Ok(Some(status)) = server.child.try_wait() {
@@ -283,6 +290,12 @@ impl TestServer {
     /// `--frame-tls-addr`.
     pub fn frame_tls_addr(&self) -> SocketAddr {
         self.frame_tls_addr.expect("started with --frame-tls-addr")
+    }
+
+    /// The metrics listener's address, as logged (`metrics listener on ...`); started with
+    /// `--metrics-addr`.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr.expect("started with --metrics-addr")
     }
 
     pub fn pid(&self) -> u32 {
