@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{LineClient, TestServer, after, show, stats_when, wait_until};
+use common::{LineClient, TestServer, after, require_tool, show, stats_when, wait_until};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -22,31 +22,6 @@ const LINK_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// How long to listen for a line that must not come (a duplicate).
 const QUIET: Duration = Duration::from_millis(300);
-
-fn redis_binary() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/bin", "/usr/sbin", "/usr/local/bin"].map(PathBuf::from))
-        .map(|dir| dir.join("redis-server"))
-        .find(|bin| bin.is_file())
-}
-
-/// The binary, or `None` after saying why the test is skipped. Under CI a missing Redis is a
-/// failure: `.ci/run` installs it.
-fn require_redis(test: &str) -> Option<PathBuf> {
-    let found = redis_binary();
-    if found.is_none() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "redis-server is not installed and CI is set: .ci/run should have run \
-             `apt-get install -y redis-server`"
-        );
-        eprintln!(
-            "{test}: skipped: redis-server is not installed (apt-get install -y redis-server)"
-        );
-    }
-    found
-}
 
 /// A `redis-server` child on a loopback port, without persistence; killed on drop.
 struct Redis {
@@ -169,7 +144,7 @@ fn hello_once_free(client: &mut LineClient, name: &str, within: Duration) {
 
 #[test]
 fn say_crosses_nodes_exactly_once_in_order_and_names_are_unique_across_them() {
-    let Some(bin) = require_redis("say_crosses_nodes") else {
+    let Some(bin) = require_tool("redis-server", "redis-server", "say_crosses_nodes") else {
         return;
     };
     let redis = Redis::start(bin);
@@ -272,7 +247,7 @@ fn say_crosses_nodes_exactly_once_in_order_and_names_are_unique_across_them() {
 
 #[test]
 fn nodes_keep_local_chat_without_redis_and_cross_again_once_it_is_back() {
-    let Some(bin) = require_redis("nodes_keep_local_chat") else {
+    let Some(bin) = require_tool("redis-server", "redis-server", "nodes_keep_local_chat") else {
         return;
     };
     let mut redis = Redis::start(bin);
@@ -323,7 +298,11 @@ fn nodes_keep_local_chat_without_redis_and_cross_again_once_it_is_back() {
 
 #[test]
 fn the_names_of_a_node_that_dies_expire_within_the_ttl() {
-    let Some(bin) = require_redis("the_names_of_a_node_that_dies") else {
+    let Some(bin) = require_tool(
+        "redis-server",
+        "redis-server",
+        "the_names_of_a_node_that_dies",
+    ) else {
         return;
     };
     let redis = Redis::start(bin);

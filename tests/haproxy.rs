@@ -13,7 +13,8 @@ mod common;
 
 use common::{
     HEARTBEAT, IO_TIMEOUT, LineClient, MESSAGE, TestServer, after, expect_eof,
-    expect_error_frame_then_eof, frame, parse_stats, read_frame, send, show, wait_until,
+    expect_error_frame_then_eof, frame, parse_stats, read_frame, require_tool, send, show,
+    wait_until,
 };
 use socket2::{Domain, Protocol, Socket, Type};
 use std::collections::BTreeMap;
@@ -34,31 +35,6 @@ const READY_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The reply to a connection over `--max-connections-per-ip`, as docs/PROTOCOL.md spells it.
 const TOO_MANY: &str = "too many connections from your address";
-
-/// Where HAProxy is installed, if it is: `PATH` first, then the sbin directories a non-root
-/// `PATH` often lacks (Debian puts it in /usr/sbin).
-fn haproxy_binary() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from))
-        .map(|dir| dir.join("haproxy"))
-        .find(|bin| bin.is_file())
-}
-
-/// The binary, or `None` after saying why the test is skipped. Under CI a missing HAProxy is a
-/// failure: `.ci/run` installs it, so its absence means the install step broke.
-fn require_haproxy(test: &str) -> Option<PathBuf> {
-    let found = haproxy_binary();
-    if found.is_none() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "haproxy is not installed (not on PATH nor in /usr/sbin) and CI is set: \
-             .ci/run should have run `apt-get install -y haproxy`"
-        );
-        eprintln!("{test}: skipped: haproxy is not installed (apt-get install -y haproxy)");
-    }
-    found
-}
 
 /// A free loopback port, for HAProxy's frontends (HAProxy cannot be told to bind port 0 and
 /// report it). Another process may take it before HAProxy binds; `Haproxy::start` retries.
@@ -367,7 +343,11 @@ fn node_stats(node: &TestServer) -> BTreeMap<String, u64> {
 
 #[test]
 fn line_and_frame_sessions_work_through_haproxy() {
-    let Some(bin) = require_haproxy("line_and_frame_sessions_work_through_haproxy") else {
+    let Some(bin) = require_tool(
+        "haproxy",
+        "haproxy",
+        "line_and_frame_sessions_work_through_haproxy",
+    ) else {
         return;
     };
     let cluster = Cluster::start(&bin, 10);
@@ -426,8 +406,11 @@ fn refused_from(node: &TestServer, source: Ipv4Addr) -> usize {
 
 #[test]
 fn the_per_address_limit_counts_the_clients_own_addresses() {
-    let Some(bin) = require_haproxy("the_per_address_limit_counts_the_clients_own_addresses")
-    else {
+    let Some(bin) = require_tool(
+        "haproxy",
+        "haproxy",
+        "the_per_address_limit_counts_the_clients_own_addresses",
+    ) else {
         return;
     };
     // Two per address per node; leastconn puts the first four sessions two on each node.
@@ -515,9 +498,11 @@ fn a_node_stopped_with_sigterm_is_taken_out_and_the_other_serves_everyone() {
     const GAP_CLIENTS: u64 = 20;
     /// Clients connecting once it is down.
     const CLIENTS: u64 = 50;
-    let Some(bin) =
-        require_haproxy("a_node_stopped_with_sigterm_is_taken_out_and_the_other_serves_everyone")
-    else {
+    let Some(bin) = require_tool(
+        "haproxy",
+        "haproxy",
+        "a_node_stopped_with_sigterm_is_taken_out_and_the_other_serves_everyone",
+    ) else {
         return;
     };
     let mut cluster = Cluster::start(&bin, 100);

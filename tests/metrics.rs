@@ -9,11 +9,10 @@ mod common;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{TestServer, Workers, after, connect, parse_stats, wait_until};
+use common::{TestServer, Workers, after, connect, parse_stats, require_tool, wait_until};
 
 const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -266,26 +265,9 @@ fn with_two_workers_every_series_is_labelled_by_its_worker() {
     }
 }
 
-/// Where promtool is installed, if it is (Debian's `prometheus` package: /usr/bin).
-fn promtool() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let found = std::env::split_paths(&path)
-        .map(|dir| dir.join("promtool"))
-        .find(|bin| bin.is_file());
-    if found.is_none() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "promtool is not installed and CI is set: .ci/run should have run \
-             `apt-get install -y prometheus`"
-        );
-        eprintln!("skipped: promtool is not installed (apt-get install -y prometheus)");
-    }
-    found
-}
-
 #[test]
 fn promtool_accepts_a_scrape_with_and_without_workers() {
-    let Some(promtool) = promtool() else {
+    let Some(promtool) = require_tool("promtool", "prometheus", "promtool_accepts_a_scrape") else {
         return;
     };
     for workers in [Workers::One, Workers::TwoLeastConn] {

@@ -1027,3 +1027,33 @@ macro_rules! over_workers {
         )*
     };
 }
+
+/// A system program a test drives (haproxy, redis-server, promtool), or `None` after saying
+/// why the test is skipped. Looked for on `PATH`, then in the bin and sbin directories a
+/// non-root `PATH` often lacks (Debian puts haproxy in /usr/sbin). Under CI a missing one
+/// is a failure: `.ci/run` installs `package`, so its absence means the install step broke.
+pub fn require_tool(binary: &str, package: &str, test: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let found = std::env::split_paths(&path)
+        .chain(
+            [
+                "/usr/bin",
+                "/usr/sbin",
+                "/usr/local/bin",
+                "/usr/local/sbin",
+                "/sbin",
+            ]
+            .map(Into::into),
+        )
+        .map(|dir: std::path::PathBuf| dir.join(binary))
+        .find(|bin| bin.is_file());
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{binary} is not installed and CI is set: .ci/run should have run \
+             `apt-get install -y {package}`"
+        );
+        eprintln!("{test}: skipped: {binary} is not installed (apt-get install -y {package})");
+    }
+    found
+}
