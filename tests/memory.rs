@@ -11,12 +11,18 @@ use std::thread;
 use std::time::Duration;
 
 use common::{
-    ERROR, HEADER_LEN, HEARTBEAT, TestServer, after, expect_eof, expect_error_frame_then_eof,
-    header, read_frame, show, wait_until,
+    ERROR, HEADER_LEN, HEARTBEAT, LineClient, TestServer, active_by_worker, after, expect_eof,
+    expect_error_frame_then_eof, header, parse_stats, read_frame, show, stats_line_when,
+    stats_when, wait_until,
 };
 
 const KIB: usize = 1 << 10;
 const MIB: usize = 1 << 20;
+
+/// The tests that place requests at exact points of the budget run one loop whatever
+/// `TCP_REACTOR_TEST_WORKERS` says: with N loops each holds `budget / N`
+/// (`each_worker_holds_its_share_of_the_budget_and_evicts_among_its_own` shows that).
+const ONE_LOOP: &str = "1";
 
 /// 20 connections each send a Heartbeat header declaring 4 MiB, then all of the body but its
 /// last byte. Each input buffer grows with what arrives and stops at the declared size (plus
@@ -134,7 +140,7 @@ impl Port {
 #[test]
 fn past_the_budget_the_largest_holder_is_told_and_closed_and_the_rest_is_served() {
     for port in [Port::Line, Port::Frame] {
-        let server = TestServer::start(&["--client-memory", "80KiB"]);
+        let server = TestServer::start(&["--client-memory", "80KiB", "--workers", ONE_LOOP]);
         let mut largest = port.connect(&server);
         largest.write_all(&port.partial(60 * KIB, MIB)).unwrap();
         assert!(
@@ -156,6 +162,46 @@ fn past_the_budget_the_largest_holder_is_told_and_closed_and_the_rest_is_served(
         second.write_all(port.last()).unwrap();
         port.expect_echo(&mut second, 30 * KIB);
     }
+}
+
+/// `--client-memory` is split evenly among the workers, and each evicts among its own
+/// connections: with 160 KiB and two workers, each holds 80 KiB. Two 60 KiB partial lines,
+/// one on each worker, fit; a 30 KiB one joining the first on worker 1 passes that worker's
+/// share, so the first is told and closed though the process holds 150 KiB in all, and the
+/// as large one on worker 0 is untouched. (Least-conn places each socket on the worker with
+/// the fewest connections, the lower index first on a tie; the STATS client stays on w0.)
+#[test]
+fn each_worker_holds_its_share_of_the_budget_and_evicts_among_its_own() {
+    let server = TestServer::start(&["--client-memory", "160KiB", "--workers", "2"]);
+    let mut probe = server.line_client();
+    let placed = |probe: &mut LineClient, spread: &[u64]| {
+        let line = stats_line_when(probe, |s| s["active"] == spread.iter().sum::<u64>());
+        assert_eq!(active_by_worker(&line), spread, "{}", show(&line));
+    };
+    placed(&mut probe, &[1, 0]);
+    let mut on_w1 = server.connect_line();
+    on_w1.write_all(&Port::Line.partial(60 * KIB, 0)).unwrap();
+    placed(&mut probe, &[1, 1]);
+    let mut on_w0 = server.connect_line();
+    on_w0.write_all(&Port::Line.partial(60 * KIB, 0)).unwrap();
+    let stats = stats_when(&mut probe, |s| s["client_memory"] >= 118 * KIB as u64);
+    assert!(stats["client_memory"] >= 118 * KIB as u64, "{stats:?}");
+    assert_eq!(stats["memory_evictions"], 0, "{stats:?}");
+
+    let mut joining = server.connect_line();
+    joining.write_all(&Port::Line.partial(30 * KIB, 0)).unwrap();
+    Port::Line.expect_out_of_memory(&mut on_w1);
+    let line = stats_line_when(&mut probe, |s| {
+        s["memory_evictions"] == 1 && s["active"] == 3
+    });
+    let stats = parse_stats(&line);
+    assert_eq!(stats["memory_evictions"], 1, "{stats:?}");
+    assert_eq!(active_by_worker(&line), [2, 1], "{}", show(&line));
+
+    joining.write_all(Port::Line.last()).unwrap();
+    Port::Line.expect_echo(&mut joining, 30 * KIB);
+    on_w0.write_all(Port::Line.last()).unwrap();
+    Port::Line.expect_echo(&mut on_w0, 60 * KIB);
 }
 
 /// A legitimate large request completes while the budget allows it.
@@ -413,7 +459,7 @@ fn a_throttled_connection_whose_client_resets_is_closed_at_once() {
 #[test]
 fn a_request_nearing_the_budget_is_throttled_not_evicted_whatever_its_first_read() {
     for first in [20_000, 35_000, 40_000, 50_000, 60_000] {
-        let server = TestServer::start(&["--client-memory", "1MiB"]);
+        let server = TestServer::start(&["--client-memory", "1MiB", "--workers", ONE_LOOP]);
         let mut stream = server.connect_frame();
         stream
             .set_write_timeout(Some(Duration::from_secs(2)))

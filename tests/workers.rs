@@ -65,7 +65,7 @@ fn reuseport_workers_share_the_ports_and_serve_everything() {
 
 #[test]
 fn one_worker_reports_itself_and_names_no_worker_in_its_logs() {
-    let server = TestServer::start_logging(&[], "debug");
+    let server = TestServer::start_logging(&["--workers", "1"], "debug");
     let mut c = server.line_client();
     let line = stats_line(&mut c);
     let stats = parse_stats(&line);

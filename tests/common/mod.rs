@@ -183,6 +183,11 @@ impl TestServer {
     /// Runs `command` (the server, with its arguments `args`) and waits until it has logged
     /// both listener addresses.
     fn launch(mut command: Command, args: &[&str]) -> TestServer {
+        if let Some(workers) = suite_workers()
+            && !args.contains(&"--workers")
+        {
+            command.args(["--workers", &workers]);
+        }
         command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -1056,4 +1061,14 @@ pub fn require_tool(binary: &str, package: &str, test: &str) -> Option<std::path
         eprintln!("{test}: skipped: {binary} is not installed (apt-get install -y {package})");
     }
     found
+}
+
+/// `TCP_REACTOR_TEST_WORKERS=N cargo test` starts every server that names no `--workers` of
+/// its own with `--workers N`, so the whole suite (protocols, timeouts, backpressure, as
+/// well as the [`Workers`] matrix) can be run over several loops. Unset, the servers run
+/// the default one loop.
+pub fn suite_workers() -> Option<String> {
+    std::env::var("TCP_REACTOR_TEST_WORKERS")
+        .ok()
+        .filter(|n| !n.is_empty())
 }
