@@ -312,6 +312,9 @@ pub enum Outcome {
     /// In a cluster, a HELLO: claim this name in Redis, then call [`finish_hello`]; execute
     /// nothing of this session until then.
     Claim(Box<str>),
+    /// A STATS with other loops about: once each has published its counters after this
+    /// request, answer it with [`write_stats`]; execute nothing of this session until then.
+    Census,
 }
 
 /// The result of one `process` call.
@@ -558,17 +561,22 @@ fn execute_line(
         _ if gated(session, cx) => write_error(Protocol::Line, LOGIN_REQUIRED, out),
         Command::Echo(_) if raw.len() == line.len() + 1 => out.extend_from_slice(raw),
         Command::Echo(bytes) => write_line(out, &[bytes]),
-        Command::Stats => {
-            out.extend_from_slice(b"STATS ");
-            // Writing into a Buffer cannot fail.
-            let _ = cx.totals.write_stats(cx.stats, out);
-            out.extend_from_slice(b"\n");
-        }
+        Command::Stats if cx.totals.gathers() => return Outcome::Census,
+        Command::Stats => write_stats(cx.totals, cx.stats, out),
         Command::Hello(name) => return hello(session, name, out, cx.room),
         Command::Say(text) => return say(session, text, out),
         Command::Invalid(reason) => write_line(out, &[b"ERR ", reason.as_bytes()]),
     }
     Outcome::Continue
+}
+
+/// The reply to STATS: `STATS key=value ...`, the process's figures from `totals` with
+/// this loop's own counters live.
+pub fn write_stats(totals: &dyn Totals, own: &Stats, out: &mut Buffer) {
+    out.extend_from_slice(b"STATS ");
+    // Writing into a Buffer cannot fail.
+    let _ = totals.write_stats(own, out);
+    out.extend_from_slice(b"\n");
 }
 
 /// `SAY <text>`: `OK`, and the `MSG <name> <text>` line for the reactor to push.
@@ -725,6 +733,7 @@ fn write_protocol_error(protocol: Protocol, error: &ProtocolError, out: &mut Buf
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stats::Alone;
 
     struct Fixture {
         room: Room,
@@ -748,6 +757,19 @@ mod tests {
 
         fn run(&mut self, session: &mut Session, input: &[u8]) -> (Vec<u8>, Processed) {
             let mut out = Buffer::new();
+            let processed = self.process(session, input, &mut out, usize::MAX, &Alone);
+            (out.data().to_vec(), processed)
+        }
+
+        /// `process` with this fixture's context, `out_limit` and `totals`.
+        fn process(
+            &mut self,
+            session: &mut Session,
+            input: &[u8],
+            out: &mut Buffer,
+            out_limit: usize,
+            totals: &dyn Totals,
+        ) -> Processed {
             let mut cx = Context {
                 limits: Limits {
                     max_line_bytes: 64,
@@ -755,11 +777,10 @@ mod tests {
                 },
                 room: &mut self.room,
                 stats: &mut self.stats,
-                totals: &crate::stats::Alone,
+                totals,
                 logins: self.logins,
             };
-            let processed = process(session, input, &mut out, usize::MAX, &mut cx);
-            (out.data().to_vec(), processed)
+            process(session, input, out, out_limit, &mut cx)
         }
     }
 
@@ -829,19 +850,38 @@ mod tests {
     fn output_limit_stops_execution_between_requests() {
         let mut fixture = Fixture::new();
         let mut out = Buffer::new();
-        let mut cx = Context {
-            limits: Limits {
-                max_line_bytes: 64,
-                max_frame_bytes: 64,
-            },
-            room: &mut fixture.room,
-            stats: &mut fixture.stats,
-            totals: &crate::stats::Alone,
-            logins: fixture.logins,
-        };
-        let processed = process(&mut line(1), b"PING\nPING\nPING\n", &mut out, 6, &mut cx);
+        let input = b"PING\nPING\nPING\n";
+        let processed = fixture.process(&mut line(1), input, &mut out, 6, &Alone);
         assert_eq!(out.data(), b"PONG\nPONG\n");
         assert_eq!(processed.consumed, 10);
+    }
+
+    /// STATS over several loops: the loops' counters are gathered before it is answered.
+    struct Gathering;
+
+    impl Totals for Gathering {
+        fn write_stats(&self, own: &Stats, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+            write!(out, "requests={} workers=2", own.requests)
+        }
+
+        fn gathers(&self) -> bool {
+            true
+        }
+    }
+
+    #[test]
+    fn a_stats_that_gathers_stops_execution_until_it_is_answered() {
+        let mut fixture = Fixture::new();
+        let mut out = Buffer::new();
+        let input = b"PING\nSTATS\nPING\n";
+        let processed = fixture.process(&mut line(1), input, &mut out, usize::MAX, &Gathering);
+        assert_eq!(out.data(), b"PONG\n");
+        assert_eq!(
+            (processed.consumed, processed.outcome),
+            (11, Outcome::Census)
+        );
+        write_stats(&Gathering, &fixture.stats, &mut out);
+        assert_eq!(out.data(), b"PONG\nSTATS requests=2 workers=2\n");
     }
 
     #[test]

@@ -157,6 +157,13 @@ counters! {
 /// describe the loops: `workers=N active_by_worker=a,b,...`.
 pub trait Totals {
     fn write_stats(&self, own: &Stats, out: &mut dyn Write) -> io::Result<()>;
+
+    /// Whether a STATS must first gather the other loops' counters: it is then answered
+    /// by the reactor once each has published after the request ([`Outcome::Census`]),
+    /// not at once.
+    ///
+    /// [`Outcome::Census`]: crate::handler::Outcome::Census
+    fn gathers(&self) -> bool;
 }
 
 /// A loop alone in its process: its counters are the process's.
@@ -166,6 +173,10 @@ impl Totals for Alone {
     fn write_stats(&self, own: &Stats, out: &mut dyn Write) -> io::Result<()> {
         own.write_pairs(out)?;
         write!(out, " workers=1 active_by_worker={}", own.active)
+    }
+
+    fn gathers(&self) -> bool {
+        false
     }
 }
 

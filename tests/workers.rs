@@ -120,6 +120,32 @@ fn sums_over_the_workers_keep_accepted_equal_to_closed_plus_active() {
     }
 }
 
+/// A STATS waits for every other worker's next publish: what another worker has answered
+/// before the STATS was sent is in the sums, every time (a copy one turn old would miss it
+/// now and then, and show it in the next STATS instead).
+#[test]
+fn stats_count_what_another_worker_answered_just_before() {
+    let server = Workers::TwoLeastConn.start(&[]);
+    let mut asker = server.line_client();
+    let mut other = server.line_client();
+    assert_eq!(other.request(b"PING"), b"PONG\n");
+    let line = stats_line_when(&mut asker, |s| s["active"] == 2);
+    assert_eq!(active_by_worker(&line), [1, 1], "{}", show(&line));
+    // A STATS does not count itself, as with one worker: this one is counted from now on.
+    let mut requests = parse_stats(&line)["requests"] + 1;
+    for round in 0..2000 {
+        assert_eq!(other.request(b"PING"), b"PONG\n");
+        // Pipelined behind the STATS: answered after it, in order.
+        asker.send(b"STATS\nPING after\n");
+        let line = asker.read_line();
+        assert_eq!(asker.read_line(), b"PONG after\n");
+        let now = parse_stats(&line)["requests"];
+        // Exactly the PING on the other worker since the last STATS was answered.
+        assert_eq!(now, requests + 1, "round {round}: {}", show(&line));
+        requests = now + 2;
+    }
+}
+
 #[test]
 fn bad_worker_counts_are_refused_with_the_usage_status() {
     for (args, wanted) in [

@@ -11,7 +11,8 @@
 //!    |       output < LOW_WATER       |
 //!    |  LOGIN           verdict
 //!    +--------> Verifying ------> Open    (a password is being checked off the loop, or,
-//!    |  clustered HELLO                    with --cluster-redis, a name claimed in Redis)
+//!    |  clustered HELLO                    with --cluster-redis, a name claimed in Redis,
+//!    |  STATS (workers > 1)                or the other workers' counters are awaited)
 //!    |  client memory short    memory freed
 //!    +--------> Throttled ------> Open    (its request would need more than is left)
 //!    |              |                 |
@@ -59,7 +60,7 @@ use crate::buffer::Buffer;
 use crate::handler::{self, Context, Limits, Notice, Outcome, Processed, Session};
 use crate::net::{read_some, write_some};
 use crate::protocol::proxy;
-use crate::stats::Stats;
+use crate::stats::{Stats, Totals};
 use crate::timer_wheel::TimerId;
 
 /// How long a closing connection may go without progress before it is cut off: while
@@ -129,8 +130,9 @@ pub enum State {
     /// `LOW_WATER`.
     Paused,
     /// A LOGIN is being verified on the worker pool (or, in a cluster, a HELLO's name is
-    /// being claimed in Redis): no reading or executing until the verdict comes back; the
-    /// requests after it wait in `input`, in order.
+    /// being claimed in Redis; or, with several workers, a STATS waits for each of the
+    /// others to publish its counters): no reading or executing until the verdict comes
+    /// back; the requests after it wait in `input`, in order.
     Verifying,
     /// No more requests: flush what is owed, then send our FIN. `peer_done`: the peer's EOF
     /// has been read, so once the FIN is out nothing is left to wait for.
@@ -651,6 +653,12 @@ impl Connection {
         let outcome = handler::finish_login(&mut self.session, ok, &mut self.output, stats);
         self.set_state(State::Open);
         outcome
+    }
+
+    /// Answers the STATS that waited for the other workers' counters, and goes back to Open.
+    pub fn answer_stats(&mut self, totals: &dyn Totals, own: &Stats) {
+        handler::write_stats(totals, own, &mut self.output);
+        self.set_state(State::Open);
     }
 
     /// Answers a HELLO's claim with the cluster's verdict, and goes back to Open if it was

@@ -26,7 +26,9 @@
 //!   order, so every session sees each sender's messages in order, once.
 //! - **STATS.** Each worker publishes a copy of its counters (and its loop figures, for the
 //!   metrics endpoint) at the end of every turn; the worker answering STATS adds the others'
-//!   copies to its own live counters, and worker 0 labels each in a scrape.
+//!   copies to its own live counters, and worker 0 labels each in a scrape. A STATS is a
+//!   census: it waits until every other worker has published once after it arrived (each
+//!   is woken for it), so the sums hold whatever any worker did before the request.
 //!
 //! Waking: a worker that hands a socket over or posts a message sets the receiver's
 //! `signalled` flag and, if it was clear, calls its `mio::Waker` (one eventfd write); the
@@ -43,7 +45,7 @@
 
 use std::io::{self, Write};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -55,6 +57,7 @@ use super::Server;
 use super::accept::ListenerId;
 use super::activation::{ActivationError, Inherited};
 use super::cluster::Cluster;
+use super::connection::State;
 use super::logins::Logins;
 use super::metrics::LoopMetrics;
 use super::proxy::Addresses;
@@ -93,6 +96,12 @@ struct Member {
     load: AtomicUsize,
     /// The worker's counters and loop figures as of the end of its last turn.
     published: Mutex<(Stats, LoopMetrics)>,
+    /// How many times `published` has been written: a STATS waits for the count to move.
+    publishes: AtomicU64,
+    /// The worker has left its loop: what it published last is final.
+    retired: AtomicBool,
+    /// The worker has STATS waiting for the others' next publish: wake it after each one.
+    awaits: AtomicBool,
 }
 
 /// The workers of one process and what they share; see the module doc.
@@ -114,7 +123,15 @@ pub struct Fleet {
     addresses: Addresses,
     /// With `--cluster-redis`: the links to the other nodes, one pair for the process.
     cluster: Option<Arc<Cluster>>,
+    /// Workers with `awaits` set. Read at every publish, written only by a STATS: on a line
+    /// of its own, so that the accept path's writes to `served` do not move it.
+    awaiting: Padded<AtomicUsize>,
 }
+
+/// A value alone on its two cache lines.
+#[repr(align(128))]
+#[derive(Default)]
+struct Padded<T>(T);
 
 /// What one worker is given to be built from: its poll (with the waker the others use
 /// already registered) and its mailbox.
@@ -159,6 +176,9 @@ impl Fleet {
                 lost: AtomicBool::new(false),
                 load: AtomicUsize::new(0),
                 published: Mutex::new((Stats::default(), LoopMetrics::default())),
+                publishes: AtomicU64::new(0),
+                retired: AtomicBool::new(false),
+                awaits: AtomicBool::new(false),
             });
             polls.push((poll, waker));
             receivers.push((handoffs_rx, inbox_rx));
@@ -181,6 +201,7 @@ impl Fleet {
                 .cluster_redis
                 .as_deref()
                 .map(|addr| Cluster::new(addr, &config.cluster_channel)),
+            awaiting: Padded::default(),
         });
         if let Some(cluster) = &fleet.cluster {
             cluster.start(Arc::downgrade(&fleet))?;
@@ -367,14 +388,77 @@ impl Fleet {
     }
 
     /// Publishes `worker`'s counters for the others' STATS, and its loop figures with them
-    /// for the metrics endpoint.
+    /// for the metrics endpoint; then wakes the workers whose STATS wait for it.
     pub fn publish(&self, worker: usize, stats: &Stats, loops: &LoopMetrics) {
-        let mut published = self.members[worker]
-            .published
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        published.0.clone_from(stats);
-        published.1.clone_from(loops);
+        let member = &self.members[worker];
+        {
+            let mut published = member
+                .published
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            published.0.clone_from(stats);
+            published.1.clone_from(loops);
+            // Counted once the copy is in place: a count seen to pass a census's target
+            // stands for a copy taken after the census asked.
+            member.publishes.fetch_add(1, Ordering::SeqCst);
+        }
+        if self.awaiting.0.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        for (index, other) in self.members.iter().enumerate() {
+            if index != worker
+                && other.awaits.load(Ordering::SeqCst)
+                && let Err(e) = self.wake(index)
+            {
+                error!("waking worker {index} for its STATS: {e}");
+            }
+        }
+    }
+
+    /// `worker` has left its loop for good: its last counters are published, and a STATS
+    /// waits for it no more.
+    pub fn retire(&self, worker: usize, stats: &Stats, loops: &LoopMetrics) {
+        // Before the last publish, whose wake then finds it: a census asked from now on
+        // counts this worker as done, and one asked earlier is met by that publish.
+        self.members[worker].retired.store(true, Ordering::SeqCst);
+        self.publish(worker, stats, loops);
+    }
+
+    /// Begins a census for a STATS on `worker`: the publish count every other worker must
+    /// reach for its copy to have been taken after now. `worker` is woken after each
+    /// publish until [`Fleet::stop_awaiting`].
+    ///
+    /// The orders match [`Fleet::publish`]'s (all `SeqCst`): either a publish's count is
+    /// seen here, and a later one is waited for, or that publish sees `awaits` and wakes.
+    pub fn ask(&self, worker: usize) -> Box<[u64]> {
+        if !self.members[worker].awaits.swap(true, Ordering::SeqCst) {
+            self.awaiting.0.fetch_add(1, Ordering::SeqCst);
+        }
+        self.members
+            .iter()
+            .map(|member| member.publishes.load(Ordering::SeqCst) + 1)
+            .collect()
+    }
+
+    /// Whether every worker but `worker` has published since the census that set `targets`
+    /// was asked, or has retired.
+    pub fn counted(&self, worker: usize, targets: &[u64]) -> bool {
+        self.members
+            .iter()
+            .zip(targets)
+            .enumerate()
+            .all(|(index, (member, &target))| {
+                index == worker
+                    || member.retired.load(Ordering::SeqCst)
+                    || member.publishes.load(Ordering::SeqCst) >= target
+            })
+    }
+
+    /// `worker` has no STATS waiting any more.
+    pub fn stop_awaiting(&self, worker: usize) {
+        if self.members[worker].awaits.swap(false, Ordering::SeqCst) {
+            self.awaiting.0.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 
     /// What `worker` published at the end of its last turn.
@@ -468,6 +552,10 @@ pub struct Census {
 }
 
 impl Totals for Census {
+    fn gathers(&self) -> bool {
+        !self.fleet.is_alone()
+    }
+
     fn write_stats(&self, own: &Stats, out: &mut dyn Write) -> io::Result<()> {
         if self.fleet.is_alone() {
             let Some(cluster) = &self.fleet.cluster else {
@@ -539,10 +627,70 @@ impl Server {
     /// The end of a turn with other workers about: counters for their STATS, and a wake
     /// for the ones given work.
     pub(super) fn tell_fleet(&mut self) {
+        if !self.censuses.is_empty() {
+            // Met already if every other worker has retired: nobody would wake us for it.
+            self.count_censuses();
+        }
         self.mailbox
             .fleet()
             .publish(self.mailbox.index(), &self.stats, &self.loop_metrics);
         self.wake_others();
+    }
+
+    /// A STATS with other workers about: the connection waits in `Verifying` (the requests
+    /// after it wait in order, as behind a LOGIN) until every other worker has published
+    /// its counters after this moment, so that the sums hold everything any worker did
+    /// before the request arrived. Each is woken for it, at the end of this turn.
+    pub(super) fn start_census(&mut self, key: usize) {
+        let me = self.mailbox.index();
+        let targets = self.mailbox.fleet().ask(me);
+        let conn = &mut self.connections[key];
+        conn.set_state(State::Verifying);
+        self.censuses.push((conn.token(), targets));
+        for worker in (0..self.mailbox.fleet().workers()).filter(|&w| w != me) {
+            self.wake_later(worker);
+        }
+    }
+
+    /// Answers the STATS whose census is complete: every other worker has published
+    /// since (or retired). One that has gone, or begun closing, meanwhile is dropped.
+    pub(super) fn count_censuses(&mut self) {
+        let me = self.mailbox.index();
+        let mut censuses = std::mem::take(&mut self.censuses);
+        // Asked in order, so met in order: a later census's targets are never lower.
+        let met = censuses
+            .iter()
+            .take_while(|(_, targets)| self.mailbox.fleet().counted(me, targets))
+            .count();
+        for (token, _) in censuses.drain(..met) {
+            self.answer_census(token);
+        }
+        // An answer may have let held requests run (in a shutdown), a STATS among them.
+        censuses.append(&mut self.censuses);
+        if censuses.is_empty() {
+            self.mailbox.fleet().stop_awaiting(me);
+        }
+        self.censuses = censuses;
+    }
+
+    fn answer_census(&mut self, token: Token) {
+        let waiting = self
+            .key_of(token)
+            .filter(|&key| self.connections[key].state() == State::Verifying);
+        let Some(key) = waiting else {
+            return;
+        };
+        // As from a loop alone, whose reply is written before its request is counted, a
+        // STATS does not count itself (it was counted when executed).
+        let mut own = self.stats.clone();
+        own.requests = own.requests.saturating_sub(1);
+        self.connections[key].answer_stats(&self.census, &own);
+        if self.shutdown_deadline.is_some() {
+            return self.shut_down_connection(key);
+        }
+        // The requests held behind the STATS, then whatever the socket holds.
+        self.revisit_next_turn(key);
+        self.settle(key);
     }
 
     /// A SAY's message for the sessions of the other workers: one shared copy, posted to
@@ -793,5 +941,29 @@ mod tests {
         let text = String::from_utf8(out).expect("ASCII");
         assert!(text.starts_with("accepted=9 active=6 closed=3 "), "{text}");
         assert!(text.ends_with(" workers=2 active_by_worker=4,2"), "{text}");
+    }
+
+    #[test]
+    fn a_census_is_met_by_a_publish_after_it_or_a_retirement() {
+        let seats = seats(3);
+        let fleet = seats[0].mailbox.fleet();
+        let (stats, loops) = (Stats::default(), LoopMetrics::default());
+        fleet.publish(1, &stats, &loops);
+        fleet.publish(2, &stats, &loops);
+        let targets = fleet.ask(0);
+        // What was published before the ask does not count.
+        assert!(!fleet.counted(0, &targets));
+        fleet.publish(1, &stats, &loops);
+        assert!(!fleet.counted(0, &targets));
+        fleet.retire(2, &stats, &loops);
+        assert!(fleet.counted(0, &targets));
+        // A retired worker counts for a census asked after it left, too.
+        let later = fleet.ask(0);
+        fleet.publish(1, &stats, &loops);
+        assert!(fleet.counted(0, &later));
+        assert_eq!(fleet.awaiting.0.load(Ordering::SeqCst), 1);
+        fleet.stop_awaiting(0);
+        fleet.stop_awaiting(0);
+        assert_eq!(fleet.awaiting.0.load(Ordering::SeqCst), 0);
     }
 }

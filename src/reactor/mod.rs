@@ -245,6 +245,9 @@ pub struct Server {
     census: Census,
     /// Workers that were handed sockets or posted chat messages this turn, to wake.
     to_wake: Vec<usize>,
+    /// STATS requests waiting for the other workers' next publish, each with the publish
+    /// counts that meet it, oldest first.
+    censuses: Vec<(Token, Box<[u64]>)>,
     /// Work deferred to the next turn: listeners and connections that stopped early.
     revisit: Vec<Token>,
     /// Connections that received chat pushes during this turn.
@@ -393,6 +396,7 @@ impl Server {
             mailbox,
             census,
             to_wake: Vec::new(),
+            censuses: Vec::new(),
             revisit: Vec::new(),
             flush_later: Vec::new(),
             doomed: Vec::new(),
@@ -450,17 +454,21 @@ impl Server {
         };
         // Whatever ended the loop, the other workers must not wait for this one's listeners.
         self.stop_listening();
+        let alone = self.mailbox.fleet().is_alone();
+        if !alone {
+            // Whatever ended the loop, no STATS may wait for this worker any more.
+            self.mailbox
+                .fleet()
+                .retire(self.mailbox.index(), &self.stats, &self.loop_metrics);
+        }
         served?;
-        if self.mailbox.fleet().is_alone() {
+        if alone {
             if let Some(cluster) = self.mailbox.fleet().cluster() {
                 cluster.figures(&mut self.stats);
             }
             log_summary(&self.stats);
         } else {
             // The fleet logs the sums once every worker is done.
-            self.mailbox
-                .fleet()
-                .publish(self.mailbox.index(), &self.stats, &self.loop_metrics);
             debug!("worker done: served {} connections", self.stats.accepted);
         }
         Ok(self.stats)
@@ -913,6 +921,7 @@ impl Server {
                 Outcome::Login(credentials) => self.start_login(key, *credentials),
                 Outcome::LoginFailures => self.drain(key, CloseReason::LoginFailures),
                 Outcome::Claim(name) => self.start_claim(key, name),
+                Outcome::Census => self.start_census(key),
             }
         }
         let unexecuted = &self.scratch_in[offset..fresh];
@@ -1376,7 +1385,9 @@ impl Server {
         }
         let conn = &self.connections[key];
         if conn.state() == State::Verifying {
-            return; // a LOGIN among the requests just read: `finish_login` comes back here
+            // A LOGIN (or a STATS with other workers about) among the requests just read:
+            // `finish_login` (`answer_census`) comes back here.
+            return;
         }
         if !conn.is_closing() {
             self.drain(key, CloseReason::Shutdown);
@@ -1427,6 +1438,9 @@ impl Server {
             self.take_mail();
         } else if !self.mailbox.fleet().is_alone() {
             self.take_mail();
+        }
+        if !self.censuses.is_empty() {
+            self.count_censuses();
         }
     }
 

@@ -387,6 +387,7 @@ pub fn serve(protocol: Protocol, limits: Limits, reads: &[&[u8]], out_limit: usi
                 Outcome::Claim(name) => {
                     panic!("a room that is not clustered claimed {name:?} in Redis")
                 }
+                Outcome::Census => panic!("a loop alone gathered other loops' counters"),
                 ended @ (Outcome::Quit | Outcome::ProtocolError | Outcome::LoginFailures) => {
                     ended_by = Some(ended);
                     break 'reads;
