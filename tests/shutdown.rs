@@ -3,8 +3,8 @@
 mod common;
 
 use common::{
-    HEARTBEAT, LineClient, after, assert_clean_exit, expect_eof, frame, read_frame, send, show,
-    wait_until, write_until_stalled,
+    HEARTBEAT, LineClient, TestServer, after, assert_clean_exit, expect_eof, frame, read_frame,
+    send, show, wait_until, write_until_stalled,
 };
 use std::io::{self, Read};
 use std::net::{SocketAddr, TcpStream};
@@ -162,6 +162,24 @@ over_workers! {
             Err(e) => assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused),
             Ok(mut s) => panic!("connected after exit, read {:?}", s.read(&mut buf)),
         }
+    }
+}
+
+/// A signal sent the moment the ports are open (the moment a script or a supervisor sees the
+/// server as up) reaches every worker: each one's handler is in place before the first
+/// listener is bound. With 64 reuseport workers binding one after another, handlers
+/// installed with each worker's listeners missed such a signal within the first rounds.
+#[test]
+fn a_signal_as_soon_as_the_ports_are_open_stops_every_worker() {
+    for round in 0..10 {
+        let mut server = TestServer::start(&["--workers", "64", "--balance", "reuseport"]);
+        server.signal(libc::SIGTERM);
+        let status = server.wait_exit(Duration::from_secs(3));
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "round {round}: {status:?}; log:\n{}",
+            server.logs().join("\n")
+        );
     }
 }
 

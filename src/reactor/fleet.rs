@@ -51,7 +51,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use log::{error, info, warn};
 use mio::net::TcpStream;
-use mio::{Poll, Token, Waker};
+use mio::{Interest, Poll, Token, Waker};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
 
 use super::Server;
 use super::accept::ListenerId;
@@ -133,11 +135,14 @@ pub struct Fleet {
 #[derive(Default)]
 struct Padded<T>(T);
 
-/// What one worker is given to be built from: its poll (with the waker the others use
-/// already registered) and its mailbox.
+/// What one worker is given to be built from: its poll (with the waker the others use and
+/// its signals already registered) and its mailbox.
 pub struct Seat {
     pub poll: Poll,
     pub waker: Arc<Waker>,
+    /// SIGINT and SIGTERM, for this worker. Every seat's are in place before any listener
+    /// is bound: a signal sent the moment a port is open reaches every worker.
+    pub signals: Signals,
     pub mailbox: Mailbox,
 }
 
@@ -165,6 +170,9 @@ impl Fleet {
         for _ in 0..workers {
             let poll = Poll::new()?;
             let waker = Arc::new(Waker::new(poll.registry(), token::WAKER)?);
+            let mut signals = Signals::new([SIGINT, SIGTERM])?;
+            poll.registry()
+                .register(&mut signals, token::SIGNALS, Interest::READABLE)?;
             let (handoffs, handoffs_rx) = mpsc::channel();
             let (inbox, inbox_rx) = mpsc::channel();
             members.push(Member {
@@ -180,7 +188,7 @@ impl Fleet {
                 retired: AtomicBool::new(false),
                 awaits: AtomicBool::new(false),
             });
-            polls.push((poll, waker));
+            polls.push((poll, waker, signals));
             receivers.push((handoffs_rx, inbox_rx));
         }
         let fleet = Arc::new(Fleet {
@@ -210,16 +218,19 @@ impl Fleet {
             .into_iter()
             .zip(receivers)
             .enumerate()
-            .map(|(index, ((poll, waker), (handoffs, inbox)))| Seat {
-                poll,
-                waker,
-                mailbox: Mailbox {
-                    index,
-                    fleet: Arc::clone(&fleet),
-                    handoffs,
-                    inbox,
+            .map(
+                |(index, ((poll, waker, signals), (handoffs, inbox)))| Seat {
+                    poll,
+                    waker,
+                    signals,
+                    mailbox: Mailbox {
+                        index,
+                        fleet: Arc::clone(&fleet),
+                        handoffs,
+                        inbox,
+                    },
                 },
-            })
+            )
             .collect())
     }
 

@@ -76,7 +76,6 @@ use std::time::{Duration, Instant};
 use log::{Level, debug, info, log_enabled, trace, warn};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
-use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
@@ -306,9 +305,9 @@ impl Server {
         Ok((Logins::new(load_users(config)?), tls))
     }
 
-    /// Sets up one worker of a fleet ([`fleet`]) in its seat: its listeners, if it has any
-    /// of its own (worker 0, or every worker with `--balance reuseport`), its signals, and
-    /// its share of the client-memory budget. Under socket activation worker 0 is given
+    /// Sets up one worker of a fleet ([`fleet`]) in its seat (which brings its signals): its
+    /// listeners, if it has any of its own (worker 0, or every worker with `--balance
+    /// reuseport`), and its share of the client-memory budget. Under socket activation worker 0 is given
     /// the `inherited` listeners; the others, none.
     pub fn bind_worker(
         config: Config,
@@ -318,6 +317,7 @@ impl Server {
         let fleet::Seat {
             poll,
             waker,
+            signals,
             mailbox,
         } = seat;
         let fleet = mailbox.fleet();
@@ -333,8 +333,6 @@ impl Server {
         acceptor.register(registry)?;
         let mut metrics = Endpoint::bind(&config, mailbox.index() == 0)?;
         metrics.register(registry)?;
-        let mut signals = Signals::new([SIGINT, SIGTERM])?;
-        registry.register(&mut signals, token::SIGNALS, Interest::READABLE)?;
         let login_rules = LoginRules {
             required: config.require_login,
             checked: config.users.is_some(),
