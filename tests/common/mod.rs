@@ -381,6 +381,13 @@ impl TestServer {
         self.logs.lock().unwrap().iter().any(|l| l.contains(needle))
     }
 
+    /// [`TestServer::logged`], waiting up to 5 s for the line: the server's log reaches the
+    /// test through a pipe and a thread, so a line written just before a reply may still be
+    /// on its way when the reply has arrived.
+    pub fn logged_soon(&self, needle: &str) -> bool {
+        wait_until(after(Duration::from_secs(5)), || self.logged(needle))
+    }
+
     /// Asks for STATS on a fresh line connection and parses it. The extra connection moves
     /// `accepted`/`active`; callers compare only the counters they care about.
     pub fn stats(&self) -> BTreeMap<String, u64> {
@@ -399,8 +406,20 @@ impl Drop for TestServer {
             // The pipe closes with the child, so the drain thread ends promptly.
             let _ = drain.join();
         }
+        if std::thread::panicking() {
+            // A failed test shows what the server said, the last of it.
+            let logs = self.logs.lock().unwrap_or_else(|e| e.into_inner());
+            let from = logs.len().saturating_sub(SHOWN_LOG_LINES);
+            eprintln!("--- the server's last {} log lines:", logs.len() - from);
+            for line in &logs[from..] {
+                eprintln!("{line}");
+            }
+        }
     }
 }
+
+/// Log lines of the server shown when a test fails.
+const SHOWN_LOG_LINES: usize = 60;
 
 /// A command that runs the server as systemd's socket activation does: `sockets` (each a
 /// `FileDescriptorName=` and a descriptor of this process) at descriptors 3, 4, ... of the
