@@ -14,12 +14,25 @@ Parts (each prints a markdown table; medians of --repeats runs):
 - short:   connect, PING, close, per second (tcp-load --requests-per-connection 1), with one
            worker and with each mode at the largest worker count.
 - chat:    1,000 sessions, each SAY to all others (tcp-load --workload chat): deliveries/s,
-           delivery p50/p99, server CPU per delivery, per worker count.
+           delivery p50/p99, server CPU per delivery, per worker count; closed loop (as
+           fast as it goes), then open loop at 1,000 SAYs/s (999,000 deliveries/s), where
+           the latency is not the queue a saturated closed loop builds.
 - projection: from the per-request CPU figures, what 8 and 16 cores should reach, with the
            assumptions printed beside it.
 
+Placement: the server and tcp-load are pinned to separate cores (taskset), so that what a run
+measures does not depend on how the scheduler happens to mix their threads. With W workers on
+a machine of C usable cores, the server gets the first min(W, C - 1) cores and tcp-load the
+rest (`--threads` = its core count). On 2 cores that is one core each, whatever W: with 2
+workers both loops share the server's core, so the per-request ratio counts, besides what
+being several costs each loop, the switches between the two (an upper bound of the cost;
+on a larger machine each worker has a core of its own). Unpinned, with the server's workers
+and tcp-load's threads contending for 2 cores, the CPU per request moved between sessions
+from 0.88x to 0.52x for 2 workers against 1: more contention made bigger batches, not a
+cheaper loop. `--no-pin` runs that way anyway.
+
 Usage: scripts/workers.sh [--workers 1,2] [--repeats 3] [--parts cpu,balance,short,chat]
-                          [--duration 5] [--json FILE]
+                          [--duration 5] [--json FILE] [--no-pin]
 """
 
 import argparse
@@ -48,13 +61,33 @@ CPU_WORKLOADS = {
 }
 
 
+# Set by main from --no-pin: pin the server and tcp-load to separate cores (see the doc above).
+PIN = True
+
+
+def placement(workers):
+    """(server cores, tcp-load cores) for a server of `workers` loops; (None, None) unpinned."""
+    cores = sorted(os.sched_getaffinity(0))
+    if not PIN or len(cores) < 2:
+        return None, None
+    server = min(workers, len(cores) - 1)
+    return cores[:server], cores[server:]
+
+
+def taskset(cores):
+    """The command prefix that runs a program on `cores` (nothing when unpinned)."""
+    return [] if cores is None else ["taskset", "-c", ",".join(map(str, cores))]
+
+
 class Server:
     """tcp-reactor on the script's ports, killed on exit from the `with` block."""
 
     def __init__(self, workers, balance="least-conn", extra=()):
-        self.command = [SERVER, "--line-addr", f"127.0.0.1:{LINE_PORT}", "--frame-addr",
-                        f"127.0.0.1:{FRAME_PORT}", "--workers", str(workers), "--balance",
-                        balance, *extra]
+        self.workers = workers
+        # taskset execs the server, so the child's pid is the server's (for --server-pid).
+        self.command = [*taskset(placement(workers)[0]), SERVER, "--line-addr",
+                        f"127.0.0.1:{LINE_PORT}", "--frame-addr", f"127.0.0.1:{FRAME_PORT}",
+                        "--workers", str(workers), "--balance", balance, *extra]
 
     def __enter__(self):
         self.proc = subprocess.Popen(self.command, stdout=subprocess.DEVNULL,
@@ -100,9 +133,12 @@ def stats():
     return out
 
 
-def load(args, server_pid, duration):
-    command = [TCP_LOAD, *args, "--duration", f"{duration}s", "--warmup", "1s",
-               "--server-pid", str(server_pid), "--json"]
+def load(args, server, duration):
+    """tcp-load with `args` against `server` for `duration` s, on the cores left to it."""
+    cores = placement(server.workers)[1]
+    threads = [] if cores is None else ["--threads", str(len(cores))]
+    command = [*taskset(cores), TCP_LOAD, *args, *threads, "--duration", f"{duration}s",
+               "--warmup", "1s", "--server-pid", str(server.pid), "--json"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=duration + 120)
     if done.returncode != 0:
         raise RuntimeError(f"tcp-load {' '.join(args)} failed ({done.returncode}): "
@@ -128,7 +164,7 @@ def part_cpu(opts, results):
             for _ in range(opts.repeats):
                 with Server(workers) as server:
                     report = load([*args, "--connections", "50", "--pipeline", "16"],
-                                  server.pid, opts.duration)
+                                  server, opts.duration)
                     runs.append(report["server_cpu_us_per_request"])
             row.append(statistics.median(runs))
         table[name] = dict(zip(map(str, opts.workers), row))
@@ -204,7 +240,7 @@ def part_short(opts, results):
             with Server(workers, balance) as server:
                 report = load(["--addr", f"127.0.0.1:{LINE_PORT}", "--protocol", "line",
                                "--workload", "ping", "--connections", "50",
-                               "--requests-per-connection", "1"], server.pid, opts.duration)
+                               "--requests-per-connection", "1"], server, opts.duration)
                 rates.append(report["connects_per_s"])
                 cpu.append(report["server_cpu_s"] * 1e6 / max(report["connects"], 1))
         name = label(workers, balance)
@@ -216,20 +252,25 @@ def part_short(opts, results):
     print()
 
 
+CHAT_RATE = 1000
+
+
 def part_chat(opts, results):
     sessions = 1000
-    print(f"## Chat: {sessions:,} sessions, closed loop\n")
-    print("| server | deliveries/s | delivery p50 (ms) | delivery p99 (ms) | "
+    print(f"## Chat: {sessions:,} sessions, closed loop and {CHAT_RATE:,} SAYs/s\n")
+    print("| server | loop | deliveries/s | delivery p50 (ms) | delivery p99 (ms) | "
           "server CPU ns/delivery | errors |")
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     table = {}
-    for workers in opts.workers:
+    cases = [(w, rate) for rate in (None, CHAT_RATE) for w in opts.workers]
+    for workers, rate in cases:
+        paced = [] if rate is None else ["--rate", str(rate)]
         runs = []
         for _ in range(opts.repeats):
             with Server(workers) as server:
                 report = load(["--addr", f"127.0.0.1:{LINE_PORT}", "--protocol", "line",
-                               "--workload", "chat", "--connections", str(sessions)],
-                              server.pid, opts.duration)
+                               "--workload", "chat", "--connections", str(sessions),
+                               *paced], server, opts.duration)
                 chat = report["chat"]
                 errors = chat["missing"] + chat["duplicated"] + chat["reordered"] + \
                     chat["disconnected"] + sum(report["errors"].values())
@@ -238,14 +279,15 @@ def part_chat(opts, results):
                              report["server_cpu_s"] * 1e9 / max(chat["deliveries"], 1),
                              errors))
         runs.sort()
-        rate, p50, p99, cpu, errors = runs[len(runs) // 2]
+        delivered, p50, p99, cpu, _ = runs[len(runs) // 2]
         total_errors = sum(r[4] for r in runs)
         name = label(workers, "least-conn")
-        table[name] = {"deliveries_per_s": rate, "delivery_p50_us": p50,
-                       "delivery_p99_us": p99, "server_cpu_ns_per_delivery": cpu,
-                       "errors_all_runs": total_errors}
-        print(f"| {name} | {rate:,.0f} | {p50 / 1000:.1f} | {p99 / 1000:.1f} | {cpu:.0f} | "
-              f"{total_errors} |", flush=True)
+        loop = "closed" if rate is None else f"{rate:,} SAYs/s"
+        table[f"{name}, {loop}"] = {
+            "deliveries_per_s": delivered, "delivery_p50_us": p50, "delivery_p99_us": p99,
+            "server_cpu_ns_per_delivery": cpu, "errors_all_runs": total_errors}
+        print(f"| {name} | {loop} | {delivered:,.0f} | {p50 / 1000:.1f} | {p99 / 1000:.1f} | "
+              f"{cpu:.0f} | {total_errors} |", flush=True)
     results["chat"] = table
     print()
 
@@ -259,7 +301,9 @@ def part_projection(results):
     print("network stack (NIC queues spread over the cores) scales with the cores; a request")
     print("costs each worker what it cost one of several workers here (the largest count")
     print("measured), since nothing on the request path is shared; requests/s per core is")
-    print("1 / (server CPU per request), counting user and kernel time.\n")
+    print("1 / (server CPU per request), counting user and kernel time. Where the workers")
+    print("measured shared cores (more workers than the server's cores: see the placement")
+    print("above), that figure includes their switches, which one worker per core avoids.\n")
     counts = sorted(int(w) for w in next(iter(cpu.values())))
     several = str(counts[-1])
     print(f"| workload | per core (from --workers {several}) | 8 cores | 16 cores |")
@@ -282,13 +326,27 @@ def main():
     parser.add_argument("--duration", type=int, default=5, help="seconds per run")
     parser.add_argument("--parts", default="cpu,balance,short,chat")
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--no-pin", action="store_true",
+                        help="let the scheduler place the server and tcp-load (not pinned)")
     opts = parser.parse_args()
+    global PIN
+    PIN = not opts.no_pin
     opts.workers = [int(w) for w in opts.workers.split(",")]
     parts = opts.parts.split(",")
     print(f"# tcp-reactor workers: --workers {','.join(map(str, opts.workers))}, "
           f"{opts.repeats} run(s) each, {opts.duration} s after 1 s warmup, "
           f"{os.cpu_count()} cores\n")
-    results = {"workers": opts.workers, "repeats": opts.repeats, "duration_s": opts.duration}
+    places = {w: placement(w) for w in opts.workers}
+    def named(cores):
+        return ("core " if len(cores) == 1 else "cores ") + ",".join(map(str, cores))
+
+    for w, (server, tcp_load) in places.items():
+        print(f"--workers {w}: " + ("not pinned" if server is None else
+              f"server on {named(server)}, tcp-load on {named(tcp_load)}"))
+    print()
+    results = {"workers": opts.workers, "repeats": opts.repeats, "duration_s": opts.duration,
+               "placement": {str(w): {"server": p[0], "tcp_load": p[1]}
+                             for w, p in places.items()}}
     for part, run in (("cpu", part_cpu), ("balance", part_balance), ("short", part_short),
                       ("chat", part_chat)):
         if part in parts:
