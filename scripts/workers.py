@@ -74,6 +74,11 @@ def placement(workers):
     return cores[:server], cores[server:]
 
 
+def named(cores):
+    """`core 0` or `cores 0,1`: a placement as the header prints it."""
+    return ("core " if len(cores) == 1 else "cores ") + ",".join(map(str, cores))
+
+
 def taskset(cores):
     """The command prefix that runs a program on `cores` (nothing when unpinned)."""
     return [] if cores is None else ["taskset", "-c", ",".join(map(str, cores))]
@@ -337,9 +342,6 @@ def main():
           f"{opts.repeats} run(s) each, {opts.duration} s after 1 s warmup, "
           f"{os.cpu_count()} cores\n")
     places = {w: placement(w) for w in opts.workers}
-    def named(cores):
-        return ("core " if len(cores) == 1 else "cores ") + ",".join(map(str, cores))
-
     for w, (server, tcp_load) in places.items():
         print(f"--workers {w}: " + ("not pinned" if server is None else
               f"server on {named(server)}, tcp-load on {named(tcp_load)}"))
